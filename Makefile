@@ -1,0 +1,65 @@
+# Two commands on a fresh machine with Python 3.10+ and make:
+#   make demo   - the churn pipeline on the embedded default stack
+#   make test   - install into .venv, then every test, lint and type check
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.hlml-installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv install system-deps lint typecheck test test-fast demo demo-stop bench clean
+
+help:
+	@echo "make demo       run the churn pipeline on the embedded default (APPROVE=1: non-interactive)"
+	@echo "make demo-stop  stop every process 'make demo' started"
+	@echo "make test       install into $(VENV) and run every test, lint and type check"
+	@echo "make bench      run the benchmark scripts in benchmarks/"
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "Python 3.10+ is required"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+
+venv: $(BIN)/python
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m uv pip install -p $(BIN)/python -e '.[dev,examples]' \
+	  || $(BIN)/python -m pip install -e '.[dev,examples]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Headless Chromium for the dashboard browser test (Debian package; installed when root and missing).
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not install chromium; the browser test will report it"; \
+	  else echo "note: chromium not found; the browser test will report it"; fi; \
+	fi
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install system-deps lint typecheck
+	$(BIN)/python -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -p no:cacheprovider -ra -m "not e2e and not browser" $(PYTEST_ARGS)
+
+demo: install
+	$(BIN)/python scripts/demo.py start $(if $(APPROVE),--approve,)
+
+demo-stop:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/demo.py stop; fi
+
+bench: install
+	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) .demo .mypy_cache .ruff_cache build dist *.egg-info

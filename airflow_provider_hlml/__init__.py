@@ -1,0 +1,61 @@
+"""Human-gated machine-learning pipelines for Apache Airflow.
+
+The public names below resolve lazily, so ``import airflow_provider_hlml`` costs nothing at
+DAG-parse time: each one is imported from its module on first attribute access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    "HumanLayerHook": "airflow_provider_hlml.hooks.humanlayer",
+    "MLflowHook": "airflow_provider_hlml.hooks.mlflow",
+    "MLflowTrainOperator": "airflow_provider_hlml.operators.mlflow",
+    "MLflowValidateOperator": "airflow_provider_hlml.operators.mlflow",
+    "ModelPromoteOperator": "airflow_provider_hlml.operators.mlflow",
+    "HumanApprovalSensor": "airflow_provider_hlml.sensors.approval",
+    "HumanApprovalTrigger": "airflow_provider_hlml.triggers.approval",
+    "code_execution_approval": "airflow_provider_hlml.sensors.approval",
+    "content_approval": "airflow_provider_hlml.sensors.approval",
+    "workflow_approval": "airflow_provider_hlml.sensors.approval",
+    "WorkflowSpec": "airflow_provider_hlml.workflows.spec",
+    "build_ml_workflow_dag": "airflow_provider_hlml.workflows.builder",
+    "load_workflows": "airflow_provider_hlml.workflows.builder",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:
+    from airflow_provider_hlml.hooks.humanlayer import HumanLayerHook
+    from airflow_provider_hlml.hooks.mlflow import MLflowHook
+    from airflow_provider_hlml.operators.mlflow import (
+        MLflowTrainOperator,
+        MLflowValidateOperator,
+        ModelPromoteOperator,
+    )
+    from airflow_provider_hlml.sensors.approval import (
+        HumanApprovalSensor,
+        code_execution_approval,
+        content_approval,
+        workflow_approval,
+    )
+    from airflow_provider_hlml.triggers.approval import HumanApprovalTrigger
+    from airflow_provider_hlml.workflows.builder import build_ml_workflow_dag, load_workflows
+    from airflow_provider_hlml.workflows.spec import WorkflowSpec
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

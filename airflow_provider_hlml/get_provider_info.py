@@ -1,0 +1,154 @@
+"""Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_hlml import __version__
+
+INTEGRATION = "Human-gated ML (MLflow + HumanLayer)"
+
+
+def _opt(description: str, type_: str, default: str | None, example: str | None = None) -> dict[str, Any]:
+    return {
+        "description": description,
+        "version_added": "0.1.0",
+        "type": type_,
+        "example": example,
+        "default": default,
+    }
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-hlml",
+        "name": "Human-gated ML pipelines (HLML)",
+        "description": "MLflow training, validation and promotion stages with HumanLayer approval gates.",
+        "versions": [__version__],
+        "integrations": [{"integration-name": INTEGRATION, "tags": ["software"]}],
+        "hooks": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "airflow_provider_hlml.hooks.humanlayer",
+                    "airflow_provider_hlml.hooks.mlflow",
+                ],
+            }
+        ],
+        "operators": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_hlml.operators.mlflow"]}
+        ],
+        "sensors": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_hlml.sensors.approval"]}
+        ],
+        "triggers": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_hlml.triggers.approval"]}
+        ],
+        "extra-links": [
+            "airflow_provider_hlml.links.mlflow.MLflowRunLink",
+            "airflow_provider_hlml.links.approval.ApprovalRequestLink",
+        ],
+        "task-decorators": [
+            {
+                "name": "mlflow_train",
+                "class-name": "airflow_provider_hlml.decorators.mlflow_train.mlflow_train_task",
+            }
+        ],
+        "plugins": [{"name": "hlml", "plugin-class": "airflow_provider_hlml.plugins.plugin.HlmlPlugin"}],
+        "connection-types": [
+            {
+                "hook-class-name": "airflow_provider_hlml.hooks.humanlayer.HumanLayerHook",
+                "hook-name": "HumanLayer",
+                "connection-type": "humanlayer",
+                "conn-fields": {
+                    "run_id_prefix": {
+                        "label": "Run id prefix",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Prefix of the HumanLayer run_id sent with every request.",
+                    },
+                    "timeout": {
+                        "label": "HTTP timeout (seconds)",
+                        "schema": {"type": ["number", "null"], "default": 30},
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "login", "port", "extra"],
+                    "relabeling": {"host": "Base URL", "password": "API key"},
+                    "placeholders": {
+                        "host": "https://api.humanlayer.dev/humanlayer/v1",
+                        "password": "HumanLayer or approvals-service API key",
+                    },
+                },
+            },
+            {
+                "hook-class-name": "airflow_provider_hlml.hooks.mlflow.MLflowHook",
+                "hook-name": "MLflow",
+                "connection-type": "mlflow",
+                "conn-fields": {
+                    "registry_uri": {
+                        "label": "Registry URI",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Model registry URI; defaults to the tracking URI.",
+                    },
+                    "ui_url": {
+                        "label": "MLflow UI base URL",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Used for links from Airflow to MLflow; defaults to the tracking URI.",
+                    },
+                    "token": {
+                        "label": "Bearer token",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "extra"],
+                    "relabeling": {"host": "Tracking URI", "login": "Username", "password": "Password"},
+                    "placeholders": {"host": "http://mlflow:5000"},
+                },
+            },
+        ],
+        "config": {
+            "hlml": {
+                "description": "Settings of the human-gated ML provider (airflow-provider-hlml).",
+                "options": {
+                    "humanlayer_conn_id": _opt(
+                        "Default HumanLayer connection id.", "string", "humanlayer_default"
+                    ),
+                    "mlflow_conn_id": _opt("Default MLflow connection id.", "string", "mlflow_default"),
+                    "poll_interval": _opt(
+                        "Seconds between status reads of a waiting approval gate.", "float", "5"
+                    ),
+                    "long_poll_seconds": _opt(
+                        "Seconds a status read may wait on servers that support long-polling.",
+                        "integer",
+                        "25",
+                    ),
+                    "approvals_enabled": _opt(
+                        "Mount the built-in approvals service in the Airflow API server.", "boolean", "True"
+                    ),
+                    "approvals_database_url": _opt(
+                        "SQLAlchemy URL of the built-in approvals service database.",
+                        "string",
+                        "",
+                        "sqlite:////opt/airflow/hlml_approvals.db",
+                    ),
+                    "approvals_delegate_key": _opt(
+                        "API key with the delegate role the dashboard uses to decide on behalf of users.",
+                        "string",
+                        "",
+                    ),
+                    "dashboard_refresh_seconds": _opt(
+                        "Auto-refresh interval of the dashboard pages.", "integer", "30"
+                    ),
+                    "workflow_logging_enabled": _opt(
+                        "Log finished DAG runs that use HLML operators to MLflow.", "boolean", "True"
+                    ),
+                    "workflow_logging_experiment": _opt(
+                        "MLflow experiment that receives workflow execution records.",
+                        "string",
+                        "hlml-workflow-executions",
+                    ),
+                },
+            }
+        },
+    }
