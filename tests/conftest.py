@@ -35,16 +35,6 @@ for _optional in ("tests.fixtures.approvals", "tests.fixtures.airflow_stack"):
     if (Path(__file__).parent / "fixtures" / (_optional.rsplit(".", 1)[1] + ".py")).exists():
         pytest_plugins.append(_optional)
 
-REQUIRE_SERVICES = os.environ.get("HLML_REQUIRE_SERVICES", "").lower() in {"1", "true", "yes"}
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip a test whose outside service is missing, or fail when CI requires the services."""
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{reason} (HLML_REQUIRE_SERVICES is set, so this is a failure, not a skip)")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def airflow_home() -> Path:
     return _HOME
