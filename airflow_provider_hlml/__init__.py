@@ -27,7 +27,22 @@ _LAZY: dict[str, str] = {
     "load_workflows": "airflow_provider_hlml.workflows.builder",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "HumanApprovalSensor",
+    "HumanApprovalTrigger",
+    "HumanLayerHook",
+    "MLflowHook",
+    "MLflowTrainOperator",
+    "MLflowValidateOperator",
+    "ModelPromoteOperator",
+    "WorkflowSpec",
+    "__version__",
+    "build_ml_workflow_dag",
+    "code_execution_approval",
+    "content_approval",
+    "load_workflows",
+    "workflow_approval",
+]
 
 if TYPE_CHECKING:
     from airflow_provider_hlml.hooks.humanlayer import HumanLayerHook

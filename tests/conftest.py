@@ -35,6 +35,7 @@ for _optional in ("tests.fixtures.approvals", "tests.fixtures.airflow_stack"):
     if (Path(__file__).parent / "fixtures" / (_optional.rsplit(".", 1)[1] + ".py")).exists():
         pytest_plugins.append(_optional)
 
+
 @pytest.fixture(scope="session")
 def airflow_home() -> Path:
     return _HOME
