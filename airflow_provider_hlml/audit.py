@@ -1,0 +1,70 @@
+"""The one place that names the MLflow tags this provider writes.
+
+Run tags tie every MLflow run to the Airflow task instance that produced it; model-version tags
+record who approved a promotion, when, through which approval call, and which version held the
+alias before, so a rollback can restore it. Every other module imports the names from here.
+"""
+
+from __future__ import annotations
+
+# --- Airflow identity, written on every MLflow run a task starts ---------------------------------
+AIRFLOW_DAG_ID = "airflow.dag_id"
+AIRFLOW_RUN_ID = "airflow.run_id"
+AIRFLOW_TASK_ID = "airflow.task_id"
+AIRFLOW_MAP_INDEX = "airflow.map_index"
+AIRFLOW_TRY_NUMBER = "airflow.try_number"
+AIRFLOW_LOGICAL_DATE = "airflow.logical_date"
+AIRFLOW_TI_URL = "airflow.ti_url"
+#: ``"<dag_id>/<run_id>"``: finds every MLflow run of one DAG run, whatever its experiment.
+AIRFLOW_DAG_RUN = "airflow.dag_run"
+
+AIRFLOW_IDENTITY_TAGS = (
+    AIRFLOW_DAG_ID,
+    AIRFLOW_RUN_ID,
+    AIRFLOW_TASK_ID,
+    AIRFLOW_MAP_INDEX,
+    AIRFLOW_TRY_NUMBER,
+    AIRFLOW_LOGICAL_DATE,
+    AIRFLOW_TI_URL,
+    AIRFLOW_DAG_RUN,
+)
+
+# --- Run lifecycle ------------------------------------------------------------------------------
+#: Which stage wrote the run: ``train`` | ``validate`` | ``workflow``.
+HLML_STAGE = "hlml.stage"
+#: On a retry's run: the MLflow run id of the failed or killed attempt before it.
+RETRY_OF_RUN_ID = "hlml.retry_of_run_id"
+#: On a FAILED / KILLED run: the exception type and message (secrets masked).
+RUN_ERROR = "hlml.error"
+
+# --- Model-version audit tags written by ModelPromoteOperator -----------------------------------
+APPROVED_BY = "hlml.approved_by"
+APPROVED_AT = "hlml.approved_at"
+APPROVAL_COMMENT = "hlml.approval_comment"
+APPROVAL_CALL_ID = "hlml.approval_call_id"
+APPROVAL_URL = "hlml.approval_url"
+PROMOTED_ALIAS = "hlml.promoted_alias"
+PROMOTED_STAGE = "hlml.promoted_stage"
+PROMOTED_AT = "hlml.promoted_at"
+PROMOTED_BY_DAG_ID = "hlml.promoted_by_dag_id"
+PROMOTED_BY_RUN_ID = "hlml.promoted_by_run_id"
+PROMOTED_BY_TASK_ID = "hlml.promoted_by_task_id"
+ROLLED_BACK_AT = "hlml.rolled_back_at"
+ROLLED_BACK_TO = "hlml.rolled_back_to"
+#: Empty value = the alias or stage had no holder before this promotion.
+NO_PREVIOUS_VERSION = ""
+
+
+def previous_holder_tag(alias: str) -> str:
+    """Tag on a promoted version naming the version that held ``alias`` just before it."""
+    return f"hlml.previous_version.{alias}"
+
+
+def previous_stage_holder_tag(stage: str) -> str:
+    """Tag on a version moved to a legacy ``stage`` naming the versions that held it before."""
+    return f"hlml.previous_versions.stage.{stage.lower()}"
+
+
+def dag_run_group(dag_id: str, run_id: str) -> str:
+    """The value of :data:`AIRFLOW_DAG_RUN` for one DAG run."""
+    return f"{dag_id}/{run_id}"

@@ -1,0 +1,473 @@
+"""MLflow hook: an ``MlflowClient`` for one Airflow connection, without process-wide side effects.
+
+Credentials
+    MLflow reads credentials from process-wide environment variables (``MLFLOW_TRACKING_USERNAME``
+    / ``_PASSWORD`` / ``_TOKEN``). Setting them would hand one connection's secret to every other
+    piece of code in the process. Instead this module registers one MLflow *request header
+    provider* that is active only inside :meth:`MLflowHook.authenticated` (a ``ContextVar``, so
+    other threads and other hooks never see it) and adds the connection's ``Authorization``
+    header to the requests made there. Every call through :attr:`MLflowHook.client` runs inside
+    that scope.
+
+Fluent API
+    ``mlflow.start_run()`` & co. use the process-global tracking URI. :meth:`MLflowHook.fluent`
+    sets it (and the registry URI) for the duration of a block, under a process lock, and then
+    restores the previous values and environment exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import contextvars
+import functools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+from airflow.exceptions import AirflowException, AirflowNotFoundException
+from airflow.sdk import BaseHook
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+
+class MLflowConnectionError(AirflowException):
+    """The MLflow connection is missing, unreachable or refuses the credentials."""
+
+
+# The Authorization header value of the hook whose ``authenticated()`` block is running.
+_ACTIVE_AUTH: contextvars.ContextVar[str | None] = contextvars.ContextVar("hlml_mlflow_auth", default=None)
+_PROVIDER_LOCK = threading.Lock()
+_provider_registered = False
+# The fluent API's tracking URI is process-global: one ``fluent()`` block at a time.
+_FLUENT_LOCK = threading.RLock()
+
+
+class _ConnectionAuthHeaderProvider:
+    """MLflow request-header provider adding the active hook's credentials (and nothing else)."""
+
+    def in_context(self) -> bool:
+        return _ACTIVE_AUTH.get() is not None
+
+    def request_headers(self) -> dict[str, str]:
+        value = _ACTIVE_AUTH.get()
+        return {"Authorization": value} if value else {}
+
+
+def _register_auth_header_provider() -> None:
+    global _provider_registered
+    if _provider_registered:
+        return
+    with _PROVIDER_LOCK:
+        if _provider_registered:
+            return
+        from mlflow.tracking.request_header.registry import _request_header_provider_registry
+
+        _request_header_provider_registry.register(_ConnectionAuthHeaderProvider)
+        _provider_registered = True
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without any ``user:password@`` part, safe for messages."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if not parts.netloc or "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+@dataclass(frozen=True)
+class MLflowConnectionSettings:
+    """What a connection (or the ``MLFLOW_TRACKING_URI`` fallback) resolves to."""
+
+    conn_id: str
+    tracking_uri: str
+    registry_uri: str | None
+    ui_url: str | None
+    authorization: str | None
+    from_env: bool
+
+
+def _mask(secret: str | None) -> None:
+    if not secret:
+        return
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover - older task SDKs
+        from airflow.sdk.execution_time.secrets_masker import mask_secret  # type: ignore[no-redef]
+    mask_secret(secret)
+
+
+def _connection_extra(conn: Any, key: str) -> Any:
+    extra = conn.extra_dejson or {}
+    value = extra.get(key, extra.get(f"extra__mlflow__{key}"))
+    return value if value not in ("", None) else None
+
+
+def _tracking_uri_of(conn: Any) -> str:
+    host = (conn.host or "").strip()
+    if not host:
+        return ""
+    if "://" in host or host.startswith("databricks") or host.startswith("file:"):
+        uri = host
+    else:
+        scheme = _connection_extra(conn, "scheme") or conn.schema or "http"
+        uri = f"{scheme}://{host}"
+    if conn.port and urlsplit(uri).port is None and urlsplit(uri).scheme in ("http", "https"):
+        parts = urlsplit(uri)
+        uri = urlunsplit(parts._replace(netloc=f"{parts.netloc}:{conn.port}"))
+    return uri.rstrip("/")
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    text = str(exc)
+    markers = (
+        "Max retries exceeded",
+        "Failed to establish a new connection",
+        "Connection refused",
+        "Name or service not known",
+        "Temporary failure in name resolution",
+        "Read timed out",
+        "Connection aborted",
+    )
+    if any(m in text for m in markers):
+        return True
+    try:
+        import requests
+    except ImportError:  # pragma: no cover
+        return False
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _http_status(exc: BaseException) -> int | None:
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        text = str(exc)
+        for code in (401, 403):
+            if f"error code {code}" in text:
+                return code
+        if exc.error_code in ("UNAUTHENTICATED",):
+            return 401
+        if exc.error_code in ("PERMISSION_DENIED",):
+            return 403
+    return None
+
+
+class _AuthenticatedClient:
+    """Proxy running every ``MlflowClient`` method inside the hook's credential scope."""
+
+    def __init__(self, client: MlflowClient, hook: MLflowHook) -> None:
+        self._client = client
+        self._hook = hook
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr) or name.startswith("__"):
+            return attr
+        hook = self._hook
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with hook.authenticated():
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as exc:
+                    translated = hook.translate_error(exc)
+                    if translated is exc:
+                        raise
+                    raise translated from None
+
+        return call
+
+
+class MLflowHook(BaseHook):
+    """
+    Talk to an MLflow tracking server and model registry through an Airflow connection.
+
+    The connection (type ``mlflow``) holds the tracking URI in *host*, optional basic-auth
+    credentials in *login* / *password*, and in *extra*: ``registry_uri``, ``ui_url`` (base URL
+    of the MLflow UI for links) and ``token`` (bearer token). When the connection does not exist,
+    ``MLFLOW_TRACKING_URI`` is used (with MLflow's own credential environment variables).
+
+    :param mlflow_conn_id: id of the MLflow connection.
+    """
+
+    conn_name_attr = "mlflow_conn_id"
+    default_conn_name = "mlflow_default"
+    conn_type = "mlflow"
+    hook_name = "MLflow"
+
+    def __init__(self, mlflow_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mlflow_conn_id = mlflow_conn_id
+
+    # -- connection ---------------------------------------------------------------------------
+    @cached_property
+    def settings(self) -> MLflowConnectionSettings:
+        """The resolved connection; secrets are registered with Airflow's masker on first use."""
+        try:
+            conn = self.get_connection(self.mlflow_conn_id)
+        except AirflowNotFoundException:
+            env_uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+            if not env_uri:
+                raise MLflowConnectionError(
+                    f"MLflow connection {self.mlflow_conn_id!r} is not defined and MLFLOW_TRACKING_URI "
+                    "is not set: create the connection (type 'mlflow', host = tracking URI, e.g. "
+                    "http://mlflow:5000) or set MLFLOW_TRACKING_URI."
+                ) from None
+            return MLflowConnectionSettings(
+                conn_id=self.mlflow_conn_id,
+                tracking_uri=env_uri,
+                registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or None,
+                ui_url=None,
+                authorization=None,
+                from_env=True,
+            )
+        tracking_uri = _tracking_uri_of(conn)
+        if not tracking_uri:
+            raise MLflowConnectionError(
+                f"MLflow connection {self.mlflow_conn_id!r} has no host: set it to the tracking URI "
+                "(e.g. http://mlflow:5000)."
+            )
+        token = _connection_extra(conn, "token")
+        _mask(conn.password)
+        _mask(token)
+        authorization = None
+        if conn.login and conn.password:
+            basic = base64.standard_b64encode(f"{conn.login}:{conn.password}".encode()).decode()
+            authorization = f"Basic {basic}"
+        elif token:
+            authorization = f"Bearer {token}"
+        _mask(authorization)
+        return MLflowConnectionSettings(
+            conn_id=self.mlflow_conn_id,
+            tracking_uri=tracking_uri,
+            registry_uri=_connection_extra(conn, "registry_uri"),
+            ui_url=_connection_extra(conn, "ui_url"),
+            authorization=authorization,
+            from_env=False,
+        )
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.settings.tracking_uri
+
+    @property
+    def registry_uri(self) -> str:
+        return self.settings.registry_uri or self.settings.tracking_uri
+
+    def describe(self) -> str:
+        """``connection 'id' (uri)`` for messages; never includes credentials."""
+        source = " from MLFLOW_TRACKING_URI" if self.settings.from_env else ""
+        return f"MLflow connection {self.mlflow_conn_id!r}{source} ({redact_uri(self.tracking_uri)})"
+
+    # -- clients and scopes -------------------------------------------------------------------
+    @cached_property
+    def client(self) -> MlflowClient:
+        """An ``MlflowClient`` for this connection; each call carries the connection's credentials."""
+        from mlflow.tracking import MlflowClient
+
+        _register_auth_header_provider()
+        settings = self.settings
+        raw = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=self.registry_uri)
+        return cast("MlflowClient", _AuthenticatedClient(raw, self))
+
+    def get_conn(self) -> MlflowClient:
+        return self.client
+
+    @contextlib.contextmanager
+    def authenticated(self) -> Iterator[None]:
+        """Send this connection's credentials with every MLflow request made in this context."""
+        _register_auth_header_provider()
+        token = _ACTIVE_AUTH.set(self.settings.authorization)
+        try:
+            yield
+        finally:
+            _ACTIVE_AUTH.reset(token)
+
+    @contextlib.contextmanager
+    def fluent(self) -> Iterator[None]:
+        """
+        Point MLflow's fluent API (``mlflow.start_run``, ``mlflow.log_*``) at this connection.
+
+        Holds a process lock for the block and restores the previous tracking / registry URIs and
+        their environment variables afterwards, so nothing leaks to code running later.
+        """
+        import mlflow
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        with _FLUENT_LOCK, self.authenticated():
+            saved_tracking = tracking_utils._tracking_uri
+            saved_registry = registry_utils._registry_uri
+            saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+            try:
+                mlflow.set_tracking_uri(self.tracking_uri)
+                mlflow.set_registry_uri(self.registry_uri)
+                yield
+            finally:
+                tracking_utils._tracking_uri = saved_tracking
+                registry_utils._registry_uri = saved_registry
+                for key, value in saved_env.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+                with contextlib.suppress(Exception):
+                    from mlflow.tracing.provider import reset
+
+                    reset()
+
+    def translate_error(self, exc: BaseException) -> BaseException:
+        """An actionable error naming the connection for unreachable / 401 / 403; else ``exc``."""
+        if isinstance(exc, MLflowConnectionError):
+            return exc
+        status = _http_status(exc)
+        if status == 401:
+            return MLflowConnectionError(
+                f"{self.describe()} refused the credentials (HTTP 401): check the connection's "
+                "login/password or token."
+            )
+        if status == 403:
+            return MLflowConnectionError(
+                f"{self.describe()}: permission denied (HTTP 403) for this user on that resource."
+            )
+        if _is_unreachable(exc):
+            return MLflowConnectionError(
+                f"{self.describe()} is unreachable after MLflow's retries "
+                f"(MLFLOW_HTTP_REQUEST_MAX_RETRIES): check the host/port and that the server runs. "
+                f"Cause: {type(exc).__name__}"
+            )
+        return exc
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` (e.g. a fluent MLflow function) with credentials and error translation."""
+        with self.authenticated():
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                translated = self.translate_error(exc)
+                if translated is exc:
+                    raise
+                raise translated from None
+
+    # -- operations ---------------------------------------------------------------------------
+    def test_connection(self) -> tuple[bool, str]:
+        """Search one experiment to check reachability and credentials."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as exc:
+            return False, str(self.translate_error(exc))
+        return True, f"Connected to {self.describe()}."
+
+    def get_or_create_experiment(
+        self, name: str, description: str | None = None, tags: dict[str, Any] | None = None
+    ) -> str:
+        """
+        The id of experiment ``name``, created with ``description`` and ``tags`` if missing.
+
+        :param name: experiment name.
+        :param description: shown in the MLflow UI (tag ``mlflow.note.content``).
+        :param tags: experiment tags set on creation.
+        """
+        from mlflow.exceptions import MlflowException
+
+        if not name or not str(name).strip():
+            raise ValueError("experiment_name must be a non-empty string")
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            if experiment.lifecycle_stage == "deleted":
+                raise MLflowConnectionError(
+                    f"MLflow experiment {name!r} on {self.describe()} is deleted: restore it "
+                    "(mlflow experiments restore) or use another experiment_name."
+                )
+            return str(experiment.experiment_id)
+        all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        if description:
+            all_tags["mlflow.note.content"] = description
+        try:
+            return str(self.client.create_experiment(name, tags=all_tags or None))
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            # Created by a concurrent task between our read and our create.
+            experiment = self.client.get_experiment_by_name(name)
+            assert experiment is not None
+            return str(experiment.experiment_id)
+
+    def ui_base_url(self) -> str | None:
+        """Base URL of the MLflow UI, or ``None`` when the tracking URI is not HTTP."""
+        base = self.settings.ui_url or self.tracking_uri
+        if not base.startswith(("http://", "https://")):
+            return None
+        return redact_uri(base).rstrip("/")
+
+    def ui_url_for_run(self, experiment_id: str, run_id: str) -> str | None:
+        """The MLflow UI page of a run."""
+        base = self.ui_base_url()
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
+
+    def ui_url_for_model_version(self, name: str, version: str | int) -> str | None:
+        """The MLflow UI page of a registered model version."""
+        from urllib.parse import quote
+
+        base = self.ui_base_url()
+        return f"{base}/#/models/{quote(name, safe='')}/versions/{version}" if base else None
+
+    def compare_model_versions(self, name: str, v1: str | int, v2: str | int) -> dict[str, Any]:
+        """
+        Metrics and params of two registered versions side by side (for approval context).
+
+        :return: ``{"model_name", "versions": {v: {"run_id", "aliases", "tags", "source"}},
+            "metrics": {metric: {v1, v2, "delta"}}, "params": {param: {v1, v2}},
+            "changed_params": [...]}``; ``delta`` is ``v2 - v1``.
+        """
+        a, b = str(v1), str(v2)
+        versions: dict[str, Any] = {}
+        metrics: dict[str, dict[str, Any]] = {}
+        params: dict[str, dict[str, Any]] = {}
+        for label in (a, b):
+            mv = self.client.get_model_version(name, label)
+            run_metrics: dict[str, Any] = {}
+            run_params: dict[str, Any] = {}
+            if mv.run_id:
+                run = self.client.get_run(mv.run_id)
+                run_metrics = dict(run.data.metrics)
+                run_params = dict(run.data.params)
+            versions[label] = {
+                "run_id": mv.run_id,
+                "aliases": list(getattr(mv, "aliases", []) or []),
+                "tags": dict(mv.tags or {}),
+                "source": mv.source,
+            }
+            for key, value in run_metrics.items():
+                metrics.setdefault(key, {a: None, b: None})[label] = value
+            for key, value in run_params.items():
+                params.setdefault(key, {a: None, b: None})[label] = value
+        for row in metrics.values():
+            row["delta"] = (
+                row[b] - row[a]
+                if isinstance(row[a], int | float) and isinstance(row[b], int | float)
+                else None
+            )
+        changed = sorted(k for k, row in params.items() if row[a] != row[b])
+        return {
+            "model_name": name,
+            "versions": versions,
+            "metrics": dict(sorted(metrics.items())),
+            "params": dict(sorted(params.items())),
+            "changed_params": changed,
+        }
