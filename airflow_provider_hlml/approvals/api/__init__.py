@@ -1,0 +1,1 @@
+"""HTTP layer of the approvals service: dependencies, error handling, routers."""

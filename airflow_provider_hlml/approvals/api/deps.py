@@ -1,0 +1,108 @@
+"""Service state and the dependencies routes share (``SessionDep``, ``CurrentActor``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from airflow_provider_hlml.approvals import store
+from airflow_provider_hlml.approvals.api.longpoll import ChangeHub
+from airflow_provider_hlml.approvals.settings import ApprovalsSettings
+from airflow_provider_hlml.approvals.store import Actor, ServiceError
+
+T = TypeVar("T")
+
+
+@dataclass
+class ServiceState:
+    """What one app instance owns: settings, database engine, sessions, change hub, key cache."""
+
+    settings: ApprovalsSettings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    hub: ChangeHub
+    _auth_cache: dict[str, tuple[Actor, float]] = field(default_factory=dict)
+
+    def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """Run ``fn(session, **kwargs)`` in a fresh session (call from a worker thread)."""
+        with self.sessions() as session:
+            return fn(session, **kwargs)
+
+    def authenticate(self, key: str) -> Actor | None:
+        hashed = store.hash_key(key)
+        cached = self._auth_cache.get(hashed)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return None
+
+    def remember(self, key: str, actor: Actor) -> None:
+        if self.settings.auth_cache_seconds > 0:
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            self._auth_cache[store.hash_key(key)] = (
+                actor,
+                time.monotonic() + self.settings.auth_cache_seconds,
+            )
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.approvals
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    with state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key made with `hlml-approvals keys create`.")
+
+
+async def current_actor(
+    state: StateDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Actor:
+    """The caller named by the ``Authorization: Bearer <key>`` header (401 when missing or unknown)."""
+    if credentials is None or not credentials.credentials:
+        raise ServiceError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'")
+    key = credentials.credentials
+    actor = state.authenticate(key)
+    if actor is None:
+        actor = await run_in_threadpool(state.run, store.authenticate, key=key)
+        if actor is None:
+            raise ServiceError(401, "unauthorized", "invalid or revoked API key")
+        state.remember(key, actor)
+    return actor
+
+
+CurrentActor = Annotated[Actor, Depends(current_actor)]
+
+
+def require_roles(*roles: str) -> Callable[[Actor], Awaitable[Actor]]:
+    """A dependency that lets only ``roles`` through (403 otherwise)."""
+
+    async def check(actor: CurrentActor) -> Actor:
+        if actor.role not in roles:
+            raise ServiceError(
+                403, "forbidden", f"role {actor.role!r} may not do this; allowed roles: {', '.join(roles)}"
+            )
+        return actor
+
+    return check
+
+
+CreatorActor = Annotated[Actor, Depends(require_roles("agent", "admin"))]
+ResponderActor = Annotated[Actor, Depends(require_roles("reviewer", "admin", "delegate"))]
+ManagerActor = Annotated[Actor, Depends(require_roles("agent", "admin", "delegate"))]

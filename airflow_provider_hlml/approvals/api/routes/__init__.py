@@ -1,0 +1,1 @@
+"""Routers of the approvals service, one module per resource."""

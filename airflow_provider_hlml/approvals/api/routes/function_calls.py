@@ -1,0 +1,166 @@
+"""Function calls (approvals): the HumanLayer endpoints plus cancel, list, audit and long-poll."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+
+from airflow_provider_hlml.approvals import store
+from airflow_provider_hlml.approvals.api.deps import (
+    CreatorActor,
+    CurrentActor,
+    ManagerActor,
+    ResponderActor,
+    SessionDep,
+    StateDep,
+)
+from airflow_provider_hlml.approvals.api.serialize import (
+    audit_body,
+    function_call_body,
+    public_model,
+    read_with_wait,
+)
+from airflow_provider_hlml.approvals.schemas import (
+    AuditEventPublic,
+    CancelRequest,
+    ErrorBody,
+    Escalation,
+    FunctionCallCreate,
+    FunctionCallPublic,
+    FunctionCallRespond,
+)
+
+KIND = store.FUNCTION_CALL
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 403, 404, 409, 413, 422)
+}
+router = APIRouter(tags=["function calls"], responses=ERRORS)
+
+WaitQuery = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="Long-poll: hold the answer up to this many seconds (capped at the service's "
+        "maximum, 30 by default) until the call changes; decided calls return at once.",
+    ),
+]
+
+
+@router.post("/function_calls", response_model=FunctionCallPublic, status_code=201)
+def create_function_call(
+    body: FunctionCallCreate, response: Response, session: SessionDep, state: StateDep, actor: CreatorActor
+) -> Any:
+    """Create a function call; the same call_id with the same spec returns the existing call."""
+    row, created = store.create_request(
+        session,
+        kind=KIND,
+        run_id=body.run_id,
+        call_id=body.call_id,
+        spec=body.spec.model_dump(mode="json"),
+        actor=actor,
+    )
+    if not created:
+        response.status_code = 200
+    return public_model(row)
+
+
+@router.get("/function_calls", response_model=list[FunctionCallPublic])
+def list_function_calls(
+    session: SessionDep,
+    response: Response,
+    actor: CurrentActor,
+    status: Literal["pending", "approved", "rejected", "cancelled"] | None = None,
+    run_id: Annotated[str | None, Query(max_length=256)] = None,
+    fn: Annotated[str | None, Query(max_length=256)] = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> Any:
+    """List function calls, newest first; the total count is in the ``X-Total-Count`` header."""
+    store.check_clean([run_id, fn], "query")
+    rows, total = store.list_requests(
+        session,
+        kind=KIND,
+        state=status,
+        run_id=run_id,
+        fn=fn,
+        since=since,
+        until=until,
+        limit=limit,
+        offset=offset,
+    )
+    response.headers["X-Total-Count"] = str(total)
+    return [public_model(r) for r in rows]
+
+
+@router.get("/agent/function_calls/pending", response_model=list[FunctionCallPublic])
+def pending_function_calls(
+    session: SessionDep,
+    actor: CurrentActor,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> Any:
+    """Pending function calls, oldest first."""
+    rows, _ = store.list_requests(
+        session, kind=KIND, state="pending", limit=limit, offset=offset, oldest_first=True
+    )
+    return [public_model(r) for r in rows]
+
+
+@router.get("/function_calls/{call_id}", response_model=FunctionCallPublic)
+async def get_function_call(
+    call_id: str, state: StateDep, actor: CurrentActor, wait: WaitQuery = None
+) -> Any:
+    """Read a function call; ``?wait=`` long-polls until it changes."""
+    return await read_with_wait(state, kind=KIND, call_id=call_id, wait=wait)
+
+
+@router.post("/agent/function_calls/{call_id}/respond", response_model=FunctionCallPublic)
+def respond_to_function_call(
+    call_id: str, body: FunctionCallRespond, session: SessionDep, state: StateDep, actor: ResponderActor
+) -> Any:
+    """Approve or reject. Delegates name the person they act for in ``user_info``."""
+    row = store.respond_function_call(
+        session,
+        call_id=call_id,
+        approved=body.approved,
+        comment=body.comment,
+        reject_option_name=body.reject_option_name,
+        actor=actor,
+        on_behalf_of=body.user_info.model_dump() if body.user_info else None,
+    )
+    state.hub.notify_threadsafe((KIND, call_id))
+    return function_call_body(row)
+
+
+@router.post("/agent/function_calls/{call_id}/escalate_email", response_model=FunctionCallPublic)
+def escalate_function_call(
+    call_id: str, body: Escalation, session: SessionDep, state: StateDep, actor: ManagerActor
+) -> Any:
+    """Record an escalation; its e-mail recipients become allowed approvers."""
+    row = store.escalate(session, kind=KIND, call_id=call_id, escalation=body.model_dump(), actor=actor)
+    state.hub.notify_threadsafe((KIND, call_id))
+    return function_call_body(row)
+
+
+@router.post("/agent/function_calls/{call_id}/cancel", response_model=FunctionCallPublic)
+def cancel_function_call(
+    call_id: str, body: CancelRequest, session: SessionDep, state: StateDep, actor: ManagerActor
+) -> Any:
+    """Cancel a pending call (``reason="timeout"`` is recorded as expired)."""
+    row = store.cancel(
+        session, kind=KIND, call_id=call_id, reason=body.reason, comment=body.comment, actor=actor
+    )
+    state.hub.notify_threadsafe((KIND, call_id))
+    return function_call_body(row)
+
+
+@router.get("/function_calls/{call_id}/audit", response_model=list[AuditEventPublic])
+def function_call_audit(call_id: str, session: SessionDep, actor: CurrentActor) -> Any:
+    """The append-only audit trail of a call, oldest first."""
+    return [audit_body(e) for e in store.audit_events(session, kind=KIND, call_id=call_id)]

@@ -1,0 +1,28 @@
+"""Health and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy import text
+
+from airflow_provider_hlml.approvals import store
+from airflow_provider_hlml.approvals.api.deps import CurrentActor, SessionDep
+from airflow_provider_hlml.approvals.api.routes.function_calls import ERRORS
+from airflow_provider_hlml.approvals.schemas import MetricsPublic
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz")
+def healthz(session: SessionDep) -> dict[str, Any]:
+    """Liveness and database reachability (no authentication)."""
+    session.execute(text("SELECT 1"))
+    return {"status": "ok"}
+
+
+@router.get("/metrics/approvals", response_model=MetricsPublic, responses=ERRORS)
+def approval_metrics(session: SessionDep, actor: CurrentActor) -> Any:
+    """Pending count, approval rate, response times and timeout/cancel rates of function calls."""
+    return store.metrics(session)

@@ -1,0 +1,67 @@
+"""The FastAPI application factory of the approvals service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from airflow_provider_hlml.approvals import db, store
+from airflow_provider_hlml.approvals.api.deps import ServiceState
+from airflow_provider_hlml.approvals.api.errors import BodySizeLimitMiddleware, install_error_handlers
+from airflow_provider_hlml.approvals.api.longpoll import ChangeHub
+from airflow_provider_hlml.approvals.api.routes import function_calls, human_contacts, service
+from airflow_provider_hlml.approvals.settings import ApprovalsSettings
+
+
+def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
+    """Build the service: HumanLayer-compatible routes under ``settings.prefix`` plus ``/healthz``.
+
+    The app may be served on its own or mounted into another ASGI app; nothing depends on its
+    lifespan having run (the change watcher starts with the first long-poll).
+
+    :param settings: service settings; read from ``HLML_APPROVALS_*`` variables when omitted.
+    """
+    settings = settings or ApprovalsSettings()
+    if settings.migrate_on_start:
+        db.migrate(settings.database_url)
+    engine = db.make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    sessions = db.make_sessionmaker(engine)
+
+    def changes_since(since: object) -> object:
+        with sessions() as session:
+            return store.changes_since(session, since=since)  # type: ignore[arg-type]
+
+    state = ServiceState(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        hub=ChangeHub(changes_since, settings.recheck_interval),  # type: ignore[arg-type]
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await state.hub.close()
+        engine.dispose()
+
+    prefix = "/" + settings.prefix.strip("/") if settings.prefix.strip("/") else ""
+    app = FastAPI(
+        title="HLML approvals service",
+        summary="A self-hosted, HumanLayer-compatible approvals API",
+        version="1",
+        lifespan=lifespan,
+        openapi_url=f"{prefix}/openapi.json",
+        docs_url=f"{prefix}/docs",
+        redoc_url=None,
+    )
+    app.state.approvals = state
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.include_router(function_calls.router, prefix=prefix)
+    app.include_router(human_contacts.router, prefix=prefix)
+    app.include_router(service.router, prefix=prefix)
+    if prefix:
+        app.add_api_route("/healthz", service.healthz, methods=["GET"], include_in_schema=False)
+    return app

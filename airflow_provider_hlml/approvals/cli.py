@@ -1,0 +1,364 @@
+"""``hlml-approvals``: run the service and manage it straight from its database.
+
+Every command but ``serve`` works on the database directly (``--database-url`` or
+``HLML_APPROVALS_DATABASE_URL``), so an operator can answer requests without an API key.
+``approve`` and ``reject`` record the principal named by ``--as NAME`` (it must exist, see
+``keys create``) or, without ``--as``, the built-in principal ``cli-admin``; the request's
+approval policy (approvers, self-approval) applies to either.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from airflow_provider_hlml.approvals.models import ROLES
+from airflow_provider_hlml.approvals.settings import DEFAULT_DATABASE_URL
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_database_option = click.option(
+    "--database-url",
+    envvar="HLML_APPROVALS_DATABASE_URL",
+    default=DEFAULT_DATABASE_URL,
+    show_default=True,
+    help="SQLAlchemy URL of the approvals database (env HLML_APPROVALS_DATABASE_URL).",
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+@contextmanager
+def _session(database_url: str, *, check_schema: bool = True) -> Iterator[Any]:
+    from airflow_provider_hlml.approvals import db
+    from airflow_provider_hlml.approvals.store import ServiceError
+
+    if check_schema:
+        _require_migrated(database_url)
+    engine = db.make_engine(database_url, pool_size=1)
+    try:
+        with db.make_sessionmaker(engine)() as session:
+            yield session
+    except ServiceError as exc:
+        raise click.ClickException(exc.message) from None
+    finally:
+        engine.dispose()
+
+
+def _require_migrated(database_url: str) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from airflow_provider_hlml.approvals import db
+
+    try:
+        current, head = db.schema_status(database_url)
+    except SQLAlchemyError as exc:
+        raise click.ClickException(
+            f"cannot open the database: {exc.__class__.__name__}: {exc.args[0]}"
+        ) from None
+    if current != head:
+        raise click.ClickException(
+            f"the database is at schema revision {current or 'none'}, not {head}: "
+            "run 'hlml-approvals migrate' first"
+        )
+
+
+def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else text(data))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """HumanLayer-compatible approvals service."""
+
+
+@main.command()
+@click.option("--host", envvar="HLML_APPROVALS_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="HLML_APPROVALS_PORT", default=8000, show_default=True, type=int)
+@_database_option
+@click.option(
+    "--migrate/--no-migrate",
+    default=True,
+    show_default=True,
+    help="Upgrade the schema before serving; with --no-migrate an outdated schema is refused.",
+)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--log-level", default="info", show_default=True)
+def serve(host: str, port: int, database_url: str, migrate: bool, workers: int, log_level: str) -> None:
+    """Serve the API with uvicorn."""
+    import os
+
+    import uvicorn
+
+    from airflow_provider_hlml.approvals import db
+
+    if migrate:
+        db.migrate(database_url)
+    else:
+        _require_migrated(database_url)
+    os.environ["HLML_APPROVALS_DATABASE_URL"] = database_url
+    uvicorn.run(
+        "airflow_provider_hlml.approvals.cli:_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
+def _app_from_env() -> Any:
+    from airflow_provider_hlml.approvals.app import create_app
+    from airflow_provider_hlml.approvals.settings import ApprovalsSettings
+
+    return create_app(ApprovalsSettings())
+
+
+@main.command()
+@_database_option
+def migrate(database_url: str) -> None:
+    """Create or upgrade the database schema."""
+    from airflow_provider_hlml.approvals import db
+
+    db.migrate(database_url)
+    current, _ = db.schema_status(database_url)
+    click.echo(f"database at revision {current}")
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys."""
+
+
+@keys.command("create")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option("--name", required=True, help="Principal name (created if new).")
+@click.option("--email", default=None)
+@_database_option
+@_json_option
+def keys_create(role: str, name: str, email: str | None, database_url: str, as_json: bool) -> None:
+    """Create an API key and print it (it is shown only once)."""
+    from airflow_provider_hlml.approvals import store
+
+    with _session(database_url) as session:
+        principal, key = store.create_key(session, name=name, role=role, email=email)
+        data = {"key": key, "principal": principal.name, "email": principal.email, "role": principal.role}
+    _emit(data, as_json, lambda d: d["key"])
+
+
+@keys.command("list")
+@_database_option
+@_json_option
+def keys_list(database_url: str, as_json: bool) -> None:
+    """List API keys (prefixes only; keys are stored hashed)."""
+    from airflow_provider_hlml.approvals import store
+
+    with _session(database_url) as session:
+        data = store.list_keys(session)
+    _emit(
+        data,
+        as_json,
+        lambda rows: "\n".join(
+            f"{r['id']}\t{r['prefix']}...\t{r['role']}\t{r['principal']}\t{r['email'] or '-'}"
+            f"\t{'revoked' if r['revoked_at'] else 'active'}"
+            for r in rows
+        ),
+    )
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=int)
+@_database_option
+def keys_revoke(key_id: int, database_url: str) -> None:
+    """Revoke the key with id KEY_ID (see 'keys list')."""
+    from airflow_provider_hlml.approvals import store
+
+    with _session(database_url) as session:
+        store.revoke_key(session, key_id=key_id)
+    click.echo(f"revoked key {key_id}")
+
+
+def _call_body(row: Any) -> dict[str, Any]:
+    from airflow_provider_hlml.approvals.api.serialize import body_for
+
+    return body_for(row)
+
+
+def _status_word(body: dict[str, Any]) -> str:
+    status = body.get("status") or {}
+    if status.get("cancelled_at"):
+        return "expired" if status.get("cancel_reason") == "timeout" else "cancelled"
+    if status.get("approved") is True:
+        return "approved"
+    if status.get("approved") is False:
+        return "rejected"
+    if status.get("response") is not None:
+        return "responded"
+    return "pending"
+
+
+@main.command("list")
+@click.option("--pending", is_flag=True, help="Only pending calls (same as --status pending).")
+@click.option("--status", type=click.Choice(["pending", "approved", "rejected", "cancelled"]), default=None)
+@click.option("--run-id", default=None)
+@click.option("--fn", default=None)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10_000))
+@_database_option
+@_json_option
+def list_calls(
+    pending: bool,
+    status: str | None,
+    run_id: str | None,
+    fn: str | None,
+    limit: int,
+    database_url: str,
+    as_json: bool,
+) -> None:
+    """List function calls, newest first."""
+    from airflow_provider_hlml.approvals import store
+
+    with _session(database_url) as session:
+        rows, _ = store.list_requests(
+            session,
+            kind=store.FUNCTION_CALL,
+            state="pending" if pending else status,
+            run_id=run_id,
+            fn=fn,
+            limit=limit,
+        )
+        data = [_call_body(r) for r in rows]
+    _emit(
+        data,
+        as_json,
+        lambda items: "\n".join(
+            f"{b['call_id']}\t{_status_word(b)}\t{b['spec']['fn']}\t{b['run_id']}\t{b['status']['requested_at']}"
+            for b in items
+        ),
+    )
+
+
+@main.command()
+@click.argument("call_id")
+@_database_option
+@_json_option
+def show(call_id: str, database_url: str, as_json: bool) -> None:
+    """Show one function call with its audit trail."""
+    from airflow_provider_hlml.approvals import store
+    from airflow_provider_hlml.approvals.api.serialize import audit_body
+
+    with _session(database_url) as session:
+        row = store.get_request(session, kind=store.FUNCTION_CALL, call_id=call_id)
+        data = _call_body(row)
+        data["audit"] = [
+            audit_body(e).model_dump(mode="json")
+            for e in store.audit_events(session, kind=store.FUNCTION_CALL, call_id=call_id)
+        ]
+
+    def text(d: dict[str, Any]) -> str:
+        status = d["status"]
+        lines = [
+            f"call_id:      {d['call_id']}",
+            f"run_id:       {d['run_id']}",
+            f"fn:           {d['spec']['fn']}",
+            f"status:       {_status_word(d)}",
+            f"requested_at: {status['requested_at']}",
+            f"responded_at: {status['responded_at'] or '-'}",
+            f"comment:      {status['comment'] or '-'}",
+            f"kwargs:       {json.dumps(d['spec']['kwargs'], default=str)}",
+            "audit:",
+        ]
+        lines += [
+            f"  {e['at']}  {e['event']:<10} {e['actor'] or '-'}"
+            + (f" for {e['on_behalf_of']}" if e["on_behalf_of"] else "")
+            + (f": {e['comment']}" if e["comment"] else "")
+            for e in d["audit"]
+        ]
+        return "\n".join(lines)
+
+    _emit(data, as_json, text)
+
+
+def _respond(
+    call_id: str,
+    *,
+    approved: bool,
+    comment: str | None,
+    option: str | None,
+    principal: str | None,
+    database_url: str,
+    as_json: bool,
+) -> None:
+    from airflow_provider_hlml.approvals import store
+
+    with _session(database_url) as session:
+        actor = store.principal_actor(session, name=principal)
+        row = store.respond_function_call(
+            session,
+            call_id=call_id,
+            approved=approved,
+            comment=comment,
+            reject_option_name=option,
+            actor=actor,
+        )
+        data = _call_body(row)
+    _emit(data, as_json, lambda d: f"{d['call_id']} {_status_word(d)} by {d['status']['user_info']['name']}")
+
+
+_as_option = click.option(
+    "--as",
+    "principal",
+    default=None,
+    help="Record the decision as this existing principal (default: the built-in 'cli-admin').",
+)
+
+
+@main.command()
+@click.argument("call_id")
+@click.option("--comment", default=None)
+@_as_option
+@_database_option
+@_json_option
+def approve(
+    call_id: str, comment: str | None, principal: str | None, database_url: str, as_json: bool
+) -> None:
+    """Approve a pending function call."""
+    _respond(
+        call_id,
+        approved=True,
+        comment=comment,
+        option=None,
+        principal=principal,
+        database_url=database_url,
+        as_json=as_json,
+    )
+
+
+@main.command()
+@click.argument("call_id")
+@click.option("--comment", required=True)
+@click.option("--option", default=None, help="Name of one of the call's reject options.")
+@_as_option
+@_database_option
+@_json_option
+def reject(
+    call_id: str, comment: str, option: str | None, principal: str | None, database_url: str, as_json: bool
+) -> None:
+    """Reject a pending function call."""
+    _respond(
+        call_id,
+        approved=False,
+        comment=comment,
+        option=option,
+        principal=principal,
+        database_url=database_url,
+        as_json=as_json,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Database tables of the approvals service (SQLAlchemy 2.0 declarative models).
+
+The schema is created and changed only by the Alembic migrations in ``migrations/``; a test checks
+that these models and the migrations never drift apart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ROLES = ("agent", "reviewer", "admin", "delegate")
+KINDS = ("function_call", "human_contact")
+STATES = ("pending", "approved", "rejected", "responded", "cancelled")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored in UTC and always returned timezone-aware (SQLite keeps no offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class Principal(Base):
+    """A person or system that holds API keys: an agent, a reviewer, an admin or a trusted delegate."""
+
+    __tablename__ = "principals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    email: Mapped[str | None] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key, stored only as the SHA-256 of its (high-entropy) secret."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    display_prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+class ApprovalRequest(Base):
+    """A function call (approval) or a human contact, with its current status."""
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (
+        UniqueConstraint("kind", "call_id", name="uq_approval_requests_kind_call_id"),
+        Index("ix_approval_requests_kind_state_requested_at", "kind", "state", "requested_at"),
+        Index("ix_approval_requests_updated_at", "updated_at"),
+        Index("ix_approval_requests_run_id", "run_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    call_id: Mapped[str] = mapped_column(String(256))
+    run_id: Mapped[str] = mapped_column(String(256))
+    fn: Mapped[str | None] = mapped_column(String(256))
+    spec: Mapped[dict[str, Any]] = mapped_column()
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    requested_at: Mapped[dt.datetime] = mapped_column()
+    updated_at: Mapped[dt.datetime] = mapped_column()
+    responded_at: Mapped[dt.datetime | None] = mapped_column()
+    approved: Mapped[bool | None] = mapped_column(Boolean)
+    comment: Mapped[str | None] = mapped_column(Text)
+    reject_option_name: Mapped[str | None] = mapped_column(String(256))
+    response: Mapped[str | None] = mapped_column(Text)
+    response_option_name: Mapped[str | None] = mapped_column(String(256))
+    user_info: Mapped[dict[str, Any] | None] = mapped_column()
+    cancelled_at: Mapped[dt.datetime | None] = mapped_column()
+    cancel_reason: Mapped[str | None] = mapped_column(String(20))
+    extra_approvers: Mapped[list[str] | None] = mapped_column(JSON)
+    created_by_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    created_by: Mapped[str | None] = mapped_column(String(200))
+
+    # Optimistic locking: two concurrent decisions cannot both win.
+    __mapper_args__ = {"version_id_col": version}
+
+
+class AuditEvent(Base):
+    """One entry of a request's append-only audit trail (never updated or deleted)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("approval_requests.id"), index=True)
+    event: Mapped[str] = mapped_column(String(20))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str | None] = mapped_column(String(200))
+    on_behalf_of: Mapped[str | None] = mapped_column(String(320))
+    comment: Mapped[str | None] = mapped_column(Text)
+    event_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata")

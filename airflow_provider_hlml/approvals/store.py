@@ -1,0 +1,583 @@
+"""Data access and the rules of the service, as keyword-only functions over a Session.
+
+Every function that changes data commits its own transaction. Errors a client can cause are
+raised as :class:`ServiceError` with the HTTP status to answer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import secrets
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from airflow_provider_hlml.approvals.models import (
+    ROLES,
+    ApiKey,
+    ApprovalRequest,
+    AuditEvent,
+    Principal,
+    utcnow,
+)
+from airflow_provider_hlml.approvals.policy import ApprovalPolicy
+
+KEY_PREFIX = "hl_"
+CLI_PRINCIPAL = "cli-admin"
+FUNCTION_CALL = "function_call"
+HUMAN_CONTACT = "human_contact"
+
+
+class ServiceError(Exception):
+    """A refusal the client caused: answered with ``status`` and ``{"error": {message, code}}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The authenticated caller: a principal and the key it used (None for the CLI)."""
+
+    principal_id: int
+    name: str
+    email: str | None
+    role: str
+    key_id: int | None = None
+
+
+# ---- keys and principals --------------------------------------------------------------------
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def create_key(session: Session, *, name: str, role: str, email: str | None = None) -> tuple[Principal, str]:
+    """Create a key for principal ``name`` (created if new); return it in clear text once."""
+    if role not in ROLES:
+        raise ServiceError(422, "invalid_role", f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if not name.strip():
+        raise ServiceError(422, "invalid_name", "name must not be empty")
+    principal = session.scalar(select(Principal).where(Principal.name == name))
+    if principal is None:
+        principal = Principal(name=name, email=email, role=role)
+        session.add(principal)
+        session.flush()
+    elif principal.role != role:
+        raise ServiceError(
+            409, "role_conflict", f"principal {name!r} exists with role {principal.role!r}, not {role!r}"
+        )
+    elif email and principal.email != email:
+        principal.email = email
+    key = new_key()
+    session.add(ApiKey(principal_id=principal.id, key_hash=hash_key(key), display_prefix=key[:10]))
+    session.commit()
+    return principal, key
+
+
+def list_keys(session: Session) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(ApiKey, Principal).join(Principal, ApiKey.principal_id == Principal.id).order_by(ApiKey.id)
+    ).all()
+    return [
+        {
+            "id": key.id,
+            "prefix": key.display_prefix,
+            "principal": principal.name,
+            "email": principal.email,
+            "role": principal.role,
+            "created_at": key.created_at.isoformat(),
+            "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+        }
+        for key, principal in rows
+    ]
+
+
+def revoke_key(session: Session, *, key_id: int) -> None:
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise ServiceError(404, "not_found", f"no API key with id {key_id}")
+    key.revoked_at = key.revoked_at or utcnow()
+    session.commit()
+
+
+def authenticate(session: Session, *, key: str) -> Actor | None:
+    row = session.execute(
+        select(ApiKey.id, Principal.id, Principal.name, Principal.email, Principal.role)
+        .join(Principal, ApiKey.principal_id == Principal.id)
+        .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    ).first()
+    if row is None:
+        return None
+    key_id, principal_id, name, email, role = row
+    return Actor(principal_id=principal_id, name=name, email=email, role=role, key_id=key_id)
+
+
+def principal_actor(session: Session, *, name: str | None) -> Actor:
+    """The actor the CLI answers as: principal ``name`` (must exist), or the implicit cli-admin."""
+    if name is None:
+        principal = session.scalar(select(Principal).where(Principal.name == CLI_PRINCIPAL))
+        if principal is None:
+            principal = Principal(name=CLI_PRINCIPAL, email=None, role="admin")
+            session.add(principal)
+            session.commit()
+    else:
+        principal = session.scalar(select(Principal).where(Principal.name == name))
+        if principal is None:
+            raise ServiceError(
+                404, "not_found", f"no principal named {name!r} (create one with 'keys create')"
+            )
+    return Actor(principal_id=principal.id, name=principal.name, email=principal.email, role=principal.role)
+
+
+# ---- requests -------------------------------------------------------------------------------
+
+
+def check_clean(value: Any, path: str = "body") -> None:
+    """Refuse NUL characters and non-finite numbers, which no database column or JSON can hold."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ServiceError(422, "validation_error", f"{path}: must not contain NUL characters")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ServiceError(422, "validation_error", f"{path}: numbers must be finite")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_clean(k, f"{path}")
+            check_clean(v, f"{path}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            check_clean(v, f"{path}[{i}]")
+
+
+def _spec_hash(run_id: str, spec: dict[str, Any]) -> str:
+    blob = json.dumps({"run_id": run_id, "spec": spec}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def create_request(
+    session: Session, *, kind: str, run_id: str, call_id: str, spec: dict[str, Any], actor: Actor
+) -> tuple[ApprovalRequest, bool]:
+    """Create a request; the same call_id with the same spec returns the existing one (idempotent)."""
+    check_clean(spec, "spec")
+    check_clean(run_id, "run_id")
+    check_clean(call_id, "call_id")
+    digest = _spec_hash(run_id, spec)
+    existing = _find(session, kind=kind, call_id=call_id)
+    if existing is not None:
+        return _same_or_conflict(existing, digest), False
+    now = utcnow()
+    row = ApprovalRequest(
+        kind=kind,
+        call_id=call_id,
+        run_id=run_id,
+        fn=str(spec.get("fn"))[:256] if kind == FUNCTION_CALL else None,
+        spec=spec,
+        spec_hash=digest,
+        state="pending",
+        requested_at=now,
+        updated_at=now,
+        created_by_key_id=actor.key_id,
+        created_by=actor.name,
+    )
+    session.add(row)
+    try:
+        session.flush()
+    except IntegrityError:
+        # Another request created the same call_id between our read and our write.
+        session.rollback()
+        existing = _find(session, kind=kind, call_id=call_id)
+        if existing is None:
+            raise
+        return _same_or_conflict(existing, digest), False
+    _audit(session, row, "created", actor=actor, metadata={"run_id": run_id})
+    session.commit()
+    return row, True
+
+
+def _same_or_conflict(existing: ApprovalRequest, digest: str) -> ApprovalRequest:
+    if existing.spec_hash != digest:
+        raise ServiceError(
+            409,
+            "conflict",
+            f"call_id {existing.call_id!r} already exists with a different run_id or spec",
+        )
+    return existing
+
+
+def _find(session: Session, *, kind: str, call_id: str) -> ApprovalRequest | None:
+    if "\x00" in call_id:
+        return None
+    return session.scalar(
+        select(ApprovalRequest).where(ApprovalRequest.kind == kind, ApprovalRequest.call_id == call_id)
+    )
+
+
+def get_request(session: Session, *, kind: str, call_id: str) -> ApprovalRequest:
+    row = _find(session, kind=kind, call_id=call_id)
+    if row is None:
+        noun = "function call" if kind == FUNCTION_CALL else "human contact"
+        raise ServiceError(404, "not_found", f"no {noun} with call_id {call_id!r}")
+    return row
+
+
+def list_requests(
+    session: Session,
+    *,
+    kind: str,
+    state: str | None = None,
+    run_id: str | None = None,
+    fn: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    oldest_first: bool = False,
+) -> tuple[list[ApprovalRequest], int]:
+    """Requests matching the filters (time range on ``requested_at``) and the total count."""
+    conditions = [ApprovalRequest.kind == kind]
+    if state == "cancelled":
+        conditions.append(ApprovalRequest.state == "cancelled")
+    elif state is not None:
+        conditions.append(ApprovalRequest.state == state)
+    if run_id is not None:
+        conditions.append(ApprovalRequest.run_id == run_id)
+    if fn is not None:
+        conditions.append(ApprovalRequest.fn == fn)
+    if since is not None:
+        conditions.append(ApprovalRequest.requested_at >= since)
+    if until is not None:
+        conditions.append(ApprovalRequest.requested_at < until)
+    total = session.scalar(select(func.count()).select_from(ApprovalRequest).where(*conditions)) or 0
+    order = ApprovalRequest.requested_at.asc() if oldest_first else ApprovalRequest.requested_at.desc()
+    rows = session.scalars(
+        select(ApprovalRequest)
+        .where(*conditions)
+        .order_by(order, ApprovalRequest.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(rows), int(total)
+
+
+def _responder(actor: Actor, on_behalf_of: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``user_info`` of a decision: the person and the principal whose key made it."""
+    if actor.role == "delegate":
+        if not on_behalf_of or not on_behalf_of.get("name"):
+            raise ServiceError(
+                422,
+                "validation_error",
+                "body.user_info: a delegate key must name the person it answers for "
+                '(user_info = {"name": ..., "email": ...})',
+            )
+        return {
+            "name": on_behalf_of["name"],
+            "email": on_behalf_of.get("email"),
+            "principal": actor.name,
+            "via_delegate": True,
+        }
+    if actor.role not in ("reviewer", "admin"):
+        raise ServiceError(403, "forbidden", f"role {actor.role!r} may not respond to requests")
+    return {"name": actor.name, "email": actor.email, "principal": actor.name, "via_delegate": False}
+
+
+def _check_may_respond(
+    session: Session, row: ApprovalRequest, actor: Actor, user_info: dict[str, Any]
+) -> None:
+    """Enforce the no-self-response rule and the request's approval policy (403 + audit on refusal)."""
+    _check_open(row)
+    reason: str | None = None
+    if actor.key_id is not None and row.created_by_key_id == actor.key_id:
+        reason = "the key that created this request cannot respond to it"
+    else:
+        policy = ApprovalPolicy.from_state(row.spec.get("state"), row.extra_approvers or ())
+        reason = policy.refusal_reason(name=user_info["name"], email=user_info["email"])
+    if reason is not None:
+        _audit(
+            session,
+            row,
+            "refused",
+            actor=actor,
+            on_behalf_of=user_info["name"] if user_info["via_delegate"] else None,
+            comment=reason,
+        )
+        session.commit()
+        raise ServiceError(403, "forbidden", reason)
+
+
+def _check_open(row: ApprovalRequest) -> None:
+    if row.state != "pending":
+        raise ServiceError(409, "conflict", f"call_id {row.call_id!r} is already {row.state}")
+
+
+def respond_function_call(
+    session: Session,
+    *,
+    call_id: str,
+    approved: bool,
+    comment: str | None,
+    reject_option_name: str | None,
+    actor: Actor,
+    on_behalf_of: dict[str, Any] | None = None,
+) -> ApprovalRequest:
+    """Approve or reject a pending function call."""
+    check_clean([comment, reject_option_name, on_behalf_of], "body")
+    row = get_request(session, kind=FUNCTION_CALL, call_id=call_id)
+    user_info = _responder(actor, on_behalf_of)
+    _check_may_respond(session, row, actor, user_info)
+    if reject_option_name is not None:
+        if approved:
+            raise ServiceError(
+                422, "validation_error", "body.reject_option_name: only a rejection can name a reject option"
+            )
+        names = [o.get("name") for o in row.spec.get("reject_options") or []]
+        if reject_option_name not in names:
+            raise ServiceError(
+                422,
+                "validation_error",
+                f"body.reject_option_name: {reject_option_name!r} is not one of this call's reject options "
+                f"{names}",
+            )
+    if not approved and not (comment and comment.strip()):
+        # The SDK's as_completed() requires a comment on every rejection.
+        comment = f"Rejected ({reject_option_name})" if reject_option_name else "Rejected"
+    now = utcnow()
+    row.state = "approved" if approved else "rejected"
+    row.approved = approved
+    row.comment = comment
+    row.reject_option_name = reject_option_name
+    row.responded_at = now
+    row.updated_at = now
+    row.user_info = user_info
+    _audit(
+        session,
+        row,
+        "responded",
+        actor=actor,
+        on_behalf_of=user_info["name"] if user_info["via_delegate"] else None,
+        comment=comment,
+        metadata={
+            "approved": approved,
+            "reject_option_name": reject_option_name,
+            "email": user_info["email"],
+        },
+    )
+    _commit_change(session, row)
+    return row
+
+
+def respond_human_contact(
+    session: Session,
+    *,
+    call_id: str,
+    response: str,
+    response_option_name: str | None,
+    actor: Actor,
+    on_behalf_of: dict[str, Any] | None = None,
+) -> ApprovalRequest:
+    """Answer a pending human contact."""
+    check_clean([response, response_option_name, on_behalf_of], "body")
+    row = get_request(session, kind=HUMAN_CONTACT, call_id=call_id)
+    user_info = _responder(actor, on_behalf_of)
+    _check_may_respond(session, row, actor, user_info)
+    if response_option_name is not None:
+        names = [o.get("name") for o in row.spec.get("response_options") or []]
+        if response_option_name not in names:
+            raise ServiceError(
+                422,
+                "validation_error",
+                f"body.response_option_name: {response_option_name!r} is not one of this contact's "
+                f"response options {names}",
+            )
+    now = utcnow()
+    row.state = "responded"
+    row.response = response
+    row.response_option_name = response_option_name
+    row.responded_at = now
+    row.updated_at = now
+    row.user_info = user_info
+    _audit(
+        session,
+        row,
+        "responded",
+        actor=actor,
+        on_behalf_of=user_info["name"] if user_info["via_delegate"] else None,
+        comment=response,
+        metadata={"response_option_name": response_option_name, "email": user_info["email"]},
+    )
+    _commit_change(session, row)
+    return row
+
+
+def escalate(
+    session: Session, *, kind: str, call_id: str, escalation: dict[str, Any], actor: Actor
+) -> ApprovalRequest:
+    """Record an escalation; its e-mail recipients become allowed approvers too."""
+    check_clean(escalation, "body")
+    row = get_request(session, kind=kind, call_id=call_id)
+    _check_open(row)
+    recipients = [r.get("address") for r in escalation.get("additional_recipients") or []]
+    email_channel = (escalation.get("channel") or {}).get("email") or {}
+    if email_channel.get("address"):
+        recipients.append(email_channel["address"])
+    recipients += [r.get("address") for r in email_channel.get("additional_recipients") or []]
+    added = [r for r in recipients if r and r not in (row.extra_approvers or [])]
+    if added:
+        row.extra_approvers = [*(row.extra_approvers or []), *added]
+    row.updated_at = utcnow()
+    _audit(
+        session,
+        row,
+        "escalated",
+        actor=actor,
+        comment=escalation.get("escalation_msg"),
+        metadata={"recipients": recipients},
+    )
+    _commit_change(session, row)
+    return row
+
+
+def cancel(
+    session: Session, *, kind: str, call_id: str, reason: str, comment: str | None, actor: Actor
+) -> ApprovalRequest:
+    """Cancel a pending request; ``reason="timeout"`` is recorded as *expired*."""
+    check_clean(comment, "body.comment")
+    row = get_request(session, kind=kind, call_id=call_id)
+    _check_open(row)
+    now = utcnow()
+    row.state = "cancelled"
+    row.cancelled_at = now
+    row.cancel_reason = reason
+    row.updated_at = now
+    _audit(
+        session,
+        row,
+        "expired" if reason == "timeout" else "cancelled",
+        actor=actor,
+        comment=comment,
+        metadata={"reason": reason},
+    )
+    _commit_change(session, row)
+    return row
+
+
+def _commit_change(session: Session, row: ApprovalRequest) -> None:
+    try:
+        session.commit()
+    except StaleDataError:
+        session.rollback()
+        raise ServiceError(
+            409, "conflict", f"call_id {row.call_id!r} was changed concurrently; retry"
+        ) from None
+
+
+def _audit(
+    session: Session,
+    row: ApprovalRequest,
+    event: str,
+    *,
+    actor: Actor | None,
+    on_behalf_of: str | None = None,
+    comment: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        AuditEvent(
+            request_id=row.id,
+            event=event,
+            at=utcnow(),
+            actor=actor.name if actor else None,
+            on_behalf_of=on_behalf_of,
+            comment=comment,
+            event_metadata=metadata,
+        )
+    )
+
+
+def audit_events(session: Session, *, kind: str, call_id: str) -> list[AuditEvent]:
+    row = get_request(session, kind=kind, call_id=call_id)
+    return list(
+        session.scalars(
+            select(AuditEvent).where(AuditEvent.request_id == row.id).order_by(AuditEvent.id)
+        ).all()
+    )
+
+
+def changes_since(session: Session, *, since: dt.datetime) -> Sequence[tuple[str, str, int]]:
+    """(kind, call_id, version) of requests changed at or after ``since``."""
+    rows = session.execute(
+        select(ApprovalRequest.kind, ApprovalRequest.call_id, ApprovalRequest.version).where(
+            ApprovalRequest.updated_at >= since
+        )
+    ).all()
+    return [(k, c, v) for k, c, v in rows]
+
+
+def metrics(session: Session) -> dict[str, Any]:
+    """Approval metrics over all function calls, computed from the database."""
+    counts: dict[str, int] = dict.fromkeys(("pending", "approved", "rejected"), 0)
+    for state, count in session.execute(
+        select(ApprovalRequest.state, func.count())
+        .where(ApprovalRequest.kind == FUNCTION_CALL, ApprovalRequest.state != "cancelled")
+        .group_by(ApprovalRequest.state)
+    ):
+        counts[state] = int(count)
+    expired = cancelled = 0
+    for reason, count in session.execute(
+        select(ApprovalRequest.cancel_reason, func.count())
+        .where(ApprovalRequest.kind == FUNCTION_CALL, ApprovalRequest.state == "cancelled")
+        .group_by(ApprovalRequest.cancel_reason)
+    ):
+        if reason == "timeout":
+            expired += int(count)
+        else:
+            cancelled += int(count)
+    durations = sorted(
+        (responded - requested).total_seconds()
+        for requested, responded in session.execute(
+            select(ApprovalRequest.requested_at, ApprovalRequest.responded_at).where(
+                ApprovalRequest.kind == FUNCTION_CALL, ApprovalRequest.responded_at.is_not(None)
+            )
+        )
+        if responded is not None
+    )
+    decided = counts["approved"] + counts["rejected"]
+    closed = decided + expired + cancelled
+    total = closed + counts["pending"]
+    return {
+        "pending": counts["pending"],
+        "total": total,
+        "approved": counts["approved"],
+        "rejected": counts["rejected"],
+        "cancelled": cancelled,
+        "expired": expired,
+        "approval_rate": counts["approved"] / decided if decided else None,
+        "median_response_seconds": statistics.median(durations) if durations else None,
+        "p95_response_seconds": _percentile(durations, 0.95) if durations else None,
+        "timeout_rate": expired / closed if closed else None,
+        "cancel_rate": cancelled / closed if closed else None,
+    }
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile of an already sorted, non-empty sequence."""
+    pos = (len(sorted_values) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
