@@ -1,0 +1,608 @@
+"""Hook for the HumanLayer API: the cloud, or the provider's self-hosted approvals service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import weakref
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from airflow.exceptions import AirflowNotFoundException
+from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowException
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import aiohttp
+    import requests
+    from humanlayer import HumanLayer
+    from humanlayer.core.models import Escalation, FunctionCall, FunctionCallStatus
+
+    from airflow_provider_hlml.utils.wire import GateFunctionCall
+
+DEFAULT_TIMEOUT = 30.0
+ENV_API_BASE = "HUMANLAYER_API_BASE"
+ENV_API_KEY = "HUMANLAYER_API_KEY"
+ENV_RUN_ID_PREFIX = "HUMANLAYER_RUN_ID_PREFIX"
+CLOUD_API_BASE = "https://api.humanlayer.dev/humanlayer/v1"
+MAX_LONG_POLL_SECONDS = 30
+
+
+class HumanLayerError(AirflowException):
+    """
+    A HumanLayer call failed; the message names the connection and what to check.
+
+    :param message: the full, secret-free message.
+    :param conn_id: the Airflow connection id in use.
+    :param status_code: the HTTP status, when the server answered (kept as ``http_status``).
+    """
+
+    retryable = False
+
+    def __init__(self, message: str, *, conn_id: str, status_code: int | None = None) -> None:
+        super().__init__(_redact(message))
+        self.conn_id = conn_id
+        self.http_status = status_code
+
+
+class HumanLayerConnectionError(HumanLayerError):
+    """The connection is missing or incomplete (no base URL or no API key)."""
+
+
+class HumanLayerAuthError(HumanLayerError):
+    """The server refused the API key (401) or the action (403)."""
+
+
+class HumanLayerNotFoundError(HumanLayerError):
+    """The request (or the whole API path) does not exist on the server (404)."""
+
+
+class HumanLayerConflictError(HumanLayerError):
+    """The server already holds a request with this call id (409)."""
+
+
+class HumanLayerRequestError(HumanLayerError):
+    """The server rejected what was sent (another 4xx)."""
+
+
+class HumanLayerBadResponseError(HumanLayerError):
+    """The server answered something that is not the HumanLayer JSON API."""
+
+
+class HumanLayerUnavailableError(HumanLayerError):
+    """The server is unreachable, timed out, overloaded (429) or failing (5xx): worth retrying."""
+
+    retryable = True
+
+
+def _redact(text: str) -> str:
+    from airflow.sdk.log import redact
+
+    return str(redact(text))
+
+
+def _display_url(url: str) -> str:
+    """The URL without any user:password part, for messages."""
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc = f"{netloc}:{parts.port}"
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+@dataclass(frozen=True)
+class HumanLayerSettings:
+    """
+    What the hook needs from a connection (or from the environment).
+
+    :param conn_id: connection id the settings came from (or would have).
+    :param base_url: full API base URL, e.g. ``https://api.humanlayer.dev/humanlayer/v1``.
+    :param api_key: API key; never printed (``repr=False``).
+    :param run_id_prefix: prefix of the HumanLayer ``run_id``.
+    :param timeout: HTTP timeout in seconds.
+    :param source: ``"connection"`` or ``"environment"``.
+    """
+
+    conn_id: str
+    base_url: str
+    api_key: str = field(repr=False)
+    run_id_prefix: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    source: str = "connection"
+
+    @property
+    def where(self) -> str:
+        if self.source == "environment":
+            return f"HumanLayer connection '{self.conn_id}' (not defined; using {ENV_API_BASE}/{ENV_API_KEY}: {_display_url(self.base_url)})"
+        return f"HumanLayer connection '{self.conn_id}' ({_display_url(self.base_url)})"
+
+
+def _settings_from_connection(conn: Any, conn_id: str, extra: dict[str, Any]) -> HumanLayerSettings:
+    host = (conn.host or "").strip()
+    if host and "://" not in host:
+        scheme = (conn.schema or "https").strip() or "https"
+        host = f"{scheme}://{host}"
+        if conn.port:
+            host = f"{host}:{conn.port}"
+    base_url = (host or os.environ.get(ENV_API_BASE) or CLOUD_API_BASE).rstrip("/")
+    api_key = conn.password or os.environ.get(ENV_API_KEY) or ""
+    if not api_key:
+        raise HumanLayerConnectionError(
+            f"HumanLayer connection '{conn_id}' has no API key: set the connection's password "
+            f"(API key) field, or {ENV_API_KEY}.",
+            conn_id=conn_id,
+        )
+    timeout_raw = extra.get("timeout")
+    try:
+        timeout = float(timeout_raw) if timeout_raw not in (None, "") else DEFAULT_TIMEOUT
+    except (TypeError, ValueError):
+        raise HumanLayerConnectionError(
+            f"HumanLayer connection '{conn_id}': extra field 'timeout' must be a number of seconds, "
+            f"got {timeout_raw!r}.",
+            conn_id=conn_id,
+        ) from None
+    if timeout <= 0:
+        raise HumanLayerConnectionError(
+            f"HumanLayer connection '{conn_id}': extra field 'timeout' must be positive, got {timeout}.",
+            conn_id=conn_id,
+        )
+    return HumanLayerSettings(
+        conn_id=conn_id,
+        base_url=base_url,
+        api_key=api_key,
+        run_id_prefix=extra.get("run_id_prefix") or None,
+        timeout=timeout,
+        source="connection",
+    )
+
+
+def _settings_from_environment(conn_id: str) -> HumanLayerSettings:
+    api_key = os.environ.get(ENV_API_KEY, "")
+    if not api_key:
+        raise HumanLayerConnectionError(
+            f"HumanLayer connection '{conn_id}' is not defined and {ENV_API_KEY} is not set: create "
+            f"the connection (conn type 'humanlayer', host = API base URL, password = API key) or "
+            f"export {ENV_API_BASE} and {ENV_API_KEY}.",
+            conn_id=conn_id,
+        )
+    from airflow.sdk.log import mask_secret
+
+    mask_secret(api_key)
+    return HumanLayerSettings(
+        conn_id=conn_id,
+        base_url=(os.environ.get(ENV_API_BASE) or CLOUD_API_BASE).rstrip("/"),
+        api_key=api_key,
+        run_id_prefix=os.environ.get(ENV_RUN_ID_PREFIX) or None,
+        source="environment",
+    )
+
+
+def _error_detail(body: str) -> str:
+    """The message inside a HumanLayer or FastAPI error body, else the start of the body."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.strip()[:200]
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:300]
+        if "detail" in data:
+            detail = data["detail"]
+            if isinstance(detail, dict) and detail.get("message"):
+                return str(detail["message"])[:300]
+            return json.dumps(detail)[:300] if not isinstance(detail, str) else detail[:300]
+    return json.dumps(data)[:300]
+
+
+def _raise_for_status(settings: HumanLayerSettings, method: str, path: str, status: int, body: str) -> None:
+    if status < 400:
+        return
+    what = f"{settings.where}: {method} {path} answered {status}"
+    detail = _error_detail(body)
+    suffix = f" ({detail})" if detail else ""
+    conn_id = settings.conn_id
+    if status == 401:
+        raise HumanLayerAuthError(
+            f"{what}{suffix}. Check the API key (password) of the connection.",
+            conn_id=conn_id,
+            status_code=status,
+        )
+    if status == 403:
+        raise HumanLayerAuthError(
+            f"{what}{suffix}. The API key is valid but not allowed to do this; check its role.",
+            conn_id=conn_id,
+            status_code=status,
+        )
+    if status == 404:
+        raise HumanLayerNotFoundError(
+            f"{what}{suffix}. Check the base URL (host) of the connection, or that the request exists.",
+            conn_id=conn_id,
+            status_code=status,
+        )
+    if status == 409:
+        raise HumanLayerConflictError(f"{what}{suffix}.", conn_id=conn_id, status_code=status)
+    if status == 429 or status >= 500:
+        raise HumanLayerUnavailableError(
+            f"{what}{suffix}. The server is overloaded or failing; retrying may help.",
+            conn_id=conn_id,
+            status_code=status,
+        )
+    raise HumanLayerRequestError(f"{what}{suffix}.", conn_id=conn_id, status_code=status)
+
+
+def _parse_json(settings: HumanLayerSettings, method: str, path: str, status: int, body: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise HumanLayerBadResponseError(
+            f"{settings.where}: {method} {path} answered {status} with a body that is not JSON "
+            f"({body.strip()[:80]!r}). Check that the base URL (host) points at the HumanLayer API "
+            f"(it usually ends with /humanlayer/v1).",
+            conn_id=settings.conn_id,
+            status_code=status,
+        ) from None
+
+
+class _SessionPool:
+    """
+    One pooled ``aiohttp.ClientSession`` per event loop, shared by every trigger in it.
+
+    Users ``acquire`` it and ``release`` it when done; the session closes when the last user of a
+    loop releases it, so a trigger ending never closes a session another trigger still reads from.
+    """
+
+    def __init__(self) -> None:
+        self._entries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def acquire(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        entry = self._entries.get(loop)
+        if entry is None or entry[0].closed:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+            entry = [aiohttp.ClientSession(connector=connector, raise_for_status=False), 0]
+            self._entries[loop] = entry
+        entry[1] += 1
+        return entry[0]
+
+    async def release(self) -> None:
+        loop = asyncio.get_running_loop()
+        entry = self._entries.get(loop)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._entries[loop]
+            await entry[0].close()
+
+    def users(self) -> int:
+        """Users of the running loop's session (0 when none is open)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return 0
+        entry = self._entries.get(loop)
+        return 0 if entry is None else int(entry[1])
+
+    def session_for_running_loop(self) -> aiohttp.ClientSession | None:
+        entry = self._entries.get(asyncio.get_running_loop())
+        return None if entry is None else entry[0]
+
+
+SESSION_POOL = _SessionPool()
+
+
+class HumanLayerHook(BaseHook):
+    """
+    Talk to the HumanLayer API (the cloud or the provider's approvals service).
+
+    The connection's host is the full API base URL and its password the API key; extras
+    ``run_id_prefix`` and ``timeout`` (seconds). Without a connection the hook falls back to the
+    SDK's ``HUMANLAYER_API_BASE`` / ``HUMANLAYER_API_KEY`` environment variables. Synchronous
+    methods serve operators; ``a``-prefixed coroutines serve triggers and read through one pooled
+    HTTP session per event loop.
+
+    :param humanlayer_conn_id: Airflow connection id of type ``humanlayer``.
+    """
+
+    conn_name_attr = "humanlayer_conn_id"
+    default_conn_name = "humanlayer_default"
+    conn_type = "humanlayer"
+    hook_name = "HumanLayer"
+
+    def __init__(self, humanlayer_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.humanlayer_conn_id = humanlayer_conn_id
+        self._async_settings: HumanLayerSettings | None = None
+
+    # ----------------------------------------------------------------- settings
+    @cached_property
+    def settings(self) -> HumanLayerSettings:
+        """Settings read from the connection (synchronous access, for workers)."""
+        try:
+            conn = self.get_connection(self.humanlayer_conn_id)
+        except AirflowNotFoundException:
+            return _settings_from_environment(self.humanlayer_conn_id)
+        return _settings_from_connection(conn, self.humanlayer_conn_id, conn.extra_dejson)
+
+    async def aget_settings(self) -> HumanLayerSettings:
+        """Settings read with ``await BaseHook.aget_connection`` (for triggers)."""
+        if self._async_settings is None:
+            try:
+                conn = await BaseHook.aget_connection(self.humanlayer_conn_id)
+            except AirflowNotFoundException:
+                self._async_settings = _settings_from_environment(self.humanlayer_conn_id)
+            else:
+                extra = await conn.aextra_dejson() if hasattr(conn, "aextra_dejson") else conn.extra_dejson
+                self._async_settings = _settings_from_connection(conn, self.humanlayer_conn_id, extra)
+        return self._async_settings
+
+    # ------------------------------------------------------------------- client
+    @cached_property
+    def client(self) -> HumanLayer:
+        """A ``humanlayer.HumanLayer`` with an explicit key and base URL (never the SDK's CLI mode)."""
+        from humanlayer import HumanLayer
+        from humanlayer.core.cloud import HumanLayerCloudConnection
+
+        settings = self.settings
+        connection = HumanLayerCloudConnection(
+            api_key=settings.api_key,
+            api_base_url=settings.base_url,
+            http_timeout_seconds=max(1, round(settings.timeout)),
+        )
+        return HumanLayer.cloud(connection=connection, run_id=settings.run_id_prefix or None)
+
+    def get_conn(self) -> HumanLayer:
+        return self.client
+
+    def _request(self, method: str, path: str, *, json_body: Any = None, expect_json: bool = True) -> Any:
+        import requests
+
+        settings = self.settings
+        connection = self.client.backend.connection  # type: ignore[union-attr]
+        try:
+            resp: requests.Response = connection.request(method, path, json=json_body)
+        except requests.Timeout:
+            raise HumanLayerUnavailableError(
+                f"{settings.where}: {method} {path} timed out after {settings.timeout:g}s. Check that "
+                "the server is up, or raise the connection's 'timeout' extra.",
+                conn_id=settings.conn_id,
+            ) from None
+        except requests.RequestException as exc:
+            raise HumanLayerUnavailableError(
+                f"{settings.where}: cannot reach the server ({type(exc).__name__}). Check the base URL "
+                "(host) of the connection and that the server is running.",
+                conn_id=settings.conn_id,
+            ) from None
+        _raise_for_status(settings, method, path, resp.status_code, resp.text)
+        if not expect_json:
+            return None
+        return _parse_json(settings, method, path, resp.status_code, resp.text)
+
+    # --------------------------------------------------------------- sync calls
+    def create_function_call(self, call: FunctionCall) -> GateFunctionCall:
+        """
+        Create an approval request (``POST /function_calls``).
+
+        :param call: the request; ``status`` should be ``None``.
+        """
+        from airflow_provider_hlml.utils.wire import GateFunctionCall
+
+        data = self._request("POST", "/function_calls", json_body=call.model_dump(mode="json"))
+        return GateFunctionCall.model_validate(data)
+
+    def get_function_call(self, call_id: str) -> GateFunctionCall:
+        """
+        Read one request (``GET /function_calls/{call_id}``).
+
+        :param call_id: HumanLayer call id.
+        """
+        from airflow_provider_hlml.utils.wire import GateFunctionCall
+
+        return GateFunctionCall.model_validate(self._request("GET", f"/function_calls/{call_id}"))
+
+    def get_or_create_function_call(self, call: FunctionCall) -> tuple[GateFunctionCall, bool]:
+        """
+        Return the request with ``call.call_id``, creating it only if the server has none.
+
+        :param call: the request to create when missing.
+        :return: ``(function_call, created)``.
+        """
+        try:
+            return self.get_function_call(call.call_id), False
+        except HumanLayerNotFoundError:
+            pass
+        try:
+            return self.create_function_call(call), True
+        except HumanLayerConflictError:
+            # Someone else created it between the read and the write.
+            return self.get_function_call(call.call_id), False
+
+    def respond(
+        self, call_id: str, status: FunctionCallStatus, user_info: dict[str, Any] | None = None
+    ) -> GateFunctionCall:
+        """
+        Decide a request (``POST /agent/function_calls/{call_id}/respond``).
+
+        :param call_id: HumanLayer call id.
+        :param status: the decision (``approved``, ``comment``, ``reject_option_name``).
+        :param user_info: ``{"name", "email"}`` of the person a delegate key acts for.
+        """
+        from airflow_provider_hlml.utils.wire import GateFunctionCall
+
+        body: dict[str, Any] = status.model_dump(mode="json")
+        if user_info is not None:
+            body["user_info"] = user_info
+        data = self._request("POST", f"/agent/function_calls/{call_id}/respond", json_body=body)
+        return GateFunctionCall.model_validate(data)
+
+    def escalate_email(self, call_id: str, escalation: Escalation) -> GateFunctionCall:
+        """
+        Escalate a request (``POST /agent/function_calls/{call_id}/escalate_email``).
+
+        :param call_id: HumanLayer call id.
+        :param escalation: message, additional recipients and channel.
+        """
+        from airflow_provider_hlml.utils.wire import GateFunctionCall
+
+        data = self._request(
+            "POST",
+            f"/agent/function_calls/{call_id}/escalate_email",
+            json_body=escalation.model_dump(mode="json"),
+        )
+        return GateFunctionCall.model_validate(data)
+
+    def cancel(self, call_id: str, reason: str = "cancelled", comment: str | None = None) -> GateFunctionCall:
+        """
+        Cancel a pending request (approvals-service extension, not in the HumanLayer cloud).
+
+        :param call_id: HumanLayer call id.
+        :param reason: ``"timeout"``, ``"killed"`` or ``"cancelled"``.
+        :param comment: free text recorded in the audit trail.
+        """
+        from airflow_provider_hlml.utils.wire import GateFunctionCall
+
+        data = self._request(
+            "POST",
+            f"/agent/function_calls/{call_id}/cancel",
+            json_body={"reason": reason, "comment": comment},
+        )
+        return GateFunctionCall.model_validate(data)
+
+    def get_audit(self, call_id: str) -> list[dict[str, Any]]:
+        """
+        The audit trail of a request (approvals-service extension).
+
+        :param call_id: HumanLayer call id.
+        """
+        data = self._request("GET", f"/function_calls/{call_id}/audit")
+        return list(data) if isinstance(data, list) else list(data.get("events", []))
+
+    def health(self) -> dict[str, Any]:
+        """
+        Check that the server answers and accepts the key.
+
+        Reads ``/healthz`` next to the API root when present, then an unknown request id: a 404
+        proves the key was accepted (a wrong key answers 401).
+        """
+        settings = self.settings
+        result: dict[str, Any] = {"base_url": _display_url(settings.base_url), "source": settings.source}
+        try:
+            self._request("GET", "/function_calls/hlml-connection-test-does-not-exist")
+        except HumanLayerNotFoundError as exc:
+            result["status"] = "ok"
+            result["detail"] = f"server reachable, API key accepted ({exc.http_status} for a probe id)"
+            return result
+        result["status"] = "ok"
+        result["detail"] = "server reachable, API key accepted"
+        return result
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Airflow UI "Test" button: ``(ok, message)`` without any secret in the message."""
+        try:
+            info = self.health()
+        except HumanLayerError as exc:
+            return False, str(exc)
+        except Exception as exc:
+            return False, _redact(f"{type(exc).__name__}: {exc}")
+        return True, f"{info['detail']} at {info['base_url']}"
+
+    # -------------------------------------------------------------- async calls
+    @contextlib.asynccontextmanager
+    async def asession_scope(self) -> AsyncIterator[None]:
+        """Keep the event loop's pooled session open for the duration of the block (one trigger run)."""
+        await SESSION_POOL.acquire()
+        try:
+            yield
+        finally:
+            await SESSION_POOL.release()
+
+    async def aget_function_call(self, call_id: str, *, wait: float | None = None) -> GateFunctionCall:
+        """
+        Read one request through the pooled session, long-polling when ``wait`` is given.
+
+        Servers without long-polling (the cloud) ignore ``?wait=`` and answer at once.
+
+        :param call_id: HumanLayer call id.
+        :param wait: seconds the server may hold the answer until the request changes (max 30).
+        """
+        from airflow_provider_hlml.utils.wire import GateFunctionCall
+
+        params = None
+        if wait is not None and wait > 0:
+            params = {"wait": str(int(min(wait, MAX_LONG_POLL_SECONDS)))}
+        data = await self._arequest("GET", f"/function_calls/{call_id}", params=params, extra_timeout=wait)
+        return GateFunctionCall.model_validate(data)
+
+    async def arespond(
+        self, call_id: str, status: FunctionCallStatus, user_info: dict[str, Any] | None = None
+    ) -> GateFunctionCall:
+        """
+        Async :meth:`respond`.
+
+        :param call_id: HumanLayer call id.
+        :param status: the decision.
+        :param user_info: person a delegate key acts for.
+        """
+        from airflow_provider_hlml.utils.wire import GateFunctionCall
+
+        body: dict[str, Any] = status.model_dump(mode="json")
+        if user_info is not None:
+            body["user_info"] = user_info
+        data = await self._arequest("POST", f"/agent/function_calls/{call_id}/respond", json_body=body)
+        return GateFunctionCall.model_validate(data)
+
+    async def _arequest(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+        extra_timeout: float | None = None,
+    ) -> Any:
+        import aiohttp
+
+        settings = await self.aget_settings()
+        session = await SESSION_POOL.acquire()
+        timeout = aiohttp.ClientTimeout(total=settings.timeout + (extra_timeout or 0))
+        try:
+            async with session.request(
+                method,
+                f"{settings.base_url}{path}",
+                params=params,
+                json=json_body,
+                headers={"Authorization": f"Bearer {settings.api_key}", "Accept": "application/json"},
+                timeout=timeout,
+            ) as resp:
+                body = await resp.text()
+                status = resp.status
+        except asyncio.TimeoutError:
+            raise HumanLayerUnavailableError(
+                f"{settings.where}: {method} {path} timed out after {timeout.total:g}s. Check that the "
+                "server is up, or raise the connection's 'timeout' extra.",
+                conn_id=settings.conn_id,
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise HumanLayerUnavailableError(
+                f"{settings.where}: cannot reach the server ({type(exc).__name__}). Check the base URL "
+                "(host) of the connection and that the server is running.",
+                conn_id=settings.conn_id,
+            ) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await SESSION_POOL.release()
+        _raise_for_status(settings, method, path, status, body)
+        return _parse_json(settings, method, path, status, body)

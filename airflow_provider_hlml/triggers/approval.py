@@ -1,0 +1,372 @@
+"""Trigger that waits for a decision on a HumanLayer approval request, and its event payloads."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
+    from airflow_provider_hlml.hooks.humanlayer import HumanLayerHook
+    from airflow_provider_hlml.utils.wire import GateFunctionCall, UserInfo
+
+TRIGGER_CLASSPATH = "airflow_provider_hlml.triggers.approval.HumanApprovalTrigger"
+MAX_BACKOFF_SECONDS = 60.0
+
+
+class ResponderPayload(TypedDict):
+    """Who decided (native HITL's ``HITLUser`` keys ``id``/``name`` plus e-mail and delegate)."""
+
+    id: str | None
+    name: str | None
+    email: str | None
+    via_delegate: str | bool | None
+
+
+class ApprovalDecisionEvent(TypedDict):
+    """A reviewer approved or rejected the request."""
+
+    status: Literal["approved", "rejected"]
+    call_id: str
+    approved: bool
+    comment: str | None
+    reject_option: str | None
+    responded_by_user: ResponderPayload | None
+    responded_at: str | None
+    requested_at: str | None
+
+
+class ApprovalTimeoutEvent(TypedDict):
+    """The deadline passed without an accepted decision."""
+
+    status: Literal["timeout"]
+    call_id: str
+    deadline: str
+    escalated: bool
+    requested_at: str | None
+
+
+class ApprovalCancelledEvent(TypedDict):
+    """The request was cancelled on the server (not by this gate's own timeout handling)."""
+
+    status: Literal["cancelled"]
+    call_id: str
+    reason: str | None
+    cancelled_at: str | None
+
+
+class ApprovalErrorEvent(TypedDict):
+    """Waiting cannot go on: a wrong key (401/403), a missing request (404), a bad answer."""
+
+    status: Literal["error"]
+    call_id: str
+    message: str
+    http_status: int | None
+
+
+ApprovalEvent = ApprovalDecisionEvent | ApprovalTimeoutEvent | ApprovalCancelledEvent | ApprovalErrorEvent
+EVENT_STATUSES = frozenset({"approved", "rejected", "timeout", "cancelled", "error"})
+
+
+def _norm(value: str | None) -> str | None:
+    return value.strip().lower() if value and value.strip() else None
+
+
+def decider_identities(user_info: UserInfo | None) -> set[str]:
+    """The lower-cased name, e-mail and principal a decision was made under."""
+    if user_info is None:
+        return set()
+    return {n for n in (_norm(user_info.name), _norm(user_info.email), _norm(user_info.principal)) if n}
+
+
+def refusal_reason(
+    user_info: UserInfo | None,
+    approvers: Iterable[str],
+    requester: str | None,
+    allow_self_approval: bool,
+) -> str | None:
+    """
+    Why a decision must not be accepted under the gate's policy, or ``None`` when it may.
+
+    A server that does not report who decided (the cloud) is trusted to have enforced its own
+    channel rules; the approvals service reports ``status.user_info`` and is re-checked here.
+
+    :param user_info: who decided, as reported by the server.
+    :param approvers: allowed e-mails or principal names; empty allows any reviewer.
+    :param requester: the user who triggered the DAG run.
+    :param allow_self_approval: whether the requester may decide.
+    """
+    ids = decider_identities(user_info)
+    if not ids:
+        return None
+    allowed = {a for a in (_norm(x) for x in approvers) if a}
+    if allowed and not ids & allowed:
+        return f"{sorted(ids)[0]} is not among the approvers {sorted(allowed)}"
+    req = _norm(requester)
+    if req and not allow_self_approval and req in ids:
+        return f"{req} triggered the DAG run and self-approval is not allowed"
+    return None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_deadline(value: datetime | str | None) -> datetime | None:
+    if value is None or value == "":
+        return None
+    dt = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def decision_event(call: GateFunctionCall) -> ApprovalDecisionEvent | None:
+    """The decision event for a decided request, ``None`` while it is pending."""
+    status = call.status
+    if status is None or status.approved is None:
+        return None
+    responder: ResponderPayload | None = None
+    if status.user_info is not None:
+        info = status.user_info
+        responder = ResponderPayload(
+            id=info.principal or info.email or info.name,
+            name=info.name,
+            email=info.email,
+            via_delegate=info.via_delegate,
+        )
+    return ApprovalDecisionEvent(
+        status="approved" if status.approved else "rejected",
+        call_id=call.call_id,
+        approved=bool(status.approved),
+        comment=status.comment,
+        reject_option=status.reject_option_name,
+        responded_by_user=responder,
+        responded_at=_iso(status.responded_at),
+        requested_at=_iso(status.requested_at),
+    )
+
+
+class HumanApprovalTrigger(BaseTrigger):
+    """
+    Wait for a decision on one HumanLayer approval request.
+
+    The request already exists (the sensor creates it before deferring), so the trigger only
+    reads it and is safe to re-create any number of times. It long-polls servers that support
+    ``?wait=`` and falls back to polling every ``poll_interval`` (with jitter) on those that
+    ignore it; it backs off exponentially on 5xx / 429 / network errors without failing, stops at
+    once on 401 / 403 / 404 or a non-JSON answer, ignores (and logs) decisions by people the
+    policy does not allow, and enforces ``deadline`` itself.
+
+    :param call_id: HumanLayer call id of the request.
+    :param humanlayer_conn_id: Airflow connection id of type ``humanlayer``.
+    :param deadline: ISO-8601 UTC time after which a timeout event is sent; ``None`` waits forever.
+    :param poll_interval: seconds between reads when the server does not long-poll.
+    :param long_poll_seconds: ``?wait=`` seconds per read (0 disables long-polling).
+    :param approvers: allowed e-mails or principal names (empty: any reviewer).
+    :param requester: the user who triggered the DAG run.
+    :param allow_self_approval: whether ``requester`` may decide.
+    :param escalated: whether this wait follows an escalation (reported in the timeout event).
+    """
+
+    def __init__(
+        self,
+        *,
+        call_id: str,
+        humanlayer_conn_id: str = "humanlayer_default",
+        deadline: datetime | str | None = None,
+        poll_interval: float = 5.0,
+        long_poll_seconds: int = 25,
+        approvers: Sequence[str] | None = None,
+        requester: str | None = None,
+        allow_self_approval: bool = False,
+        escalated: bool = False,
+    ) -> None:
+        super().__init__()
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval}")
+        self.call_id = call_id
+        self.humanlayer_conn_id = humanlayer_conn_id
+        parsed = _parse_deadline(deadline)
+        self.deadline = parsed.isoformat() if parsed else None
+        self._deadline_dt = parsed
+        self.poll_interval = float(poll_interval)
+        self.long_poll_seconds = max(0, int(long_poll_seconds))
+        self.approvers = list(approvers or [])
+        self.requester = requester
+        self.allow_self_approval = bool(allow_self_approval)
+        self.escalated = bool(escalated)
+        self._refused_logged: set[str] = set()
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            TRIGGER_CLASSPATH,
+            {
+                "call_id": self.call_id,
+                "humanlayer_conn_id": self.humanlayer_conn_id,
+                "deadline": self.deadline,
+                "poll_interval": self.poll_interval,
+                "long_poll_seconds": self.long_poll_seconds,
+                "approvers": self.approvers,
+                "requester": self.requester,
+                "allow_self_approval": self.allow_self_approval,
+                "escalated": self.escalated,
+            },
+        )
+
+    # ------------------------------------------------------------------ helpers
+    def _remaining(self) -> float | None:
+        if self._deadline_dt is None:
+            return None
+        return (self._deadline_dt - datetime.now(timezone.utc)).total_seconds()
+
+    def _jittered(self, seconds: float) -> float:
+        return seconds * random.uniform(0.9, 1.1)
+
+    def _accept(self, call: GateFunctionCall) -> ApprovalDecisionEvent | ApprovalCancelledEvent | None:
+        """The event for this state of the request, or ``None`` to keep waiting."""
+        status = call.status
+        if status is None:
+            return None
+        event = decision_event(call)
+        if event is not None:
+            reason = refusal_reason(
+                status.user_info, self.approvers, self.requester, self.allow_self_approval
+            )
+            if reason is None:
+                if status.user_info is None and (self.approvers or self.requester):
+                    self.log.warning(
+                        "The server does not report who decided %s; the approver policy is left to it.",
+                        self.call_id,
+                    )
+                return event
+            key = f"{event['responded_at']}|{reason}"
+            if key not in self._refused_logged:
+                self._refused_logged.add(key)
+                self.log.warning("Ignoring the decision on %s: %s. Still waiting.", self.call_id, reason)
+            return None
+        if status.is_cancelled:
+            return ApprovalCancelledEvent(
+                status="cancelled",
+                call_id=call.call_id,
+                reason=status.cancel_reason,
+                cancelled_at=_iso(status.cancelled_at),
+            )
+        return None
+
+    async def _read(self, hook: HumanLayerHook, wait: float | None) -> GateFunctionCall:
+        """One read, retried with exponential backoff and jitter on retryable errors until the deadline."""
+        from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
+
+        from airflow_provider_hlml.hooks.humanlayer import HumanLayerError
+
+        base_wait = wait_exponential_jitter(
+            multiplier=min(1.0, self.poll_interval),
+            max=MAX_BACKOFF_SECONDS,
+            jitter=min(1.0, self.poll_interval),
+        )
+
+        def bounded_wait(state: RetryCallState) -> float:
+            remaining = self._remaining()
+            delay = base_wait(state)
+            return delay if remaining is None else max(0.0, min(delay, remaining))
+
+        def past_deadline(state: RetryCallState) -> bool:
+            remaining = self._remaining()
+            return remaining is not None and remaining <= 0
+
+        def log_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.log.warning(
+                "Reading %s failed (attempt %d), retrying in %.1fs: %s",
+                self.call_id,
+                state.attempt_number,
+                state.upcoming_sleep,
+                exc,
+            )
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, HumanLayerError) and e.retryable),
+            wait=bounded_wait,
+            stop=past_deadline,
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                remaining = self._remaining()
+                poll_wait = wait if remaining is None or wait is None else min(wait, max(0.0, remaining))
+                return await hook.aget_function_call(self.call_id, wait=poll_wait or None)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _timeout_event(self, requested_at: str | None) -> ApprovalTimeoutEvent:
+        return ApprovalTimeoutEvent(
+            status="timeout",
+            call_id=self.call_id,
+            deadline=self.deadline or "",
+            escalated=self.escalated,
+            requested_at=requested_at,
+        )
+
+    # ---------------------------------------------------------------------- run
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow_provider_hlml.hooks.humanlayer import HumanLayerError, HumanLayerHook
+
+        hook = HumanLayerHook(humanlayer_conn_id=self.humanlayer_conn_id)
+        requested_at: str | None = None
+        async with hook.asession_scope():
+            while True:
+                remaining = self._remaining()
+                if remaining is not None and remaining <= 0:
+                    # A decision that landed just before the deadline still wins.
+                    try:
+                        call = await hook.aget_function_call(self.call_id)
+                    except HumanLayerError as exc:
+                        self.log.warning("Final read of %s before timing out failed: %s", self.call_id, exc)
+                    else:
+                        final = self._accept(call)
+                        if final is not None:
+                            yield TriggerEvent(dict(final))
+                            return
+                    self.log.info("No accepted decision on %s by %s.", self.call_id, self.deadline)
+                    yield TriggerEvent(dict(self._timeout_event(requested_at)))
+                    return
+
+                started = time.monotonic()
+                try:
+                    call = await self._read(hook, wait=self.long_poll_seconds or None)
+                except HumanLayerError as exc:
+                    if exc.retryable:
+                        continue  # the deadline passed while backing off
+                    yield TriggerEvent(
+                        dict(
+                            ApprovalErrorEvent(
+                                status="error",
+                                call_id=self.call_id,
+                                message=str(exc),
+                                http_status=exc.http_status,
+                            )
+                        )
+                    )
+                    return
+                if call.status is not None and requested_at is None:
+                    requested_at = _iso(call.status.requested_at)
+                event = self._accept(call)
+                if event is not None:
+                    self.log.info("Request %s: %s.", self.call_id, event["status"])
+                    yield TriggerEvent(dict(event))
+                    return
+                # Pending (or a refused decision, which the server returns without waiting):
+                # top the read's own duration up to a jittered poll interval.
+                decided = call.status is not None and call.status.approved is not None
+                pause = self._jittered(self.poll_interval) - (0.0 if decided else time.monotonic() - started)
+                remaining = self._remaining()
+                if remaining is not None:
+                    pause = min(pause, max(0.0, remaining))
+                if pause > 0:
+                    await asyncio.sleep(pause)

@@ -1,0 +1,1 @@
+"""Small helpers shared by the hooks, sensors and triggers of the provider."""
