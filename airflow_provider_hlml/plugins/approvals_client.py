@@ -1,0 +1,189 @@
+"""HTTP client of the approvals backend (the built-in service or HumanLayer cloud) for the dashboard.
+
+The dashboard speaks the HumanLayer wire format with the ``delegate`` key from
+``[hlml] approvals_delegate_key``: it reads requests and answers them *on behalf of* the logged-in
+Airflow user (``user_info``), so the same code works against the self-hosted service and the cloud.
+The self-hosted extensions (filtered lists, audit, metrics) are used when the backend has them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+class ApprovalsUnavailable(RuntimeError):
+    """The approvals backend cannot be reached or answered with a server error."""
+
+
+class ApprovalsRequestError(RuntimeError):
+    """The approvals backend refused a request (4xx); ``status_code`` and ``message`` say why."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(f"approvals backend answered {status_code}: {message}")
+        self.status_code = status_code
+        self.message = message
+
+
+class DelegateKeyMissing(RuntimeError):
+    """No delegate key is configured, so the dashboard cannot read or decide requests."""
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        detail = body.get("detail")
+        if isinstance(detail, str):
+            return detail
+        if detail is not None:
+            return str(detail)[:300]
+    return str(body)[:300]
+
+
+def _items(body: Any, key: str) -> list[dict[str, Any]]:
+    """The objects of a list answer: a bare array, or ``{"items": [...]}`` / ``{key: [...]}``."""
+    if isinstance(body, dict):
+        body = body.get("items", body.get(key))
+    if not isinstance(body, list):
+        return []
+    return [item for item in body if isinstance(item, dict)]
+
+
+class ApprovalsClient:
+    """Async client for one approvals backend.
+
+    :param base_url: full base URL including ``/humanlayer/v1`` (or the cloud base URL).
+    :param api_key: the delegate key.
+    :param timeout: seconds per request.
+    :param transport: optional httpx transport (used to reach the built-in service in-process).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._timeout = timeout
+        self._transport = transport
+
+    async def _request(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None
+    ) -> Any:
+        if not self._api_key:
+            raise DelegateKeyMissing(
+                "No approvals delegate key is configured: set [hlml] approvals_delegate_key "
+                "(create one with `hlml-approvals keys create --role delegate`)."
+            )
+        headers = {"Authorization": f"Bearer {self._api_key}"}
+        try:
+            async with httpx.AsyncClient(timeout=self._timeout, transport=self._transport) as client:
+                response = await client.request(
+                    method, f"{self.base_url}{path}", params=params, json=json, headers=headers
+                )
+        except httpx.HTTPError as exc:
+            raise ApprovalsUnavailable(
+                f"approvals backend at {self.base_url} unreachable: {type(exc).__name__}"
+            ) from exc
+        if response.status_code >= 500:
+            raise ApprovalsUnavailable(
+                f"approvals backend at {self.base_url} answered {response.status_code}"
+            )
+        if response.status_code >= 400:
+            raise ApprovalsRequestError(response.status_code, _error_message(response))
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ApprovalsUnavailable(
+                f"approvals backend at {self.base_url} sent a non-JSON answer"
+            ) from exc
+
+    async def list_calls(
+        self,
+        *,
+        status: str | None = None,
+        fn: str | None = None,
+        since: dt.datetime | None = None,
+        limit: int = 200,
+    ) -> list[dict[str, Any]]:
+        """Function calls, newest first, optionally filtered (self-hosted extension).
+
+        A backend without the list extension (the cloud) still lists pending calls.
+        """
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if fn:
+            params["fn"] = fn
+        if since:
+            params["since"] = since.isoformat()
+        try:
+            body = await self._request("GET", "/function_calls", params=params)
+        except ApprovalsRequestError as exc:
+            if exc.status_code not in (404, 405) or status not in (None, "pending"):
+                raise
+            body = await self._request("GET", "/agent/function_calls/pending")
+        return _items(body, "function_calls")
+
+    async def get_call(self, call_id: str) -> dict[str, Any]:
+        body = await self._request("GET", f"/function_calls/{call_id}")
+        if not isinstance(body, dict):
+            raise ApprovalsUnavailable("approvals backend sent a malformed function call")
+        return body
+
+    async def audit(self, call_id: str) -> list[dict[str, Any]]:
+        try:
+            body = await self._request("GET", f"/function_calls/{call_id}/audit")
+        except ApprovalsRequestError as exc:
+            if exc.status_code in (404, 405):
+                return []
+            raise
+        return _items(body, "events")
+
+    async def metrics(self) -> dict[str, Any] | None:
+        """The ``/metrics/approvals`` figures, or None when the backend does not offer them."""
+        try:
+            body = await self._request("GET", "/metrics/approvals")
+        except ApprovalsRequestError as exc:
+            if exc.status_code in (404, 405):
+                return None
+            raise
+        return body if isinstance(body, dict) else None
+
+    async def respond(
+        self,
+        call_id: str,
+        *,
+        approved: bool,
+        comment: str | None,
+        reject_option_name: str | None,
+        requested_at: str | None,
+        user_info: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Answer a function call on behalf of ``user_info`` (delegate respond)."""
+        body = {
+            "requested_at": requested_at,
+            "responded_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "approved": approved,
+            "comment": comment,
+            "reject_option_name": reject_option_name,
+            "slack_message_ts": None,
+            "user_info": dict(user_info),
+        }
+        result = await self._request("POST", f"/agent/function_calls/{call_id}/respond", json=body)
+        return result if isinstance(result, dict) else {}

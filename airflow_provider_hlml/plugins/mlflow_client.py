@@ -1,0 +1,250 @@
+"""Read-only MLflow REST client for the dashboard.
+
+The dashboard reads experiments, runs and registered models over MLflow's documented REST API
+with a short timeout instead of through ``mlflow.MlflowClient``, whose retries with backoff would
+hold a page for minutes while the tracking server is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+
+class MLflowUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be reached or answered with an error."""
+
+
+@dataclass(frozen=True)
+class MLflowTarget:
+    """Where MLflow lives and how to authenticate.
+
+    :param tracking_uri: ``http(s)://host:port`` of the tracking server.
+    :param ui_url: base URL of the MLflow UI used in links (defaults to the tracking URI).
+    :param username: basic-auth user, if any.
+    :param password: basic-auth password, if any.
+    :param token: bearer token, if any.
+    """
+
+    tracking_uri: str
+    ui_url: str
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+    @classmethod
+    def from_connection(cls, conn_id: str) -> MLflowTarget | None:
+        """The target named by an Airflow connection, or None when it does not exist."""
+        from airflow.exceptions import AirflowNotFoundException
+        from airflow.models.connection import Connection
+
+        try:
+            conn = Connection.get_connection_from_secrets(conn_id)
+        except AirflowNotFoundException:
+            return None
+        host = (conn.host or "").strip()
+        if not host:
+            return None
+        if "://" not in host:
+            scheme = conn.schema or "http"
+            host = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
+        extra = conn.extra_dejson
+        tracking = host.rstrip("/")
+        return cls(
+            tracking_uri=tracking,
+            ui_url=str(extra.get("ui_url") or tracking).rstrip("/"),
+            username=conn.login or None,
+            password=conn.password or None,
+            token=extra.get("token") or None,
+        )
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.ui_url}/#/experiments/{quote(experiment_id)}/runs/{quote(run_id)}"
+
+    def experiment_url(self, experiment_id: str) -> str:
+        return f"{self.ui_url}/#/experiments/{quote(experiment_id)}"
+
+    def model_url(self, name: str, version: str | None = None) -> str:
+        base = f"{self.ui_url}/#/models/{quote(name, safe='')}"
+        return f"{base}/versions/{quote(version)}" if version else base
+
+
+class MLflowReader:
+    """The few MLflow reads the dashboard needs.
+
+    :param target: the tracking server.
+    :param timeout: seconds per request.
+    """
+
+    def __init__(self, target: MLflowTarget, *, timeout: float = 5.0) -> None:
+        self.target = target
+        self._timeout = timeout
+
+    def _client(self) -> httpx.AsyncClient:
+        auth = None
+        headers = {}
+        if self.target.token:
+            headers["Authorization"] = f"Bearer {self.target.token}"
+        elif self.target.username:
+            auth = httpx.BasicAuth(self.target.username, self.target.password or "")
+        return httpx.AsyncClient(
+            base_url=f"{self.target.tracking_uri}/api/2.0/mlflow",
+            timeout=self._timeout,
+            auth=auth,
+            headers=headers,
+        )
+
+    async def _call(self, client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = await client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise MLflowUnavailable(
+                f"MLflow at {self.target.tracking_uri} unreachable: {type(exc).__name__}"
+            ) from exc
+        if response.status_code == 404 and path.startswith("/runs/get"):
+            return {}
+        if response.status_code >= 400:
+            raise MLflowUnavailable(f"MLflow at {self.target.tracking_uri} answered {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise MLflowUnavailable(f"MLflow at {self.target.tracking_uri} sent a non-JSON answer") from exc
+        return body if isinstance(body, dict) else {}
+
+    async def overview(self, *, max_experiments: int = 20, runs_per_experiment: int = 10) -> dict[str, Any]:
+        """Experiments with their latest runs, and registered models with versions and aliases."""
+        async with self._client() as client:
+            experiments_body = await self._call(
+                client,
+                "POST",
+                "/experiments/search",
+                json={"max_results": max_experiments, "order_by": ["last_update_time DESC"]},
+            )
+            experiments = [
+                exp
+                for exp in experiments_body.get("experiments", [])
+                if exp.get("lifecycle_stage", "active") == "active"
+            ]
+            run_bodies = await asyncio.gather(
+                *(
+                    self._call(
+                        client,
+                        "POST",
+                        "/runs/search",
+                        json={
+                            "experiment_ids": [exp["experiment_id"]],
+                            "max_results": runs_per_experiment,
+                            "order_by": ["attributes.start_time DESC"],
+                        },
+                    )
+                    for exp in experiments
+                )
+            )
+            models_body = await self._call(
+                client, "GET", "/registered-models/search", params={"max_results": 100}
+            )
+            models = models_body.get("registered_models", [])
+            version_bodies = await asyncio.gather(
+                *(
+                    self._call(
+                        client,
+                        "GET",
+                        "/model-versions/search",
+                        params={"filter": f"name='{_quote_filter(m['name'])}'", "max_results": 50},
+                    )
+                    for m in models
+                )
+            )
+            run_ids = {
+                v.get("run_id")
+                for body in version_bodies
+                for v in body.get("model_versions", [])[:20]
+                if v.get("run_id")
+            }
+            version_runs = await asyncio.gather(
+                *(self._call(client, "GET", "/runs/get", params={"run_id": rid}) for rid in sorted(run_ids))
+            )
+        runs_by_id = {body["run"]["info"]["run_id"]: body["run"] for body in version_runs if body.get("run")}
+        return {
+            "experiments": [
+                self._experiment(exp, body.get("runs", []))
+                for exp, body in zip(experiments, run_bodies, strict=True)
+            ],
+            "models": [
+                self._model(model, body.get("model_versions", []), runs_by_id)
+                for model, body in zip(models, version_bodies, strict=True)
+            ],
+        }
+
+    def _experiment(self, exp: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+        exp_id = str(exp.get("experiment_id"))
+        return {
+            "experiment_id": exp_id,
+            "name": exp.get("name"),
+            "url": self.target.experiment_url(exp_id),
+            "last_update_time": exp.get("last_update_time"),
+            "runs": [self._run(run) for run in runs],
+        }
+
+    def _run(self, run: dict[str, Any]) -> dict[str, Any]:
+        info = run.get("info", {})
+        data = run.get("data", {})
+        tags = {t.get("key"): t.get("value") for t in data.get("tags", [])}
+        exp_id = str(info.get("experiment_id"))
+        run_id = str(info.get("run_id"))
+        return {
+            "run_id": run_id,
+            "experiment_id": exp_id,
+            "run_name": info.get("run_name") or tags.get("mlflow.runName"),
+            "status": info.get("status"),
+            "start_time": info.get("start_time"),
+            "end_time": info.get("end_time"),
+            "metrics": {m.get("key"): m.get("value") for m in data.get("metrics", [])},
+            "params": {p.get("key"): p.get("value") for p in data.get("params", [])},
+            "tags": {k: v for k, v in tags.items() if k and not k.startswith("mlflow.")},
+            "url": self.target.run_url(exp_id, run_id),
+        }
+
+    def _model(
+        self, model: dict[str, Any], versions: list[dict[str, Any]], runs_by_id: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
+        name = str(model.get("name"))
+        aliases: dict[str, str] = {a.get("alias"): str(a.get("version")) for a in model.get("aliases", [])}
+        by_version: dict[str, list[str]] = {}
+        for alias, version in aliases.items():
+            by_version.setdefault(version, []).append(alias)
+        out_versions = []
+        for v in sorted(versions, key=lambda v: int(v.get("version", 0)), reverse=True):
+            version = str(v.get("version"))
+            run = runs_by_id.get(str(v.get("run_id")))
+            out_versions.append(
+                {
+                    "version": version,
+                    "run_id": v.get("run_id"),
+                    "creation_timestamp": v.get("creation_timestamp"),
+                    "aliases": sorted(by_version.get(version, [])),
+                    "tags": {t.get("key"): t.get("value") for t in v.get("tags", [])},
+                    "metrics": {m.get("key"): m.get("value") for m in run.get("data", {}).get("metrics", [])}
+                    if run
+                    else {},
+                    "url": self.target.model_url(name, version),
+                    "run_url": self.target.run_url(str(run["info"]["experiment_id"]), str(v.get("run_id")))
+                    if run
+                    else None,
+                }
+            )
+        return {
+            "name": name,
+            "url": self.target.model_url(name),
+            "aliases": aliases,
+            "tags": {t.get("key"): t.get("value") for t in model.get("tags", [])},
+            "versions": out_versions,
+        }
+
+
+def _quote_filter(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")

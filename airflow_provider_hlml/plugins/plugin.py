@@ -1,0 +1,89 @@
+"""The ``hlml`` Airflow plugin: the dashboard and the built-in approvals service in the API server.
+
+Registered through the ``airflow.plugins`` entry point. Every Airflow process loads plugins
+(scheduler, triggerer, ``airflow dags list``), but only the API server mounts ``fastapi_apps``:
+the apps are therefore built on first access of that attribute, so importing this module stays
+cheap and nothing opens a database or imports FastAPI elsewhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from airflow.plugins_manager import AirflowPlugin
+
+from airflow_provider_hlml.plugins.settings import APPROVALS_SUBPATH, DASHBOARD_PREFIX, airflow_base_path
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def build_fastapi_apps() -> tuple[dict[str, Any], ...]:
+    """The apps Airflow mounts: the approvals service (when enabled) first, then the dashboard.
+
+    The approvals service is listed first so its longer prefix wins over ``/hlml``.
+    """
+    from airflow_provider_hlml.plugins.app import create_dashboard_app
+    from airflow_provider_hlml.plugins.settings import DashboardSettings
+
+    settings = DashboardSettings.from_airflow_conf()
+    apps: list[dict[str, Any]] = []
+    approvals_app = None
+    if settings.approvals_enabled:
+        from airflow_provider_hlml.approvals import ApprovalsSettings, create_app
+
+        approvals_app = create_app(
+            ApprovalsSettings(database_url=settings.approvals_database_url, prefix="", migrate_on_start=True)
+        )
+        apps.append(
+            {
+                "app": approvals_app,
+                "url_prefix": DASHBOARD_PREFIX + APPROVALS_SUBPATH,
+                "name": "HLML approvals service",
+            }
+        )
+    apps.append(
+        {
+            "app": create_dashboard_app(settings, embedded_approvals=approvals_app),
+            "url_prefix": DASHBOARD_PREFIX,
+            "name": "HLML dashboard",
+        }
+    )
+    return tuple(apps)
+
+
+class _LazyFastAPIApps:
+    """Class attribute that builds the apps when Airflow first reads ``fastapi_apps``."""
+
+    def __get__(self, obj: object, objtype: type | None = None) -> list[dict[str, Any]]:
+        return list(build_fastapi_apps())
+
+
+def _external_views() -> list[dict[str, Any]]:
+    base = airflow_base_path()
+    return [
+        {
+            "name": "ML Approvals",
+            "href": f"{base}{DASHBOARD_PREFIX}/",
+            "url_route": "hlml",
+            "destination": "nav",
+            "nav_top_level": True,
+            "icon": f"{base}{DASHBOARD_PREFIX}/static/icon.svg",
+        }
+    ]
+
+
+class HlmlPlugin(AirflowPlugin):
+    """Dashboard of human-gated ML pipelines inside the Airflow UI (``/hlml``).
+
+    Adds a top-level "ML Approvals" entry to the Airflow navigation that shows the dashboard in
+    the Airflow page, and mounts the built-in approvals service at ``/hlml/humanlayer/v1`` when
+    ``[hlml] approvals_enabled`` is true.
+    """
+
+    name = "hlml"
+    fastapi_apps = _LazyFastAPIApps()
+    external_views = _external_views()
+    listeners: list[Any] = []

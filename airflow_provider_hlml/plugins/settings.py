@@ -1,0 +1,64 @@
+"""Dashboard settings read from the ``[hlml]`` section of the Airflow configuration."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from airflow.configuration import conf
+
+#: Path under the Airflow API server where the dashboard is mounted.
+DASHBOARD_PREFIX = "/hlml"
+#: Path under the dashboard where the built-in approvals service is mounted.
+APPROVALS_SUBPATH = "/humanlayer/v1"
+
+
+def airflow_base_path() -> str:
+    """Path part of ``[api] base_url`` ("" when Airflow is served at the root)."""
+    base_url = conf.get("api", "base_url", fallback="") or ""
+    return urlsplit(base_url).path.rstrip("/")
+
+
+def default_approvals_database_url() -> str:
+    """SQLite file next to the Airflow metadata DB when ``[hlml] approvals_database_url`` is empty."""
+    home = conf.get("core", "airflow_home", fallback="") or os.environ.get("AIRFLOW_HOME") or "."
+    return f"sqlite:///{os.path.join(os.path.abspath(home), 'hlml_approvals.db')}"
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    """What the dashboard needs to know, resolved once when the app is built.
+
+    :param approvals_enabled: mount the built-in approvals service under ``/hlml/humanlayer/v1``.
+    :param approvals_database_url: SQLAlchemy URL of the built-in service's database.
+    :param delegate_key: approvals API key with the ``delegate`` role used to read requests and to
+        decide on behalf of the logged-in user ("" = deciding is disabled with a clear message).
+    :param humanlayer_conn_id: connection naming the approvals backend (self-hosted or cloud).
+    :param mlflow_conn_id: connection naming the MLflow tracking server.
+    :param refresh_seconds: auto-refresh interval of the pages (0 = off).
+    :param http_timeout: seconds the dashboard waits for MLflow or the approvals backend.
+    """
+
+    approvals_enabled: bool
+    approvals_database_url: str
+    delegate_key: str
+    humanlayer_conn_id: str
+    mlflow_conn_id: str
+    refresh_seconds: int
+    http_timeout: float = 5.0
+
+    @classmethod
+    def from_airflow_conf(cls) -> DashboardSettings:
+        refresh = conf.getint("hlml", "dashboard_refresh_seconds", fallback=30)
+        if refresh < 0:
+            raise ValueError(f"[hlml] dashboard_refresh_seconds must be >= 0, got {refresh}")
+        return cls(
+            approvals_enabled=conf.getboolean("hlml", "approvals_enabled", fallback=True),
+            approvals_database_url=conf.get("hlml", "approvals_database_url", fallback="")
+            or default_approvals_database_url(),
+            delegate_key=conf.get("hlml", "approvals_delegate_key", fallback="") or "",
+            humanlayer_conn_id=conf.get("hlml", "humanlayer_conn_id", fallback="humanlayer_default"),
+            mlflow_conn_id=conf.get("hlml", "mlflow_conn_id", fallback="mlflow_default"),
+            refresh_seconds=refresh,
+        )

@@ -1,0 +1,287 @@
+"""The dashboard's HTTP API on a real ``airflow api-server`` with SimpleAuthManager users.
+
+Every route must refuse anonymous callers; deciding needs DAG edit access and being an approver
+of the gate; a decision lands on the embedded approvals service with the user's identity.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from tests.browser.dashboard_stack import DashboardServer, start_dashboard_server
+from tests.fixtures.airflow_stack import MetadataDatabases
+from tests.fixtures.processes import free_port
+
+pytestmark = pytest.mark.integration
+
+DAG_ID = "hlml_dashboard_gate"
+GATE_DAG = textwrap.dedent(
+    f"""
+    import pendulum
+    from airflow.sdk import DAG
+    from airflow.providers.standard.operators.empty import EmptyOperator
+
+    with DAG("{DAG_ID}", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False):
+        EmptyOperator(task_id="approve")
+    """
+)
+VALIDATION_CONTEXT = {
+    "model_name": "churn-model",
+    "model_version": "3",
+    "mlflow_run_id": "0123456789abcdef",
+    "passed": True,
+    "metrics": {
+        "accuracy": {"candidate": 0.912, "champion": 0.887, "threshold": 0.8, "passed": True, "reason": None},
+        "f1_score": {
+            "candidate": 0.71,
+            "champion": 0.74,
+            "threshold": 0.7,
+            "passed": False,
+            "reason": "below",
+        },
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def server(metadata_databases: MetadataDatabases) -> Iterator[DashboardServer]:
+    workdir = Path(tempfile.mkdtemp(prefix="hlml-dashboard-api-"))
+    (workdir / "dags").mkdir()
+    (workdir / "dags" / "gate_dag.py").write_text(GATE_DAG)
+    sqlite_db = metadata_databases.sqlite(workdir / "airflow.db")
+    # MLflow is pointed at a closed port: the pages must still work and say so.
+    dead_mlflow = f'{{"conn_type": "mlflow", "host": "http://127.0.0.1:{free_port()}"}}'
+    srv = start_dashboard_server(workdir, sqlite_db, extra_env={"AIRFLOW_CONN_MLFLOW_DEFAULT": dead_mlflow})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _pending(server: DashboardServer, **kwargs: object) -> str:
+    call_id = f"test-{uuid.uuid4().hex[:10]}"
+    server.create_gate_request(call_id=call_id, dag_id=DAG_ID, **kwargs)  # type: ignore[arg-type]
+    return call_id
+
+
+def _dashboard_routes() -> list[APIRoute]:
+    from airflow_provider_hlml.plugins.app import create_dashboard_app
+    from airflow_provider_hlml.plugins.settings import DashboardSettings
+
+    app = create_dashboard_app(
+        DashboardSettings(
+            approvals_enabled=False,
+            approvals_database_url="sqlite://",
+            delegate_key="",
+            humanlayer_conn_id="humanlayer_default",
+            mlflow_conn_id="mlflow_default",
+            refresh_seconds=30,
+        )
+    )
+    return [r for r in app.routes if isinstance(r, APIRoute)]
+
+
+def _concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "dashboard.css", path)
+
+
+class TestAuthentication:
+    def test_every_route_refuses_anonymous_and_forged_callers(self, server: DashboardServer) -> None:
+        routes = _dashboard_routes()
+        paths = {r.path for r in routes}
+        # The test must see the whole app: pages, JSON API, static files and the OpenAPI document.
+        assert {
+            "/",
+            "/approvals",
+            "/api/overview",
+            "/api/approvals/{call_id}/decision",
+            "/openapi.json",
+        } <= paths
+        checked = 0
+        for route in routes:
+            for method in sorted(route.methods or ()):
+                url = f"{server.url}/hlml{_concrete(route.path)}"
+                body = {"approved": True, "comment": "x"} if method == "POST" else None
+                anonymous = httpx.request(method, url, json=body, timeout=30)
+                assert anonymous.status_code in (401, 403), (method, route.path, anonymous.status_code)
+                forged = httpx.request(
+                    method, url, json=body, timeout=30, headers={"Authorization": "Bearer not-a-jwt"}
+                )
+                assert forged.status_code in (401, 403), (method, route.path, forged.status_code)
+                checked += 1
+        assert checked >= 11
+
+    def test_openapi_lists_only_routes_the_test_enumerates(self, server: DashboardServer) -> None:
+        with server.client("viewer") as client:
+            spec = client.get("/hlml/openapi.json").json()
+        enumerated = {r.path for r in _dashboard_routes()}
+        assert set(spec["paths"]) <= enumerated
+        assert "/api/approvals/{call_id}/decision" in spec["paths"]
+
+    def test_ui_session_cookie_authenticates_pages(self, server: DashboardServer) -> None:
+        with server.client("viewer", cookie=True) as client:
+            page = client.get("/hlml/")
+        assert page.status_code == 200
+        assert "Pending approvals" in page.text
+        assert 'data-tab="approvals"' in page.text
+
+    def test_approvals_agent_api_keeps_its_own_key_auth(self, server: DashboardServer) -> None:
+        no_key = httpx.get(f"{server.approvals_url}/function_calls", timeout=30)
+        assert no_key.status_code == 401
+        airflow_jwt = httpx.get(
+            f"{server.approvals_url}/function_calls",
+            headers={"Authorization": f"Bearer {server.token('admin')}"},
+            timeout=30,
+        )
+        assert airflow_jwt.status_code == 401
+        agent = httpx.get(
+            f"{server.approvals_url}/function_calls",
+            headers={"Authorization": f"Bearer {server.keys.agent}"},
+            timeout=30,
+        )
+        assert agent.status_code == 200
+
+
+class TestDecisions:
+    def test_viewer_sees_but_cannot_decide(self, server: DashboardServer) -> None:
+        call_id = _pending(server, approvers=["approver", "viewer"])
+        with server.client("viewer") as client:
+            listed = client.get("/hlml/api/approvals", params={"status": "pending"}).json()
+            item = next(i for i in listed["items"] if i["call_id"] == call_id)
+            assert item["can_decide"] is False
+            assert "edit access" in item["decide_blocked_reason"]
+            resp = client.post(f"/hlml/api/approvals/{call_id}/decision", json={"approved": True})
+        assert resp.status_code == 403
+        assert server.get_call(call_id)["status"]["approved"] is None
+
+    def test_dag_editor_who_is_no_approver_cannot_decide(self, server: DashboardServer) -> None:
+        call_id = _pending(server, approvers=["approver"])
+        with server.client("outsider") as client:
+            resp = client.post(f"/hlml/api/approvals/{call_id}/decision", json={"approved": True})
+        assert resp.status_code == 403
+        assert "approver" in resp.json()["detail"]
+        assert server.get_call(call_id)["status"]["approved"] is None
+
+    def test_requester_cannot_approve_own_run(self, server: DashboardServer) -> None:
+        call_id = _pending(server, approvers=[], requester="approver")
+        with server.client("approver") as client:
+            resp = client.post(f"/hlml/api/approvals/{call_id}/decision", json={"approved": True})
+        assert resp.status_code == 403
+        assert "self-approval" in resp.json()["detail"]
+
+    def test_approver_approves_and_service_records_the_user(self, server: DashboardServer) -> None:
+        call_id = _pending(server, approvers=["approver"], context=VALIDATION_CONTEXT)
+        with server.client("approver") as client:
+            page = client.get("/hlml/approvals", params={"status": "pending"})
+            assert f'data-call-id="{call_id}"' in page.text
+            assert "Validation report" in page.text
+            assert "f1_score" in page.text
+            resp = client.post(
+                f"/hlml/api/approvals/{call_id}/decision", json={"approved": True, "comment": "ship it"}
+            )
+            assert resp.status_code == 200, resp.text
+            assert resp.json() == {
+                "call_id": call_id,
+                "status": "approved",
+                "responded_by": "approver",
+                "comment": "ship it",
+            }
+            again = client.post(
+                f"/hlml/api/approvals/{call_id}/decision", json={"approved": False, "comment": "no"}
+            )
+            assert again.status_code == 409
+            detail = client.get(f"/hlml/api/approvals/{call_id}").json()
+        status = server.get_call(call_id)["status"]
+        assert status["approved"] is True
+        assert status["comment"] == "ship it"
+        assert status["user_info"]["name"] == "approver"
+        assert status["user_info"]["via_delegate"] is True
+        responded = [e for e in detail["audit"] if e["event"] == "responded"]
+        assert responded
+        assert responded[0]["on_behalf_of"] == "approver"
+
+    def test_rejection_needs_a_comment_and_keeps_the_option(self, server: DashboardServer) -> None:
+        call_id = _pending(server, approvers=["approver"])
+        with server.client("approver") as client:
+            missing = client.post(f"/hlml/api/approvals/{call_id}/decision", json={"approved": False})
+            assert missing.status_code == 422
+            assert "comment" in missing.json()["detail"]
+            bad_option = client.post(
+                f"/hlml/api/approvals/{call_id}/decision",
+                json={"approved": False, "comment": "x", "reject_option": "nope"},
+            )
+            assert bad_option.status_code == 422
+            ok = client.post(
+                f"/hlml/api/approvals/{call_id}/decision",
+                json={"approved": False, "comment": "needs more data", "reject_option": "retrain"},
+            )
+        assert ok.status_code == 200
+        status = server.get_call(call_id)["status"]
+        assert status["approved"] is False
+        assert status["reject_option_name"] == "retrain"
+        assert status["user_info"]["name"] == "approver"
+
+    def test_cross_site_post_with_the_cookie_is_refused(self, server: DashboardServer) -> None:
+        call_id = _pending(server, approvers=["approver"])
+        with server.client("approver", cookie=True) as client:
+            resp = client.post(
+                f"/hlml/api/approvals/{call_id}/decision",
+                json={"approved": True},
+                headers={"Origin": "https://evil.example"},
+            )
+        assert resp.status_code == 403
+        assert server.get_call(call_id)["status"]["approved"] is None
+
+    def test_unknown_request_is_404(self, server: DashboardServer) -> None:
+        with server.client("approver") as client:
+            resp = client.post("/hlml/api/approvals/does-not-exist/decision", json={"approved": True})
+        assert resp.status_code == 404
+
+
+class TestPages:
+    def test_overview_counts_follow_decisions(self, server: DashboardServer) -> None:
+        with server.client("admin") as client:
+            before = client.get("/hlml/api/overview").json()["figures"]
+            call_id = _pending(server, approvers=[])
+            during = client.get("/hlml/api/overview").json()["figures"]
+            assert during["pending"] == before["pending"] + 1
+            client.post(f"/hlml/api/approvals/{call_id}/decision", json={"approved": True})
+            after = client.get("/hlml/api/overview").json()
+        assert after["figures"]["pending"] == before["pending"]
+        assert after["figures"]["approval_rate"] is not None
+        assert any(e["kind"] == "approval_approved" for e in after["recent_activity"])
+
+    def test_every_page_renders_with_mlflow_down_and_says_so(self, server: DashboardServer) -> None:
+        with server.client("viewer") as client:
+            for path in ("/hlml/", "/hlml/experiments", "/hlml/analytics"):
+                page = client.get(path)
+                assert page.status_code == 200, path
+                assert 'data-banner="mlflow"' in page.text, path
+            experiments = client.get("/hlml/api/experiments").json()
+        assert experiments["backends"]["mlflow_ok"] is False
+        assert "unreachable" in experiments["backends"]["mlflow_message"]
+
+    def test_approvals_filters(self, server: DashboardServer) -> None:
+        call_id = _pending(server, approvers=["approver"], subject="Unique subject for filter")
+        with server.client("approver") as client:
+            hit = client.get(
+                "/hlml/api/approvals", params={"q": "unique SUBJECT", "status": "pending"}
+            ).json()
+            miss = client.get(
+                "/hlml/api/approvals", params={"q": "unique subject", "status": "approved"}
+            ).json()
+            bad = client.get("/hlml/api/approvals", params={"status": "bogus"})
+        assert [i["call_id"] for i in hit["items"]] == [call_id]
+        assert miss["items"] == []
+        assert bad.status_code == 422
