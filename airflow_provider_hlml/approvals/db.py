@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,16 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
 def normalize_url(database_url: str) -> str:
-    """Accept ``postgres://`` (as many platforms print it) as PostgreSQL."""
+    """Accept ``postgres://`` (as many platforms print it) and pick an installed PostgreSQL driver."""
     if database_url.startswith("postgres://"):
-        return "postgresql://" + database_url[len("postgres://") :]
+        database_url = "postgresql://" + database_url[len("postgres://") :]
+    if database_url.startswith("postgresql://") and not _importable("psycopg") and _importable("psycopg2"):
+        database_url = "postgresql+psycopg2://" + database_url[len("postgresql://") :]
     return database_url
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def make_engine(database_url: str, *, pool_size: int = 20) -> Engine:

@@ -55,6 +55,7 @@ def create_function_call(
     body: FunctionCallCreate, response: Response, session: SessionDep, state: StateDep, actor: CreatorActor
 ) -> Any:
     """Create a function call; the same call_id with the same spec returns the existing call."""
+    store.check_clean(body.model_dump(), "body")
     row, created = store.create_request(
         session,
         kind=KIND,

@@ -42,6 +42,7 @@ def create_human_contact(
     body: HumanContactCreate, response: Response, session: SessionDep, actor: CreatorActor
 ) -> Any:
     """Create a human contact; the same call_id with the same spec returns the existing one."""
+    store.check_clean(body.model_dump(), "body")
     row, created = store.create_request(
         session,
         kind=KIND,
