@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.airflow_stack import AirflowStack, MetadataDatabases, airflow_stack
+from tests.fixtures.airflow_stack import (
+    MLFLOW_SERVER_OPTIONS,
+    AirflowStack,
+    MetadataDatabases,
+    StackConfig,
+    airflow_stack,
+)
+from tests.fixtures.approvals import ApprovalsService, start_approvals_service
 from tests.fixtures.mlflow_server import MLflowServer, start_mlflow_server
 
 
@@ -19,6 +26,8 @@ from tests.fixtures.mlflow_server import MLflowServer, start_mlflow_server
 def e2e_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLflowServer]:
     """An MLflow server of the module's own: scenarios stop and restart it."""
     server = start_mlflow_server(tmp_path_factory.mktemp("e2e-mlflow"))
+    # docker-compose.yml runs MLflow with the same options (tests/e2e/test_compose.py).
+    assert set(MLFLOW_SERVER_OPTIONS) <= set(server.process.argv)
     try:
         yield server
     finally:
@@ -26,12 +35,34 @@ def e2e_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLflowServe
 
 
 @pytest.fixture(scope="module")
+def pg_approvals(
+    require_postgres: str, metadata_databases: MetadataDatabases, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApprovalsService]:
+    """A standalone approvals service on a PostgreSQL database of its own (production layout)."""
+    service = start_approvals_service(
+        metadata_databases.empty_postgres(), tmp_path_factory.mktemp("e2e-approvals")
+    )
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
 def postgres_stack(
     require_postgres: str,
     metadata_databases: MetadataDatabases,
+    e2e_mlflow: MLflowServer,
+    pg_approvals: ApprovalsService,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[AirflowStack]:
-    """LocalExecutor deployment on a PostgreSQL metadata DB of its own."""
+    """LocalExecutor deployment on PostgreSQL; standalone approvals service on PostgreSQL."""
     workdir: Path = tmp_path_factory.mktemp("e2e-postgres")
-    with airflow_stack(workdir, metadata_databases, database="postgresql") as stack:
+    config = StackConfig(
+        mlflow_url=e2e_mlflow.url,
+        approvals_base_url=pg_approvals.base_url,
+        agent_key=pg_approvals.agent_key,
+        delegate_key=pg_approvals.delegate_key,
+    )
+    with airflow_stack(workdir, metadata_databases, config, database="postgresql") as stack:
         yield stack
