@@ -18,6 +18,8 @@ class ApprovalsSettings(BaseSettings):
     :param recheck_interval: seconds between checks for changes made by other processes
         (a second server worker or the CLI writing to the database directly).
     :param auth_cache_seconds: how long a verified API key is trusted without a database read.
+    :param inline_reads: run single-row status reads on the event loop (default: only for SQLite,
+        where such a read is shorter than a hand-off to a worker thread).
     :param migrate_on_start: run the Alembic migrations when the app is created.
     :param host: address ``serve`` binds to.
     :param port: port ``serve`` listens on.
@@ -31,6 +33,7 @@ class ApprovalsSettings(BaseSettings):
     max_wait_seconds: float = Field(default=30.0, gt=0, le=300)
     recheck_interval: float = Field(default=0.5, gt=0, le=10)
     auth_cache_seconds: float = Field(default=5.0, ge=0)
+    inline_reads: bool | None = None
     migrate_on_start: bool = False
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)

@@ -88,8 +88,8 @@ class Snapshot:
     open: bool
 
 
-def _snapshot(session: Any, *, kind: str, call_id: str) -> Snapshot:
-    row = store.get_request(session, kind=kind, call_id=call_id)
+def read_snapshot(state: ServiceState, *, kind: str, call_id: str) -> Snapshot:
+    row: Any = store.read_request_row(state.engine, kind=kind, call_id=call_id)
     return Snapshot(body=body_for(row), version=row.version, open=row.state == "pending")
 
 
@@ -99,7 +99,9 @@ async def read_with_wait(
     """Read a request; with ``wait``, hold the answer until it changes, is closed, or time is up."""
 
     async def read() -> Snapshot:
-        return await run_in_threadpool(state.run, _snapshot, kind=kind, call_id=call_id)
+        if state.inline_reads:
+            return read_snapshot(state, kind=kind, call_id=call_id)
+        return await run_in_threadpool(read_snapshot, state, kind=kind, call_id=call_id)
 
     if not wait:
         return (await read()).body

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
 
 from airflow_provider_hlml.approvals import store
 from airflow_provider_hlml.approvals.api.deps import (
@@ -98,7 +99,9 @@ async def get_human_contact(
     call_id: str, state: StateDep, actor: CurrentActor, wait: WaitQuery = None
 ) -> Any:
     """Read a human contact; ``?wait=`` long-polls until it changes."""
-    return await read_with_wait(state, kind=KIND, call_id=call_id, wait=wait)
+    # The body is built from the row as the response model describes it; skipping a second
+    # validation keeps this hot path (pollers) cheap.
+    return JSONResponse(await read_with_wait(state, kind=KIND, call_id=call_id, wait=wait))
 
 
 @router.post("/agent/human_contacts/{call_id}/respond", response_model=HumanContactPublic)
