@@ -123,6 +123,13 @@ def get_provider_info() -> dict[str, Any]:
                         "integer",
                         "25",
                     ),
+                    "approval_url_template": _opt(
+                        "URL of the page where a reviewer decides, with a {call_id} placeholder "
+                        "(empty: the provider's dashboard in the Airflow UI).",
+                        "string",
+                        "",
+                        "https://app.example.com/approvals/{call_id}",
+                    ),
                     "approvals_enabled": _opt(
                         "Mount the built-in approvals service in the Airflow API server.", "boolean", "True"
                     ),

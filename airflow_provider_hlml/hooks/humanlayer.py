@@ -564,6 +564,25 @@ class HumanLayerHook(BaseHook):
         data = await self._arequest("POST", f"/agent/function_calls/{call_id}/respond", json_body=body)
         return GateFunctionCall.model_validate(data)
 
+    async def acancel(
+        self, call_id: str, reason: str = "cancelled", comment: str | None = None
+    ) -> GateFunctionCall:
+        """
+        Async :meth:`cancel`.
+
+        :param call_id: HumanLayer call id.
+        :param reason: ``"timeout"``, ``"killed"`` or ``"cancelled"``.
+        :param comment: free text recorded in the audit trail.
+        """
+        from airflow_provider_hlml.utils.wire import GateFunctionCall
+
+        data = await self._arequest(
+            "POST",
+            f"/agent/function_calls/{call_id}/cancel",
+            json_body={"reason": reason, "comment": comment},
+        )
+        return GateFunctionCall.model_validate(data)
+
     async def _arequest(
         self,
         method: str,

@@ -75,17 +75,6 @@ ApprovalEvent = ApprovalDecisionEvent | ApprovalTimeoutEvent | ApprovalCancelled
 EVENT_STATUSES = frozenset({"approved", "rejected", "timeout", "cancelled", "error"})
 
 
-def _norm(value: str | None) -> str | None:
-    return value.strip().lower() if value and value.strip() else None
-
-
-def decider_identities(user_info: UserInfo | None) -> set[str]:
-    """The lower-cased name, e-mail and principal a decision was made under."""
-    if user_info is None:
-        return set()
-    return {n for n in (_norm(user_info.name), _norm(user_info.email), _norm(user_info.principal)) if n}
-
-
 def refusal_reason(
     user_info: UserInfo | None,
     approvers: Iterable[str],
@@ -95,24 +84,35 @@ def refusal_reason(
     """
     Why a decision must not be accepted under the gate's policy, or ``None`` when it may.
 
-    A server that does not report who decided (the cloud) is trusted to have enforced its own
-    channel rules; the approvals service reports ``status.user_info`` and is re-checked here.
+    The rule itself is the approvals service's :class:`~airflow_provider_hlml.approvals.policy.ApprovalPolicy`
+    (one source of truth). A server that does not report who decided (the cloud) is trusted to
+    have enforced its own channel rules.
 
     :param user_info: who decided, as reported by the server.
     :param approvers: allowed e-mails or principal names; empty allows any reviewer.
     :param requester: the user who triggered the DAG run.
     :param allow_self_approval: whether the requester may decide.
     """
-    ids = decider_identities(user_info)
-    if not ids:
+    from airflow_provider_hlml.approvals.policy import ApprovalPolicy
+
+    if user_info is None or not (user_info.name or user_info.email or user_info.principal):
         return None
-    allowed = {a for a in (_norm(x) for x in approvers) if a}
-    if allowed and not ids & allowed:
-        return f"{sorted(ids)[0]} is not among the approvers {sorted(allowed)}"
-    req = _norm(requester)
-    if req and not allow_self_approval and req in ids:
-        return f"{req} triggered the DAG run and self-approval is not allowed"
-    return None
+    policy = ApprovalPolicy(
+        approvers=tuple(approvers), requester=requester, allow_self_approval=allow_self_approval
+    )
+    reason = policy.refusal_reason(name=user_info.name or user_info.principal, email=user_info.email)
+    if reason is not None and user_info.principal and user_info.principal != user_info.name:
+        # The principal is an identity too: accept when it alone matches.
+        alt = policy.refusal_reason(name=user_info.principal, email=user_info.email)
+        reason = None if alt is None and not _is_requester(user_info, policy) else reason
+    return reason
+
+
+def _is_requester(user_info: UserInfo, policy: Any) -> bool:
+    if policy.allow_self_approval or not policy.requester:
+        return False
+    who = {v.strip().casefold() for v in (user_info.name, user_info.email, user_info.principal) if v}
+    return bool(policy.requester.strip().casefold() in who)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -150,6 +150,42 @@ def decision_event(call: GateFunctionCall) -> ApprovalDecisionEvent | None:
         responded_at=_iso(status.responded_at),
         requested_at=_iso(status.requested_at),
     )
+
+
+def settled_event(
+    call: GateFunctionCall,
+    approvers: Iterable[str],
+    requester: str | None,
+    allow_self_approval: bool,
+) -> tuple[ApprovalDecisionEvent | ApprovalCancelledEvent | None, str | None]:
+    """
+    What a read of the request settles: ``(event, None)``, ``(None, refusal_reason)`` or ``(None, None)``.
+
+    Shared by the trigger and the sensor's synchronous check so both apply the same rules.
+
+    :param call: the request as read from the server.
+    :param approvers: allowed e-mails or principal names.
+    :param requester: the user who triggered the DAG run.
+    :param allow_self_approval: whether ``requester`` may decide.
+    """
+    status = call.status
+    if status is None:
+        return None, None
+    event = decision_event(call)
+    if event is not None:
+        refused = refusal_reason(status.user_info, approvers, requester, allow_self_approval)
+        return (None, refused) if refused else (event, None)
+    if status.is_cancelled:
+        return (
+            ApprovalCancelledEvent(
+                status="cancelled",
+                call_id=call.call_id,
+                reason=status.cancel_reason,
+                cancelled_at=_iso(status.cancelled_at),
+            ),
+            None,
+        )
+    return None, None
 
 
 class HumanApprovalTrigger(BaseTrigger):
@@ -230,34 +266,24 @@ class HumanApprovalTrigger(BaseTrigger):
 
     def _accept(self, call: GateFunctionCall) -> ApprovalDecisionEvent | ApprovalCancelledEvent | None:
         """The event for this state of the request, or ``None`` to keep waiting."""
-        status = call.status
-        if status is None:
-            return None
-        event = decision_event(call)
-        if event is not None:
-            reason = refusal_reason(
-                status.user_info, self.approvers, self.requester, self.allow_self_approval
-            )
-            if reason is None:
-                if status.user_info is None and (self.approvers or self.requester):
-                    self.log.warning(
-                        "The server does not report who decided %s; the approver policy is left to it.",
-                        self.call_id,
-                    )
-                return event
-            key = f"{event['responded_at']}|{reason}"
+        event, refused = settled_event(call, self.approvers, self.requester, self.allow_self_approval)
+        if refused is not None:
+            status = call.status
+            key = f"{status.responded_at if status else None}|{refused}"
             if key not in self._refused_logged:
                 self._refused_logged.add(key)
-                self.log.warning("Ignoring the decision on %s: %s. Still waiting.", self.call_id, reason)
-            return None
-        if status.is_cancelled:
-            return ApprovalCancelledEvent(
-                status="cancelled",
-                call_id=call.call_id,
-                reason=status.cancel_reason,
-                cancelled_at=_iso(status.cancelled_at),
+                self.log.warning("Ignoring the decision on %s: %s. Still waiting.", self.call_id, refused)
+        elif (
+            event is not None
+            and event["status"] != "cancelled"
+            and call.status
+            and call.status.user_info is None
+        ) and (self.approvers or self.requester):
+            self.log.warning(
+                "The server does not report who decided %s; the approver policy is left to it.",
+                self.call_id,
             )
-        return None
+        return event
 
     async def _read(self, hook: HumanLayerHook, wait: float | None) -> GateFunctionCall:
         """One read, retried with exponential backoff and jitter on retryable errors until the deadline."""
@@ -312,6 +338,18 @@ class HumanApprovalTrigger(BaseTrigger):
             escalated=self.escalated,
             requested_at=requested_at,
         )
+
+    async def on_kill(self) -> None:
+        """A user marked or cleared the waiting task: withdraw the request so nobody decides it."""
+        from airflow_provider_hlml.hooks.humanlayer import HumanLayerError, HumanLayerHook
+
+        hook = HumanLayerHook(humanlayer_conn_id=self.humanlayer_conn_id)
+        try:
+            await hook.acancel(
+                self.call_id, reason="killed", comment="The Airflow task was stopped by a user."
+            )
+        except HumanLayerError as exc:
+            self.log.warning("Could not cancel %s: %s", self.call_id, exc)
 
     # ---------------------------------------------------------------------- run
     async def run(self) -> AsyncIterator[TriggerEvent]:

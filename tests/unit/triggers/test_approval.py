@@ -194,7 +194,7 @@ class TestHumanApprovalTrigger:
         assert payload["status"] == "timeout"
         logged = capsys.readouterr().out
         assert "bob" in logged
-        assert "not among the approvers" in logged
+        assert "not one of the approvers" in logged
         # The refused decision is returned at once by the server: the trigger must not spin on it.
         assert faulty_server.count("GET", "/function_calls/call-1") < 15
 
@@ -275,7 +275,7 @@ class TestRefusalReason:
         assert refusal_reason(UserInfo(**ALICE), ["ALICE"], None, False) is None
 
     def test_non_approver(self):
-        assert "not among the approvers" in refusal_reason(UserInfo(**BOB), ["alice"], None, False)
+        assert "not one of the approvers" in refusal_reason(UserInfo(**BOB), ["alice"], None, False)
 
     def test_self_approval(self):
         assert "self-approval" in refusal_reason(UserInfo(**ALICE), [], "alice", False)

@@ -1,0 +1,765 @@
+"""HumanApprovalSensor: a pipeline stage that waits until a person approves, through HumanLayer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseNotifier, BaseSensorOperator, PokeReturnValue, SkipMixin, conf
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+)
+
+from airflow_provider_hlml.links.approval import ApprovalRequestLink, approval_url
+from airflow_provider_hlml.triggers.approval import (
+    EVENT_STATUSES,
+    ApprovalDecisionEvent,
+    ApprovalTimeoutEvent,
+    HumanApprovalTrigger,
+    settled_event,
+)
+from airflow_provider_hlml.utils.ids import approval_call_id_from_ti, humanlayer_run_id
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_hlml.hooks.humanlayer import HumanLayerHook
+    from airflow_provider_hlml.utils.wire import GateFunctionCall
+
+APPROVAL_TYPES = ("code_execution", "content_publishing", "workflow_decision", "model_promotion", "custom")
+URGENCIES = ("low", "medium", "high", "critical")
+ON_TIMEOUT = ("fail", "skip", "approve", "reject", "escalate")
+ON_REJECT = ("fail", "skip")
+APPROVE = "Approve"
+REJECT = "Reject"
+
+
+def _seconds(value: timedelta | float | None, name: str) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return seconds
+
+
+def _choice(value: str, allowed: Sequence[str], name: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
+def _as_plain(value: Any, name: str) -> dict[str, Any]:
+    """A ResponseOption / ContactChannel (or dict, or option name) as a plain dict, without importing the SDK."""
+    if hasattr(value, "model_dump"):
+        return dict(value.model_dump(exclude_none=True))
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{name}: expected a HumanLayer model, a dict or a name, got {type(value).__name__}")
+
+
+def _names(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-safe copy (datetimes and other objects become strings; the SDK refuses datetimes)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _parse_time(value: str | datetime | None) -> datetime | None:
+    if value is None or value == "":
+        return None
+    dt = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class _KeepWaiting:
+    """The gate escalated and waits again (in the escalation phase)."""
+
+    escalated: bool
+
+
+class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
+    """
+    Wait until a person approves (or rejects) a HumanLayer approval request.
+
+    The sensor creates the request once per task-instance try (its ``call_id`` is derived from the
+    try, so resuming, re-running the same try or restarting the triggerer never asks twice; a
+    cleared task asks again), checks it once, then defers to :class:`HumanApprovalTrigger`
+    (``deferrable=True``) or re-checks in ``reschedule`` mode, freeing the worker slot either way.
+
+    The result (XCom ``return_value``) has the keys ``approved``, ``chosen_options``,
+    ``reject_option``, ``comment``, ``responded_by_user``, ``responded_at``, ``requested_at``,
+    ``response_seconds``, ``call_id``, ``approval_url``, ``context`` (the request context as sent)
+    and ``timed_out`` (the outcome came from ``on_timeout``).
+
+    :param subject: headline shown to the reviewer (templated).
+    :param body: Markdown details (templated).
+    :param context: dict shown to the reviewer (templated; may be an ``XComArg``). Values of
+        secrets known to Airflow and keys named like secrets are redacted before sending.
+    :param approval_type: ``code_execution``, ``content_publishing``, ``workflow_decision``,
+        ``model_promotion`` or ``custom``; sent as the request's ``fn``.
+    :param urgency: ``low``, ``medium``, ``high`` or ``critical``.
+    :param options: what approving means, as HumanLayer ``ResponseOption``s (or dicts / names).
+    :param reject_options: reasons a reviewer can pick when rejecting (``ResponseOption``s).
+    :param channel: HumanLayer ``ContactChannel`` (Slack, e-mail, ...), passed through.
+    :param approvers: e-mails or principal names allowed to decide (templated); empty: any reviewer.
+    :param allow_self_approval: whether the user who triggered the DAG run may decide.
+    :param response_timeout: how long to wait for a decision (timedelta or seconds); ``None`` waits forever.
+    :param on_timeout: ``fail`` (no retry), ``skip``, ``approve``, ``reject`` (then ``on_reject``
+        applies) or ``escalate`` (to ``escalation_approvers``, then wait ``escalation_timeout``
+        and fail).
+    :param on_reject: ``fail`` (no retry) or ``skip`` (the sensor succeeds and its direct
+        downstream tasks are skipped, like the native ``ApprovalOperator``).
+    :param escalation_approvers: e-mail addresses (or names) the request escalates to (templated).
+    :param escalation_timeout: how long to wait after escalating.
+    :param escalation_message: message of the escalation e-mail.
+    :param notifiers: Airflow ``BaseNotifier``s called once when the request is created.
+    :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``);
+        otherwise the sensor runs in ``reschedule`` mode.
+    :param poll_interval: seconds between status reads (default ``[hlml] poll_interval``).
+    :param humanlayer_conn_id: Airflow connection of type ``humanlayer``.
+    """
+
+    template_fields: Sequence[str] = ("subject", "body", "context", "approvers", "escalation_approvers")
+    template_fields_renderers = {"body": "md", "context": "json"}
+    operator_extra_links = (ApprovalRequestLink(),)
+    inherits_from_skipmixin = True
+    ui_color = "#fde7c8"
+
+    def __init__(
+        self,
+        *,
+        subject: str,
+        body: str = "",
+        context: Any = None,
+        approval_type: str = "custom",
+        urgency: str = "medium",
+        options: Sequence[Any] | None = None,
+        reject_options: Sequence[Any] | None = None,
+        channel: Any = None,
+        approvers: str | Sequence[str] | None = None,
+        allow_self_approval: bool = False,
+        response_timeout: timedelta | float | None = None,
+        on_timeout: str = "fail",
+        on_reject: str = "fail",
+        escalation_approvers: str | Sequence[str] | None = None,
+        escalation_timeout: timedelta | float | None = None,
+        escalation_message: str | None = None,
+        notifiers: Sequence[BaseNotifier] | BaseNotifier | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = conf.getfloat("hlml", "poll_interval", fallback=5.0),
+        humanlayer_conn_id: str = "humanlayer_default",
+        **kwargs: Any,
+    ) -> None:
+        self.response_timeout_seconds = _seconds(response_timeout, "response_timeout")
+        self.escalation_timeout_seconds = _seconds(escalation_timeout, "escalation_timeout")
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
+        if not deferrable:
+            kwargs.setdefault("mode", "reschedule")
+        kwargs.setdefault("poke_interval", poll_interval)
+        if "timeout" not in kwargs and self.response_timeout_seconds is not None:
+            # The gate enforces its own deadlines; the sensor timeout is only a safety net behind them.
+            grace = max(60.0, 3 * poll_interval)
+            kwargs["timeout"] = self.response_timeout_seconds + (self.escalation_timeout_seconds or 0) + grace
+        super().__init__(**kwargs)
+        self.subject = subject
+        self.body = body
+        self.context = context
+        self.approval_type = _choice(approval_type, APPROVAL_TYPES, "approval_type")
+        self.urgency = _choice(urgency, URGENCIES, "urgency")
+        self.options = [_as_plain(o, "options") for o in options or []]
+        self.reject_options = [_as_plain(o, "reject_options") for o in reject_options or []]
+        self.channel = _as_plain(channel, "channel") if channel is not None else None
+        self.approvers = approvers
+        self.allow_self_approval = allow_self_approval
+        self.on_timeout = _choice(on_timeout, ON_TIMEOUT, "on_timeout")
+        self.on_reject = _choice(on_reject, ON_REJECT, "on_reject")
+        self.escalation_approvers = escalation_approvers
+        self.escalation_message = escalation_message
+        if on_timeout == "escalate":
+            if not escalation_approvers and channel is None:
+                raise ValueError("on_timeout='escalate' needs escalation_approvers (or a channel)")
+            if self.escalation_timeout_seconds is None:
+                raise ValueError("on_timeout='escalate' needs escalation_timeout")
+        if on_timeout != "fail" and self.response_timeout_seconds is None:
+            raise ValueError(f"on_timeout={on_timeout!r} needs response_timeout")
+        self.notifiers: list[BaseNotifier] = (
+            [notifiers] if isinstance(notifiers, BaseNotifier) else list(notifiers or [])
+        )
+        self.deferrable = deferrable
+        self.poll_interval = float(poll_interval)
+        self.humanlayer_conn_id = humanlayer_conn_id
+
+    # ------------------------------------------------------------------ helpers
+    @cached_property
+    def hook(self) -> HumanLayerHook:
+        from airflow_provider_hlml.hooks.humanlayer import HumanLayerHook
+
+        return HumanLayerHook(humanlayer_conn_id=self.humanlayer_conn_id)
+
+    @staticmethod
+    def call_id_for(context: Context) -> str:
+        """The request id of this task-instance try (see :mod:`airflow_provider_hlml.utils.ids`)."""
+        return approval_call_id_from_ti(context["ti"])
+
+    @staticmethod
+    def requester_of(context: Context) -> str | None:
+        """The user who triggered the DAG run (``None`` for scheduled runs)."""
+        dag_run = context.get("dag_run")
+        return getattr(dag_run, "triggering_user_name", None) or None
+
+    def approvers_for(self, escalated: bool) -> list[str]:
+        """Who may decide now: the approvers, plus the escalation approvers once escalated."""
+        approvers = _names(self.approvers)
+        if escalated and approvers:
+            approvers += [a for a in _names(self.escalation_approvers) if a not in approvers]
+        return approvers
+
+    def request_context(self, context: Context) -> dict[str, Any]:
+        """
+        The context shown to the reviewer, before redaction. Subclasses may add to it.
+
+        :param context: the Airflow task context.
+        """
+        value = self.context
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            return {"value": value}
+        return dict(value)
+
+    def request_urgency(self, request_context: Mapping[str, Any]) -> str:
+        """The urgency to send; subclasses may derive it from the context."""
+        return self.urgency
+
+    def build_request(self, context: Context) -> Any:
+        """
+        The HumanLayer ``FunctionCall`` this gate sends, secrets redacted.
+
+        :param context: the Airflow task context.
+        """
+        from airflow.sdk.log import redact
+        from humanlayer.core.models import ContactChannel, FunctionCall, FunctionCallSpec, ResponseOption
+
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        sent_context = _jsonable(redact(_jsonable(self.request_context(context))))
+        options = [ResponseOption.model_validate(o) for o in self.options]
+        reject_options = [ResponseOption.model_validate(o) for o in self.reject_options]
+        channel = ContactChannel.model_validate(self.channel) if self.channel else None
+        kwargs = {
+            "subject": str(redact(str(self.subject))),
+            "body": str(redact(str(self.body or ""))),
+            "context": sent_context,
+            "approval_type": self.approval_type,
+            "urgency": self.request_urgency(sent_context),
+            "options": [o.model_dump(mode="json") for o in options],
+        }
+        state = {
+            "hlml": {
+                "approvers": _names(self.approvers),
+                "requester": self.requester_of(context),
+                "allow_self_approval": bool(self.allow_self_approval),
+                "airflow": {
+                    "dag_id": ti.dag_id,
+                    "run_id": ti.run_id,
+                    "task_id": ti.task_id,
+                    "map_index": -1 if map_index is None else map_index,
+                    "try_number": ti.try_number,
+                    "ti_url": getattr(ti, "log_url", None),
+                },
+            }
+        }
+        return FunctionCall(
+            run_id=humanlayer_run_id(ti.dag_id, ti.run_id, self.hook.settings.run_id_prefix),
+            call_id=self.call_id_for(context),
+            spec=FunctionCallSpec(
+                fn=self.approval_type,
+                kwargs=kwargs,
+                channel=channel,
+                reject_options=reject_options or None,
+                state=state,
+            ),
+        )
+
+    def ensure_request(self, context: Context) -> GateFunctionCall:
+        """Find this try's request on the server, or create it (and call the notifiers)."""
+        call, created = self.hook.get_or_create_function_call(self.build_request(context))
+        url = approval_url(call.call_id)
+        if created:
+            self.log.info("Asked for approval: request %s, decide at %s", call.call_id, url)
+            for notifier in self.notifiers:
+                notifier(context)
+        else:
+            self.log.info("Waiting on the existing approval request %s (%s)", call.call_id, url)
+        return call
+
+    def deadline_of(self, call: GateFunctionCall, escalated: bool) -> datetime | None:
+        """When the current waiting phase ends, counted from the request's ``requested_at``."""
+        if self.response_timeout_seconds is None:
+            return None
+        requested = (call.status.requested_at if call.status else None) or _now()
+        requested = requested if requested.tzinfo else requested.replace(tzinfo=timezone.utc)
+        seconds = self.response_timeout_seconds
+        if escalated:
+            seconds += self.escalation_timeout_seconds or 0
+        return requested + timedelta(seconds=seconds)
+
+    def already_escalated(self, call: GateFunctionCall) -> bool:
+        """Whether this request was escalated before (read from the approvals service's audit trail)."""
+        if self.on_timeout != "escalate":
+            return False
+        first_deadline = self.deadline_of(call, escalated=False)
+        if first_deadline is None or _now() < first_deadline:
+            return False
+        from airflow_provider_hlml.hooks.humanlayer import HumanLayerError
+
+        try:
+            events = self.hook.get_audit(call.call_id)
+        except HumanLayerError:
+            # No audit trail (the cloud): only the first check after the deadline escalates.
+            return _now() > first_deadline + timedelta(seconds=1.5 * self.poll_interval)
+        return any(e.get("event") == "escalated" for e in events)
+
+    def check(self, call: GateFunctionCall, context: Context, escalated: bool) -> dict[str, Any] | None:
+        """The event this read settles (decision, cancellation, deadline passed), or ``None``."""
+        event, refused = settled_event(
+            call, self.approvers_for(escalated), self.requester_of(context), self.allow_self_approval
+        )
+        if refused is not None:
+            self.log.warning("Ignoring the decision on %s: %s. Still waiting.", call.call_id, refused)
+        if event is not None:
+            return dict(event)
+        deadline = self.deadline_of(call, escalated)
+        if deadline is not None and _now() >= deadline:
+            return dict(
+                ApprovalTimeoutEvent(
+                    status="timeout",
+                    call_id=call.call_id,
+                    deadline=deadline.isoformat(),
+                    escalated=escalated,
+                    requested_at=call.status.requested_at.isoformat()
+                    if call.status and call.status.requested_at
+                    else None,
+                )
+            )
+        return None
+
+    # -------------------------------------------------------------- execution
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        call = self.ensure_request(context)
+        escalated = self.already_escalated(call)
+        event = self.check(call, context, escalated)
+        if event is not None:
+            outcome = self.settle(context, event, call)
+            if not isinstance(outcome, _KeepWaiting):
+                return outcome
+            escalated = outcome.escalated
+        self.defer_on(call, context, escalated)
+
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        call = self.ensure_request(context)
+        event = self.check(call, context, self.already_escalated(call))
+        if event is None:
+            return False
+        outcome = self.settle(context, event, call)
+        if isinstance(outcome, _KeepWaiting):
+            return False
+        return PokeReturnValue(is_done=True, xcom_value=outcome)
+
+    def defer_on(self, call: GateFunctionCall, context: Context, escalated: bool) -> None:
+        """Hand the wait over to the triggerer."""
+        deadline = self.deadline_of(call, escalated)
+        timeout = None
+        if deadline is not None:
+            # Airflow's own bound is a safety net behind the trigger's deadline.
+            grace = max(120.0, 3 * self.poll_interval + self.hook.settings.timeout + 30)
+            timeout = max(deadline - _now(), timedelta(0)) + timedelta(seconds=grace)
+        self.defer(
+            trigger=HumanApprovalTrigger(
+                call_id=call.call_id,
+                humanlayer_conn_id=self.humanlayer_conn_id,
+                deadline=deadline.isoformat() if deadline else None,
+                poll_interval=self.poll_interval,
+                long_poll_seconds=conf.getint("hlml", "long_poll_seconds", fallback=25),
+                approvers=self.approvers_for(escalated),
+                requester=self.requester_of(context),
+                allow_self_approval=self.allow_self_approval,
+                escalated=escalated,
+            ),
+            method_name="execute_complete",
+            timeout=timeout,
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Resume after the trigger fired: validate the event, then apply the outcome."""
+        call_id = self.call_id_for(context)
+        if not isinstance(event, Mapping) or event.get("status") not in EVENT_STATUSES:
+            raise AirflowException(f"Approval gate {call_id}: unexpected trigger event {event!r}")
+        if event.get("call_id") != call_id:
+            raise AirflowException(
+                f"Approval gate {call_id}: the trigger event is for request {event.get('call_id')!r}"
+            )
+        call = None
+        if event["status"] in ("approved", "rejected", "timeout"):
+            from airflow_provider_hlml.hooks.humanlayer import HumanLayerError
+
+            try:
+                call = self.hook.get_function_call(call_id)
+            except HumanLayerError as exc:
+                self.log.warning("Could not re-read %s (%s); using the event alone.", call_id, exc)
+        outcome = self.settle(context, dict(event), call)
+        if isinstance(outcome, _KeepWaiting):
+            if call is None:
+                call = self.hook.get_function_call(call_id)
+            self.defer_on(call, context, outcome.escalated)
+        return outcome
+
+    def on_kill(self) -> None:
+        """The task was stopped while checking: withdraw the pending request."""
+        call_id = getattr(self, "_call_id", None)
+        if not call_id:
+            return
+        from airflow_provider_hlml.hooks.humanlayer import HumanLayerError
+
+        try:
+            self.hook.cancel(call_id, reason="killed", comment="The Airflow task was stopped.")
+        except HumanLayerError as exc:
+            self.log.warning("Could not cancel %s: %s", call_id, exc)
+
+    def pre_execute(self, context: Context) -> None:
+        self._call_id = self.call_id_for(context)
+        super().pre_execute(context)
+
+    # -------------------------------------------------------------- outcomes
+    def settle(self, context: Context, event: dict[str, Any], call: GateFunctionCall | None) -> Any:
+        """Apply an event: return the XCom result, raise, skip, or escalate and keep waiting."""
+        status = event["status"]
+        call_id = event["call_id"]
+        if status == "approved":
+            self.log.info("Approved: %s", call_id)
+            return self.result(context, event, call)
+        if status == "rejected":
+            return self.rejected(context, event, call)
+        if status == "timeout":
+            return self.timed_out(context, event, call)
+        if status == "cancelled":
+            raise AirflowFailException(
+                f"Approval request {call_id} was cancelled on the server (reason: {event.get('reason')})."
+            )
+        raise AirflowException(f"Approval request {call_id}: {event.get('message')}")
+
+    def result(
+        self,
+        context: Context,
+        event: Mapping[str, Any],
+        call: GateFunctionCall | None,
+        timed_out: bool = False,
+    ) -> dict[str, Any]:
+        """The XCom result for a decision (native HITL keys plus HumanLayer's)."""
+        approved = bool(event["approved"])
+        requested_at = _parse_time(event.get("requested_at"))
+        if requested_at is None and call is not None and call.status is not None:
+            requested_at = call.status.requested_at
+        responded_at = _parse_time(event.get("responded_at"))
+        seconds = (responded_at - requested_at).total_seconds() if responded_at and requested_at else None
+        sent_context = call.spec.kwargs.get("context") if call is not None else None
+        if sent_context is None:
+            from airflow.sdk.log import redact
+
+            sent_context = _jsonable(redact(_jsonable(self.request_context(context))))
+        return {
+            "approved": approved,
+            "chosen_options": [APPROVE if approved else REJECT],
+            "reject_option": event.get("reject_option"),
+            "comment": event.get("comment"),
+            "responded_by_user": event.get("responded_by_user"),
+            "responded_at": responded_at.isoformat() if responded_at else None,
+            "requested_at": requested_at.isoformat() if requested_at else None,
+            "response_seconds": seconds,
+            "call_id": event["call_id"],
+            "approval_url": approval_url(event["call_id"]),
+            "context": sent_context,
+            "timed_out": timed_out,
+        }
+
+    def rejected(
+        self,
+        context: Context,
+        event: Mapping[str, Any],
+        call: GateFunctionCall | None,
+        timed_out: bool = False,
+    ) -> dict[str, Any]:
+        who = (event.get("responded_by_user") or {}).get("name") or "the on_timeout policy"
+        reason = f" ({event['reject_option']})" if event.get("reject_option") else ""
+        message = f"Approval request {event['call_id']} was rejected by {who}{reason}: {event.get('comment')}"
+        if self.on_reject == "fail":
+            raise AirflowFailException(message)
+        self.log.info("%s. Skipping the downstream tasks.", message)
+        result = self.result(context, event, call, timed_out=timed_out)
+        downstream = [t for t in context["task"].get_direct_relatives(upstream=False) if not t.is_teardown]
+        if downstream:
+            # skip() ends the task by raising DownstreamTasksSkipped: push the result first.
+            context["ti"].xcom_push(key="return_value", value=result)
+            self.skip(ti=context["ti"], tasks=downstream)
+        return result
+
+    def timed_out(
+        self, context: Context, event: Mapping[str, Any], call: GateFunctionCall | None
+    ) -> dict[str, Any] | _KeepWaiting:
+        call_id = event["call_id"]
+        policy = self.on_timeout
+        if policy == "escalate" and not event.get("escalated"):
+            self.escalate(call_id)
+            return _KeepWaiting(escalated=True)
+        decided = self.expire(call_id, context, bool(event.get("escalated")))
+        if decided is not None:
+            return self.settle(context, decided, call)
+        when = f"by {event.get('deadline')}" if event.get("deadline") else "in time"
+        if policy in ("fail", "escalate"):
+            after = " after escalating" if event.get("escalated") else ""
+            raise AirflowSensorTimeout(f"No decision on approval request {call_id} {when}{after}.")
+        if policy == "skip":
+            raise AirflowSkipException(f"No decision on approval request {call_id} {when}; skipping.")
+        synthetic = ApprovalDecisionEvent(
+            status="approved" if policy == "approve" else "rejected",
+            call_id=call_id,
+            approved=policy == "approve",
+            comment=f"No decision {when}: {'approved' if policy == 'approve' else 'rejected'} by on_timeout.",
+            reject_option=None,
+            responded_by_user=None,
+            responded_at=_now().isoformat(),
+            requested_at=event.get("requested_at"),
+        )
+        self.log.warning(synthetic["comment"])
+        if policy == "approve":
+            return self.result(context, synthetic, call, timed_out=True)
+        return self.rejected(context, synthetic, call, timed_out=True)
+
+    def escalate(self, call_id: str) -> None:
+        """Send the request to the escalation approvers; their e-mails become approvers too."""
+        from humanlayer.core.models import ContactChannel, EmailRecipient, Escalation
+
+        recipients = [EmailRecipient(address=a) for a in _names(self.escalation_approvers) if "@" in a]
+        escalation = Escalation(
+            escalation_msg=self.escalation_message
+            or f"No decision within {self.response_timeout_seconds:g}s: please decide on this request.",
+            additional_recipients=recipients or None,
+            channel=ContactChannel.model_validate(self.channel) if self.channel else None,
+        )
+        self.hook.escalate_email(call_id, escalation)
+        self.log.warning(
+            "No decision on %s in time: escalated to %s; waiting %ss more.",
+            call_id,
+            ", ".join(_names(self.escalation_approvers)) or "the channel",
+            f"{self.escalation_timeout_seconds:g}",
+        )
+
+    def expire(self, call_id: str, context: Context, escalated: bool) -> dict[str, Any] | None:
+        """Cancel the request as expired; if a decision beat us to it, return that decision instead."""
+        from airflow_provider_hlml.hooks.humanlayer import HumanLayerError
+
+        try:
+            self.hook.cancel(call_id, reason="timeout", comment="No decision before the gate's deadline.")
+            return None
+        except HumanLayerError as exc:
+            self.log.info("Could not expire %s (%s); reading it again.", call_id, exc)
+        try:
+            call = self.hook.get_function_call(call_id)
+        except HumanLayerError:
+            return None
+        event, _ = settled_event(
+            call, self.approvers_for(escalated), self.requester_of(context), self.allow_self_approval
+        )
+        return dict(event) if event is not None and event["status"] != "cancelled" else None
+
+
+# ---------------------------------------------------------------- factories
+class _CodeExecutionApprovalSensor(HumanApprovalSensor):
+    """A gate whose context carries a static security analysis of the code to run."""
+
+    template_fields: Sequence[str] = (*HumanApprovalSensor.template_fields, "code", "environment")
+
+    def __init__(
+        self, *, code: str, environment: str, language: str | None, urgency_from_risk: bool, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.code = code
+        self.environment = environment
+        self.language = language
+        self.urgency_from_risk = urgency_from_risk
+
+    def request_context(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_hlml.analysis.code import analyze_code
+
+        analysis = analyze_code(self.code, self.language)
+        return {
+            **super().request_context(context),
+            "code": self.code,
+            "language": analysis.language,
+            "environment": self.environment,
+            "risk_level": analysis.risk_level,
+            "security_analysis": analysis.to_dict(),
+        }
+
+    def request_urgency(self, request_context: Mapping[str, Any]) -> str:
+        risk = request_context.get("risk_level")
+        if self.urgency_from_risk and risk in URGENCIES:
+            return str(risk)
+        return self.urgency
+
+
+class _ContentApprovalSensor(HumanApprovalSensor):
+    """A gate whose context carries a compliance check of the content to publish."""
+
+    template_fields: Sequence[str] = (*HumanApprovalSensor.template_fields, "content")
+
+    def __init__(self, *, content: str, policies: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.content = content
+        self.policies = list(policies)
+
+    def request_context(self, context: Context) -> dict[str, Any]:
+        from airflow_provider_hlml.analysis.content import check_content
+
+        result = check_content(self.content, self.policies)
+        return {
+            **super().request_context(context),
+            "content": result.redacted_content,
+            "compliance": result.to_dict(),
+        }
+
+    def request_urgency(self, request_context: Mapping[str, Any]) -> str:
+        compliance = request_context.get("compliance") or {}
+        if compliance.get("passed") is False and URGENCIES.index(self.urgency) < URGENCIES.index("high"):
+            return "high"
+        return self.urgency
+
+
+def code_execution_approval(
+    code: str,
+    environment: str,
+    *,
+    language: str | None = None,
+    task_id: str = "approve_code_execution",
+    subject: str | None = None,
+    urgency: str | None = None,
+    **kwargs: Any,
+) -> HumanApprovalSensor:
+    """
+    A gate asking to run ``code`` in ``environment``, with a static security analysis in its context.
+
+    Python is analysed with bandit, SQL and shell with rules for destructive statements; the
+    risk level becomes the urgency unless ``urgency`` is given. The analysis runs when the task
+    runs, not at DAG parse time (``code`` may be templated).
+
+    :param code: the snippet to run (templated).
+    :param environment: where it would run, e.g. ``production`` (templated).
+    :param language: ``python``, ``sql`` or ``shell``; guessed when ``None``.
+    :param task_id: task id of the gate.
+    :param subject: headline; defaults to "Run <language> code in <environment>?".
+    :param urgency: fixed urgency instead of the risk level.
+    :param kwargs: any other :class:`HumanApprovalSensor` argument.
+    """
+    fence = language or ""
+    return _CodeExecutionApprovalSensor(
+        task_id=task_id,
+        subject=subject or f"Run {language or 'this'} code in {environment}?",
+        body=kwargs.pop("body", None) or f"Code to run in **{environment}**:\n\n```{fence}\n{code}\n```",
+        approval_type="code_execution",
+        urgency=urgency or "medium",
+        urgency_from_risk=urgency is None,
+        code=code,
+        environment=environment,
+        language=language,
+        **kwargs,
+    )
+
+
+def content_approval(
+    content: str,
+    channel: Any,
+    policies: Sequence[str] = ("secrets", "pii"),
+    *,
+    task_id: str = "approve_content",
+    subject: str = "Publish this content?",
+    **kwargs: Any,
+) -> HumanApprovalSensor:
+    """
+    A gate asking to publish ``content``, with a compliance check in its context.
+
+    Secrets (detect-secrets) and e-mail / phone / card-number PII are reported by type and line;
+    the reviewer sees the content with those values replaced.
+
+    :param content: the text to publish (templated).
+    :param channel: HumanLayer ``ContactChannel`` the reviewer is reached on.
+    :param policies: ``secrets`` and/or ``pii``.
+    :param task_id: task id of the gate.
+    :param subject: headline.
+    :param kwargs: any other :class:`HumanApprovalSensor` argument.
+    """
+    from airflow_provider_hlml.analysis.content import POLICIES
+
+    unknown = sorted(set(policies) - set(POLICIES))
+    if unknown:
+        raise ValueError(f"policies: unknown {unknown}; choose from {list(POLICIES)}")
+    return _ContentApprovalSensor(
+        task_id=task_id,
+        subject=subject,
+        body=kwargs.pop("body", "Review the content and its compliance check below."),
+        approval_type="content_publishing",
+        channel=channel,
+        content=content,
+        policies=policies,
+        **kwargs,
+    )
+
+
+def workflow_approval(
+    workflow_id: str,
+    question: str,
+    context: Any = None,
+    *,
+    task_id: str = "approve_workflow",
+    **kwargs: Any,
+) -> HumanApprovalSensor:
+    """
+    A gate asking a yes/no ``question`` about workflow ``workflow_id``.
+
+    :param workflow_id: id of the workflow (e.g. the DAG or spec name).
+    :param question: the question, used as the subject (templated).
+    :param context: dict shown to the reviewer (templated; may be an ``XComArg``).
+    :param task_id: task id of the gate.
+    :param kwargs: any other :class:`HumanApprovalSensor` argument.
+    """
+    return HumanApprovalSensor(
+        task_id=task_id,
+        subject=question,
+        body=kwargs.pop("body", f"Decision needed for workflow `{workflow_id}`."),
+        context={"workflow_id": workflow_id, "details": context}
+        if context is not None
+        else {"workflow_id": workflow_id},
+        approval_type="workflow_decision",
+        **kwargs,
+    )
