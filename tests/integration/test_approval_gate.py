@@ -218,7 +218,8 @@ class TestHumanApprovalSensorEndToEnd:
         assert result["responded_by_user"]["email"] == "alice@example.com"
         assert result["call_id"] == reviewer.call_id
         assert result["call_id"] in result["approval_url"]
-        assert result["response_seconds"] is not None and result["response_seconds"] >= 0
+        assert result["response_seconds"] is not None
+        assert result["response_seconds"] >= 0
         assert set(result) >= {
             "approved", "chosen_options", "reject_option", "comment", "responded_by_user",
             "responded_at", "requested_at", "response_seconds", "call_id", "approval_url", "context",
@@ -232,13 +233,15 @@ class TestHumanApprovalSensorEndToEnd:
         assert kwargs["context"]["model_name"] == "churn"
         assert kwargs["context"]["db"] == "***"
         assert kwargs["context"]["api_key"] == "***"
-        assert secret not in str(call) and service.agent_key not in str(call)
+        assert secret not in str(call)
+        assert service.agent_key not in str(call)
         assert result["context"] == kwargs["context"]
         hlml = call["spec"]["state"]["hlml"]
         assert hlml["approvers"] == ["alice@example.com"]
         assert hlml["requester"] == "dag_test"
         assert hlml["allow_self_approval"] is False
-        assert hlml["airflow"]["dag_id"] == dag_id and hlml["airflow"]["task_id"] == "gate"
+        assert hlml["airflow"]["dag_id"] == dag_id
+        assert hlml["airflow"]["task_id"] == "gate"
         assert call["spec"]["reject_options"][0]["name"] == "needs_review"
 
     def test_reject_fails_without_retry(self, gate_env: Any) -> None:
@@ -317,12 +320,14 @@ class TestHumanApprovalSensorEndToEnd:
         ).start()
         dag_run = run_dag(dag)
         reviewer.join()
-        assert reviewer.outcomes[0].startswith("refused") and "403" in reviewer.outcomes[0]
+        assert reviewer.outcomes[0].startswith("refused")
+        assert "403" in reviewer.outcomes[0]
         assert reviewer.outcomes[1] == "accepted"
         assert task_states(dag_run) == {"gate": "success", "after": "success"}
         assert xcom_value(dag_run, "gate")["responded_by_user"]["name"] == "bob"
         events = [e["event"] for e in audit(service, reviewer.call_id or "")]
-        assert "escalated" in events and "refused" in events
+        assert "escalated" in events
+        assert "refused" in events
 
     def test_escalation_then_timeout_fails(self, gate_env: Any) -> None:
         service = gate_env
@@ -380,7 +385,8 @@ class TestHumanApprovalSensorEndToEnd:
         ).start()
         dag_run = run_dag(dag)
         reviewer.join()
-        assert reviewer.outcomes[0].startswith("refused") and "self-approval" in reviewer.outcomes[0]
+        assert reviewer.outcomes[0].startswith("refused")
+        assert "self-approval" in reviewer.outcomes[0]
         assert task_states(dag_run) == {"gate": "success", "after": "success"}
         assert xcom_value(dag_run, "gate")["responded_by_user"]["name"] == "alice"
 
