@@ -80,9 +80,11 @@ class MLflowReader:
     :param timeout: seconds per request.
     """
 
-    def __init__(self, target: MLflowTarget, *, timeout: float = 5.0) -> None:
+    def __init__(self, target: MLflowTarget, *, timeout: float = 10.0, concurrency: int = 4) -> None:
         self.target = target
         self._timeout = timeout
+        # A tracking server on SQLite answers one request at a time; a burst only queues up.
+        self._slots = asyncio.Semaphore(concurrency)
 
     def _client(self) -> httpx.AsyncClient:
         auth = None
@@ -100,7 +102,8 @@ class MLflowReader:
 
     async def _call(self, client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            response = await client.request(method, path, **kwargs)
+            async with self._slots:
+                response = await client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise MLflowUnavailable(
                 f"MLflow at {self.target.tracking_uri} unreachable: {type(exc).__name__}"

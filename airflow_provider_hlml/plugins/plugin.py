@@ -30,13 +30,10 @@ def build_fastapi_apps() -> tuple[dict[str, Any], ...]:
 
     settings = DashboardSettings.from_airflow_conf()
     apps: list[dict[str, Any]] = []
-    approvals_app = None
-    if settings.approvals_enabled:
-        from airflow_provider_hlml.approvals import ApprovalsSettings, create_app
-
-        approvals_app = create_app(
-            ApprovalsSettings(database_url=settings.approvals_database_url, prefix="", migrate_on_start=True)
-        )
+    approvals_app = (
+        build_embedded_approvals(settings.approvals_database_url) if settings.approvals_enabled else None
+    )
+    if approvals_app is not None:
         apps.append(
             {
                 "app": approvals_app,
@@ -52,6 +49,36 @@ def build_fastapi_apps() -> tuple[dict[str, Any], ...]:
         }
     )
     return tuple(apps)
+
+
+def build_embedded_approvals(database_url: str) -> Any | None:
+    """The built-in approvals service on ``database_url``, migrated; None (logged) when it cannot start.
+
+    A broken approvals database must not take the Airflow API server down with it: the
+    dashboard then shows the backend as unavailable.
+    """
+    from tenacity import retry, stop_after_attempt, wait_fixed
+
+    from airflow_provider_hlml.approvals import ApprovalsSettings, create_app
+    from airflow_provider_hlml.approvals.db import migrate
+
+    # Several API server workers may start at once; one that loses the race finds the schema done.
+    migrate_with_retry = retry(stop=stop_after_attempt(3), wait=wait_fixed(1), reraise=True)(migrate)
+    try:
+        migrate_with_retry(database_url)
+        return create_app(ApprovalsSettings(database_url=database_url, prefix="", migrate_on_start=False))
+    except Exception:
+        log.exception("The built-in approvals service could not start on %s", _redact_url(database_url))
+        return None
+
+
+def _redact_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable database URL>"
 
 
 class _LazyFastAPIApps:

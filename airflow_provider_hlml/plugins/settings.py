@@ -46,7 +46,7 @@ class DashboardSettings:
     humanlayer_conn_id: str
     mlflow_conn_id: str
     refresh_seconds: int
-    http_timeout: float = 5.0
+    http_timeout: float = 10.0
 
     @classmethod
     def from_airflow_conf(cls) -> DashboardSettings:

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import re
+
+from airflow_provider_hlml.plugins import charts
+
+
+class TestLineChart:
+    def test_points_lines_and_escaped_labels(self) -> None:
+        svg = str(charts.line_chart(["a<b", "c", "d"], {"acc & f1": [0.5, None, 0.9]}, y_label="score"))
+        assert svg.startswith("<svg")
+        assert svg.count("<circle") == 2
+        assert "<polyline" in svg
+        assert "a&lt;b" in svg
+        assert "acc &amp; f1" in svg
+        assert "<b" not in svg.replace("<br", "")
+
+    def test_higher_value_is_drawn_higher(self) -> None:
+        svg = str(charts.line_chart(["1", "2"], {"m": [1.0, 3.0]}))
+        ys = [float(y) for y in re.findall(r'<circle cx="[\d.]+" cy="([\d.]+)"', svg)]
+        assert ys[1] < ys[0]
+
+    def test_no_data(self) -> None:
+        assert "No data yet" in str(charts.line_chart([], {}))
+        assert "No data yet" in str(charts.line_chart(["a"], {"m": [None]}))
+
+
+class TestStackedBarChart:
+    def test_bar_heights_are_proportional(self) -> None:
+        svg = str(charts.stacked_bar_chart(["d1", "d2"], {"approved": [2, 4], "rejected": [0, 0]}))
+        heights = [
+            float(h) for h in re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="[\d.]+" height="([\d.]+)"', svg)
+        ]
+        bars, legend = heights[:2], heights[2:]
+        assert legend == [10.0, 10.0]  # one swatch per stack
+        assert bars[1] == 2 * bars[0]
+
+    def test_all_zero_is_empty(self) -> None:
+        assert "No data yet" in str(charts.stacked_bar_chart(["d1"], {"approved": [0]}))
