@@ -199,13 +199,20 @@ def _apply(rules: tuple[_Rule, ...], statements: list[tuple[int, str]], exclusiv
     return findings
 
 
+_SQL_LITERAL = re.compile(r"'(?:[^']|'')*'")
+
+
 def analyze_sql(code: str) -> CodeAnalysis:
     """
     Flag destructive SQL: DROP, TRUNCATE, DELETE/UPDATE without WHERE, privilege changes.
 
+    String literals and comments are ignored (``SELECT 'DROP TABLE x'`` is harmless).
+
     :param code: one or more SQL statements.
     """
-    statements = _statements(_strip_sql_comments(code), ";")
+    statements = [
+        (line, _SQL_LITERAL.sub("''", stmt)) for line, stmt in _statements(_strip_sql_comments(code), ";")
+    ]
     return _analysis("sql", _apply(_SQL_RULES, statements, exclusive=True), "hlml-rules")
 
 
