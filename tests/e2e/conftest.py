@@ -66,3 +66,26 @@ def postgres_stack(
     )
     with airflow_stack(workdir, metadata_databases, config, database="postgresql") as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def celery_stack(
+    require_postgres: str,
+    require_redis: str,
+    metadata_databases: MetadataDatabases,
+    e2e_mlflow: MLflowServer,
+    pg_approvals: ApprovalsService,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[AirflowStack]:
+    """CeleryExecutor deployment: two Celery workers, Redis broker, PostgreSQL metadata DB."""
+    workdir: Path = tmp_path_factory.mktemp("e2e-celery")
+    config = StackConfig(
+        mlflow_url=e2e_mlflow.url,
+        approvals_base_url=pg_approvals.base_url,
+        agent_key=pg_approvals.agent_key,
+        delegate_key=pg_approvals.delegate_key,
+    )
+    with airflow_stack(
+        workdir, metadata_databases, config, database="postgresql", executor="CeleryExecutor", workers=2
+    ) as stack:
+        yield stack
