@@ -1,16 +1,18 @@
 """HumanLayer wire models with the approvals-service extension fields.
 
 The SDK's pydantic models are the wire format; these subclasses only add the optional fields the
-self-hosted service returns (who decided, cancellation), which the SDK itself ignores. This module
-imports ``humanlayer`` at module level, so import it only inside functions of DAG-parse code.
+self-hosted service returns (who decided, cancellation), which the SDK itself ignores. The
+classes are built on first access, so importing this module does not import ``humanlayer``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from humanlayer.core.models import FunctionCall, FunctionCallStatus  # noqa: TID253
 from pydantic import BaseModel
+
+__all__ = ["GateFunctionCall", "GateFunctionCallStatus", "UserInfo"]
 
 
 class UserInfo(BaseModel):
@@ -22,23 +24,54 @@ class UserInfo(BaseModel):
     via_delegate: str | bool | None = None
 
 
-class GateFunctionCallStatus(FunctionCallStatus):
-    """``FunctionCallStatus`` plus the service's ``user_info``, ``cancelled_at`` and ``cancel_reason``."""
+def _build() -> dict[str, Any]:
+    from humanlayer.core.models import FunctionCall, FunctionCallStatus
 
-    user_info: UserInfo | None = None
-    cancelled_at: datetime | None = None
-    cancel_reason: str | None = None
+    class GateFunctionCallStatus(FunctionCallStatus):
+        """``FunctionCallStatus`` plus the service's ``user_info``, ``cancelled_at`` and ``cancel_reason``."""
 
-    @property
-    def is_cancelled(self) -> bool:
-        return self.cancelled_at is not None or self.cancel_reason is not None
+        user_info: UserInfo | None = None
+        cancelled_at: datetime | None = None
+        cancel_reason: str | None = None
 
-    @property
-    def is_decided(self) -> bool:
-        return self.approved is not None
+        @property
+        def is_cancelled(self) -> bool:
+            return self.cancelled_at is not None or self.cancel_reason is not None
+
+        @property
+        def is_decided(self) -> bool:
+            return self.approved is not None
+
+    class GateFunctionCall(FunctionCall):
+        """``FunctionCall`` whose status carries the extension fields."""
+
+        status: GateFunctionCallStatus | None = None
+
+    GateFunctionCallStatus.__module__ = GateFunctionCall.__module__ = __name__
+    return {"GateFunctionCallStatus": GateFunctionCallStatus, "GateFunctionCall": GateFunctionCall}
 
 
-class GateFunctionCall(FunctionCall):
-    """``FunctionCall`` whose status carries the extension fields."""
+if TYPE_CHECKING:
+    from humanlayer.core.models import FunctionCall, FunctionCallStatus
 
-    status: GateFunctionCallStatus | None = None
+    class GateFunctionCallStatus(FunctionCallStatus):
+        user_info: UserInfo | None
+        cancelled_at: datetime | None
+        cancel_reason: str | None
+
+        @property
+        def is_cancelled(self) -> bool: ...
+
+        @property
+        def is_decided(self) -> bool: ...
+
+    class GateFunctionCall(FunctionCall):
+        status: GateFunctionCallStatus | None
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("GateFunctionCall", "GateFunctionCallStatus"):
+        built = _build()
+        globals().update(built)
+        return built[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
