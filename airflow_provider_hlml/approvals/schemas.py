@@ -16,7 +16,7 @@ from humanlayer.core.models import (
     HumanContactSpec,
     HumanContactStatus,
 )
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
 # Call ids appear in URL paths: no slashes, whitespace or URL delimiters.
 CallId = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^/\s?#%\\]+$")]
@@ -43,8 +43,30 @@ __all__ = [
 
 # ---- requests -------------------------------------------------------------------------------
 
+MAX_JSON_DEPTH = 32
 
-class FunctionCallCreate(BaseModel):
+
+def check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> Any:
+    """Refuse JSON nested deeper than ``limit`` (checked without recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= limit:
+                raise ValueError(f"nested deeper than {limit} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return value
+
+
+class _DepthLimited(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _limit_depth(cls, data: Any) -> Any:
+        return check_depth(data)
+
+
+class FunctionCallCreate(_DepthLimited):
     """POST /function_calls: the SDK's FunctionCall (its ``status`` is ignored)."""
 
     run_id: RunId
@@ -53,7 +75,7 @@ class FunctionCallCreate(BaseModel):
     status: dict[str, Any] | None = None
 
 
-class HumanContactCreate(BaseModel):
+class HumanContactCreate(_DepthLimited):
     """POST /contact_requests: the SDK's HumanContact (its ``status`` is ignored)."""
 
     run_id: RunId

@@ -286,9 +286,9 @@ def list_requests(
     if fn is not None:
         conditions.append(ApprovalRequest.fn == fn)
     if since is not None:
-        conditions.append(ApprovalRequest.requested_at >= since)
+        conditions.append(ApprovalRequest.requested_at >= _as_utc(since, "query.since"))
     if until is not None:
-        conditions.append(ApprovalRequest.requested_at < until)
+        conditions.append(ApprovalRequest.requested_at < _as_utc(until, "query.until"))
     total = session.scalar(select(func.count()).select_from(ApprovalRequest).where(*conditions)) or 0
     order = ApprovalRequest.requested_at.asc() if oldest_first else ApprovalRequest.requested_at.desc()
     rows = session.scalars(
@@ -299,6 +299,13 @@ def list_requests(
         .offset(offset)
     ).all()
     return list(rows), int(total)
+
+
+def _as_utc(value: dt.datetime, name: str) -> dt.datetime:
+    try:
+        return value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    except OverflowError:
+        raise ServiceError(422, "validation_error", f"{name}: date out of range") from None
 
 
 def _responder(actor: Actor, on_behalf_of: dict[str, Any] | None) -> dict[str, Any]:

@@ -212,6 +212,21 @@ class TestBadInput:
         resp = as_agent.post("/function_calls", content=raw, headers={"Content-Type": "application/json"})
         assert_error(resp, 422, "finite")
 
+    def test_deep_nesting_is_refused(self, as_agent: Api) -> None:
+        for depth in (40, 600):  # one within the JSON parser's limit, one far over the service's
+            body = json.dumps(call_body()).replace(
+                '"kwargs": {', '"kwargs": {"x": ' + "[" * depth + "]" * depth + ", "
+            )
+            resp = as_agent.post(
+                "/function_calls", content=body, headers={"Content-Type": "application/json"}
+            )
+            assert_error(resp, 422, "nested deeper")
+
+    def test_out_of_range_dates(self, as_agent: Api) -> None:
+        for param in ("since", "until"):
+            resp = as_agent.get("/function_calls", params={param: "0001-01-01T00:00:00+01:00"})
+            assert_error(resp, 422, f"query.{param}")
+
     def test_bad_call_id_in_body(self, as_agent: Api) -> None:
         assert_error(as_agent.post("/function_calls", json=call_body("a/b")), 422, "call_id")
 
@@ -231,6 +246,28 @@ class TestBadInput:
         assert_error(as_agent.get("/function_calls", params={"limit": 0}), 422, "limit")
         assert_error(as_agent.get("/function_calls/x", params={"wait": -1}), 422, "wait")
         assert_error(as_agent.get("/function_calls", params={"since": "yesterday"}), 422, "since")
+
+
+class TestConcurrency:
+    def test_racing_reviewers_one_wins(self, approvals_service: ApprovalsService, as_agent: Api) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        ids = [create(as_agent)["call_id"] for _ in range(5)]
+        keys = [approvals_service.reviewer_key, approvals_service.reviewer2_key, approvals_service.admin_key]
+
+        def respond(args: tuple[str, str]) -> int:
+            call_id, key = args
+            with Api(approvals_service, key).client as client:
+                return client.post(
+                    f"/agent/function_calls/{call_id}/respond", json={"approved": True}
+                ).status_code
+
+        with ThreadPoolExecutor(15) as pool:
+            codes = list(pool.map(respond, [(c, k) for c in ids for k in keys]))
+        assert sorted(codes) == [200] * 5 + [409] * 10
+        for call_id in ids:
+            events = [e["event"] for e in as_agent.get(f"/function_calls/{call_id}/audit").json()]
+            assert events == ["created", "responded"]
 
 
 class TestCancel:

@@ -6,12 +6,15 @@ ones that break the schema (negative); hypothesis drives them against the runnin
 
 from __future__ import annotations
 
+import datetime as dt
+import urllib.parse
 from typing import Any
 
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
@@ -67,3 +70,74 @@ def test_no_server_errors(api_schema: Any, approvals_service: ApprovalsService, 
     assert sum(seen.values()) >= len(operations)
     if mode is GenerationMode.NEGATIVE:
         assert any(400 <= code < 500 for code in seen), seen
+
+
+_CLIENTS: dict[str, httpx.Client] = {}
+
+
+def _client(service: ApprovalsService) -> httpx.Client:
+    """One keep-alive client per service (hypothesis calls the test body many times)."""
+    if service.base_url not in _CLIENTS:
+        _CLIENTS[service.base_url] = httpx.Client(base_url=service.base_url, timeout=30)
+    return _CLIENTS[service.base_url]
+
+
+JSON_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=40,
+)
+
+
+@given(
+    kwargs=st.dictionaries(st.text(max_size=12), JSON_VALUES, max_size=6),
+    call_id=st.text(max_size=80),
+    state=st.one_of(st.none(), st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=3)),
+)
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+def test_arbitrary_function_calls_round_trip(
+    approvals_service: ApprovalsService, kwargs: dict[str, Any], call_id: str, state: dict[str, Any] | None
+) -> None:
+    """Any JSON the SDK could send is stored and read back unchanged, or refused with a 4xx."""
+    headers = {"Authorization": f"Bearer {approvals_service.agent_key}"}
+    body = {"run_id": "fuzz", "call_id": call_id, "spec": {"fn": "fuzz", "kwargs": kwargs, "state": state}}
+    created = httpx.post(
+        f"{approvals_service.base_url}/function_calls", json=body, headers=headers, timeout=30
+    )
+    assert created.status_code < 500, created.text
+    if created.status_code >= 400:
+        assert created.json()["error"]["message"]
+        return
+    path = urllib.parse.quote(call_id, safe="")
+    fetched = _client(approvals_service).get(f"/function_calls/{path}", headers=headers)
+    assert fetched.status_code == 200, fetched.text
+    if created.status_code == 201:
+        assert fetched.json()["spec"]["kwargs"] == kwargs
+        assert fetched.json()["spec"]["state"] == state
+
+
+@given(
+    moment=st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30)),
+    offset_minutes=st.integers(min_value=-23 * 60, max_value=23 * 60),
+    field=st.sampled_from(["since", "until"]),
+)
+@settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+def test_any_date_filter_is_answered(
+    approvals_service: ApprovalsService, moment: dt.datetime, offset_minutes: int, field: str
+) -> None:
+    value = moment.replace(tzinfo=dt.timezone(dt.timedelta(minutes=offset_minutes))).isoformat()
+    resp = _client(approvals_service).get(
+        "/function_calls",
+        params={field: value, "limit": 1},
+        headers={"Authorization": f"Bearer {approvals_service.agent_key}"},
+    )
+    assert resp.status_code in (200, 422), resp.text
