@@ -138,7 +138,8 @@ def _format_message(error: Mapping[str, Any]) -> str:
     if kind == "missing":
         return "field required"
     if kind == "union_tag_invalid":
-        return f"must be one of {', '.join(STAGE_TYPES)} (got {error.get('input')!r})"
+        tag = (error.get("ctx") or {}).get("tag")
+        return f"must be one of {', '.join(STAGE_TYPES)} (got {tag!r})"
     if kind == "union_tag_not_found":
         return f"field 'type' required: one of {', '.join(STAGE_TYPES)}"
     for prefix in ("Value error, ", "Assertion failed, "):
@@ -150,7 +151,10 @@ def _format_message(error: Mapping[str, Any]) -> str:
 def _problems_from(exc: ValidationError) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for error in exc.errors(include_url=False):
-        entry = (_format_loc(error["loc"]), _format_message(error))
+        loc = tuple(error["loc"])
+        if error.get("type") == "union_tag_invalid":
+            loc += ("type",)
+        entry = (_format_loc(loc), _format_message(error))
         if entry not in problems:
             problems.append(entry)
     return problems
@@ -266,8 +270,8 @@ class MetricThresholdSpec(_Strict):
     """
 
     threshold: float | None = None
-    min_absolute_change: float | None = Field(default=None, ge=0)
-    min_relative_change: float | None = Field(default=None, ge=0)
+    min_absolute_change: float | None = Field(default=None, gt=0)
+    min_relative_change: float | None = Field(default=None, gt=0)
     greater_is_better: bool = True
 
     @model_validator(mode="before")
@@ -293,17 +297,18 @@ class ValidationConfig(_Strict):
     :param thresholds: metric name -> rule; fractional metrics (accuracy, precision, ...) must use
         thresholds between 0 and 1.
     :param model_type: ``classifier`` or ``regressor``.
-    :param baseline_alias: registered-model alias of the champion to compare with (null: none).
-    :param on_fail: ``fail`` the task when the candidate does not pass, or ``continue`` with the
-        report (downstream gates then show ``passed: false``).
+    :param baseline_alias: registered-model alias of the champion whose metrics the report shows
+        next to the candidate's (and which ``min_*_change`` rules compare with).
+    :param on_fail: when the candidate does not pass: ``fail`` the task, ``skip`` it and what
+        follows, or ``continue`` with the report (a gate after it then shows ``passed: false``).
     """
 
     dataset: str = Field(min_length=1)
     target: str = Field(min_length=1)
     thresholds: dict[str, MetricThresholdSpec] = Field(min_length=1)
     model_type: Literal["classifier", "regressor"] = "classifier"
-    baseline_alias: str | None = "champion"
-    on_fail: Literal["fail", "continue"] = "fail"
+    baseline_alias: str = Field(default="champion", min_length=1)
+    on_fail: Literal["fail", "skip", "continue"] = "fail"
 
     @field_validator("dataset")
     @classmethod
@@ -399,9 +404,19 @@ class _StageBase(_Strict):
     approval_body: str | None = None
     urgency: Literal["low", "medium", "high", "critical"] = "medium"
     response_timeout: Duration | None = None
-    on_timeout: Literal["fail", "skip", "reject"] = "fail"
+    on_timeout: Literal["fail", "skip", "approve", "reject"] = "fail"
     on_reject: Literal["fail", "skip"] = "fail"
     retries: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _timeout_policy_needs_timeout(self) -> _StageBase:
+        if self.on_timeout != "fail" and self.response_timeout is None:
+            _raise(
+                "Stage",
+                [(("response_timeout",), f"required when on_timeout is {self.on_timeout!r}")],
+                self.on_timeout,
+            )
+        return self
 
     @field_validator("task_id")
     @classmethod
