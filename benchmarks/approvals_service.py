@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import signal
@@ -259,7 +260,23 @@ async def main(args: argparse.Namespace) -> None:
                         f"{r['throughput']:>8.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7.0f} "
                         f"{server_cpu_ms:>17.3f} {client_cpu_ms:>17.3f} {os.getloadavg()[0]:>5.1f}"
                     )
-            print(f"\ndecision-to-client latency, {args.decisions} calls each (milliseconds)")
+            waiters = await start_idle_waiters(
+                service, pools.get(1000) or await create_calls(session, service, 1000)
+            )
+            await asyncio.sleep(3)
+            cpu_before, wall_before = cpu_seconds(service.proc.pid), time.monotonic()  # type: ignore[union-attr]
+            await asyncio.sleep(5)
+            idle_cpu = (cpu_seconds(service.proc.pid) - cpu_before) / (time.monotonic() - wall_before)  # type: ignore[union-attr]
+            with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/healthz", timeout=10) as resp:
+                waiting = json.load(resp)["long_poll_waiters"]
+            print(
+                f"\n{len(waiters.tasks)} clients long-polling 1,000 pending calls ({waiting} waiting in the server): "
+                f"server CPU {100 * idle_cpu:.1f}% of one core "
+                f"({waiters.requests} requests answered in {time.monotonic() - waiters.started:.0f}s, {waiters.errors} errors)"
+            )
+            print(
+                f"\ndecision-to-client latency, {args.decisions} calls each, while those clients keep waiting (milliseconds)"
+            )
             print(f"{'mode':<50} {'p50':>8} {'p99':>8} {'max':>8}")
             for mode in ("long-poll", "plain polling", "long-poll, decided in the DB by another process"):
                 lat = [
@@ -272,8 +289,47 @@ async def main(args: argparse.Namespace) -> None:
                 print(
                     f"{label:<50} {statistics.median(lat):>8.1f} {percentile(lat, 0.99):>8.1f} {max(lat):>8.1f}"
                 )
+            await waiters.stop()
     finally:
         service.stop()
+
+
+class IdleWaiters:
+    """Clients that keep long-polling calls nobody decides, each on its own connection."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+        self.tasks: list[asyncio.Task[None]] = []
+        self.requests = 0
+        self.errors = 0
+        self.started = time.monotonic()
+
+    async def wait_on(self, url: str, headers: dict[str, str]) -> None:
+        while True:
+            try:
+                async with self.session.get(url, headers=headers, params={"wait": "30"}) as resp:
+                    await resp.read()
+                    self.requests += 1
+            except aiohttp.ClientError:
+                self.errors += 1
+                await asyncio.sleep(1)
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.session.close()
+
+
+async def start_idle_waiters(service: Service, ids: list[str]) -> IdleWaiters:
+    waiters = IdleWaiters(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+    headers = {"Authorization": f"Bearer {service.agent_key}"}
+    for call_id in ids:
+        waiters.tasks.append(
+            asyncio.create_task(waiters.wait_on(f"{service.base_url}/function_calls/{call_id}", headers))
+        )
+        await asyncio.sleep(0.002)  # ramp up instead of 1,000 simultaneous connects
+    return waiters
 
 
 if __name__ == "__main__":

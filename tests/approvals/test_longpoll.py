@@ -53,6 +53,8 @@ class TestLongPoll:
                 for _ in range(50)
             ]
             await asyncio.sleep(0.5)
+            health = await client.get(approvals_service.root_url + "/healthz")
+            assert health.json()["long_poll_waiters"] >= 50
             await client.post(f"/agent/function_calls/{call_id}/cancel", json={"reason": "killed"})
             answers = await asyncio.gather(*waiters)
         assert {a.json()["status"]["cancel_reason"] for a in answers} == {"killed"}

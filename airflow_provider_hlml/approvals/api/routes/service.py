@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from airflow_provider_hlml.approvals import store
-from airflow_provider_hlml.approvals.api.deps import CurrentActor, SessionDep
+from airflow_provider_hlml.approvals.api.deps import CurrentActor, SessionDep, StateDep
 from airflow_provider_hlml.approvals.api.routes.function_calls import ERRORS
 from airflow_provider_hlml.approvals.schemas import MetricsPublic
 
@@ -16,10 +16,10 @@ router = APIRouter(tags=["service"])
 
 
 @router.get("/healthz")
-def healthz(session: SessionDep) -> dict[str, Any]:
-    """Liveness and database reachability (no authentication)."""
+def healthz(session: SessionDep, state: StateDep) -> dict[str, Any]:
+    """Liveness, database reachability and the number of waiting long-polls (no authentication)."""
     session.execute(text("SELECT 1"))
-    return {"status": "ok"}
+    return {"status": "ok", "long_poll_waiters": state.hub.waiting}
 
 
 @router.get("/metrics/approvals", response_model=MetricsPublic, responses=ERRORS)
