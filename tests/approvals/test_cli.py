@@ -58,6 +58,13 @@ class TestCli:
         assert result.exit_code != 0
         assert "hlml-approvals migrate" in result.output
 
+    def test_serve_without_migrate_refuses_an_unmigrated_database(self) -> None:
+        url = f"sqlite:///{Path(tempfile.mkdtemp()) / 'new.db'}"
+        result = run("serve", "--no-migrate", "--port", "0", "--database-url", url, ok=False)
+        assert result.exit_code != 0
+        assert "schema revision none" in result.output
+        assert "hlml-approvals migrate" in result.output
+
     def test_keys_are_stored_hashed(self, database_url: str) -> None:
         secret = key(database_url, "reviewer", "alice", "alice@example.com")
         listed = json.loads(run("keys", "list", "--database-url", database_url, "--json").output)
