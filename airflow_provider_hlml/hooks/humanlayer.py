@@ -542,7 +542,7 @@ class HumanLayerHook(BaseHook):
 
         params = None
         if wait is not None and wait > 0:
-            params = {"wait": str(int(min(wait, MAX_LONG_POLL_SECONDS)))}
+            params = {"wait": f"{min(wait, MAX_LONG_POLL_SECONDS):.3g}"}
         data = await self._arequest("GET", f"/function_calls/{call_id}", params=params, extra_timeout=wait)
         return GateFunctionCall.model_validate(data)
 

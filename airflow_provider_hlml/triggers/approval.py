@@ -399,10 +399,18 @@ class HumanApprovalTrigger(BaseTrigger):
                     self.log.info("Request %s: %s.", self.call_id, event["status"])
                     yield TriggerEvent(dict(event))
                     return
-                # Pending (or a refused decision, which the server returns without waiting):
-                # top the read's own duration up to a jittered poll interval.
+                # Still pending, or a refused decision (which the server returns without waiting).
                 decided = call.status is not None and call.status.approved is not None
-                pause = self._jittered(self.poll_interval) - (0.0 if decided else time.monotonic() - started)
+                elapsed = time.monotonic() - started
+                if decided:
+                    pause = self._jittered(self.poll_interval)
+                elif self.long_poll_seconds and elapsed >= 0.8 * min(
+                    self.long_poll_seconds, remaining or 1e9
+                ):
+                    pause = 0.0  # the server held the read: long-polling works, ask again at once
+                else:
+                    # The server ignores ?wait= (the cloud) or answered on another change: poll.
+                    pause = self._jittered(self.poll_interval) - elapsed
                 remaining = self._remaining()
                 if remaining is not None:
                     pause = min(pause, max(0.0, remaining))
