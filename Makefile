@@ -38,6 +38,13 @@ system-deps:
 	      || echo "warning: could not install chromium; the browser test will report it"; \
 	  else echo "note: chromium not found; the browser test will report it"; fi; \
 	fi
+	@# `docker-compose config` validates docker-compose.yml without a Docker engine (tests/e2e/test_compose.py).
+	@if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
+	    && ! command -v docker-compose >/dev/null 2>&1 \
+	    && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
+	    || echo "warning: could not install docker-compose; the compose validation test will skip"; \
+	fi
 
 lint: install
 	$(BIN)/ruff check .
