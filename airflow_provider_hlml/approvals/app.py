@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -29,15 +30,15 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
     engine = db.make_engine(settings.database_url, pool_size=settings.db_pool_size)
     sessions = db.make_sessionmaker(engine)
 
-    def changes_since(since: object) -> object:
+    def changes_since(since: dt.datetime) -> Sequence[tuple[str, str, int]]:
         with sessions() as session:
-            return store.changes_since(session, since=since)  # type: ignore[arg-type]
+            return store.changes_since(session, since=since)
 
     state = ServiceState(
         settings=settings,
         engine=engine,
         sessions=sessions,
-        hub=ChangeHub(changes_since, settings.recheck_interval),  # type: ignore[arg-type]
+        hub=ChangeHub(changes_since, settings.recheck_interval),
     )
 
     @asynccontextmanager
