@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 
 from markupsafe import Markup
 
+#: Colours of approval outcomes, the same as the status pills of the pages.
+OUTCOME_COLORS = {"approved": "#16a34a", "rejected": "#dc2626", "expired": "#d97706", "cancelled": "#9ca3af"}
 PALETTE = ("#2563eb", "#16a34a", "#dc2626", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
 _W, _H = 640, 240
-_L, _R, _T, _B = 52, 12, 16, 48
+_L, _R, _T, _B = 52, 12, 26, 48
 
 
 def _fmt(value: float) -> str:
@@ -23,7 +25,7 @@ def _fmt(value: float) -> str:
 def _frame(y_max: float, y_min: float, y_label: str) -> list[str]:
     parts = [
         f'<svg viewBox="0 0 {_W} {_H}" class="chart" role="img" xmlns="http://www.w3.org/2000/svg">',
-        f'<text x="4" y="12" class="axis-label">{escape(y_label)}</text>',
+        f'<text x="{_L - 6}" y="11" text-anchor="end" class="axis-label">{escape(y_label)}</text>',
     ]
     for i in range(5):
         value = y_min + (y_max - y_min) * i / 4
@@ -44,10 +46,14 @@ def _x_labels(labels: Sequence[str], xs: Sequence[float]) -> list[str]:
     ]
 
 
-def _legend(names: Sequence[str]) -> list[str]:
+def _color(i: int, name: str, colors: Mapping[str, str] | None) -> str:
+    return (colors or {}).get(name) or PALETTE[i % len(PALETTE)]
+
+
+def _legend(names: Sequence[str], colors: Mapping[str, str] | None = None) -> list[str]:
     parts, x = [], _L
     for i, name in enumerate(names):
-        color = PALETTE[i % len(PALETTE)]
+        color = _color(i, name, colors)
         parts.append(f'<rect x="{x}" y="{_H - 16}" width="10" height="10" fill="{color}"/>')
         parts.append(f'<text x="{x + 14}" y="{_H - 7}" class="tick">{escape(name)}</text>')
         x += 24 + 7 * len(name)
@@ -95,9 +101,13 @@ def line_chart(
 
 
 def stacked_bar_chart(
-    labels: Sequence[str], stacks: dict[str, Sequence[float]], *, y_label: str = ""
+    labels: Sequence[str],
+    stacks: dict[str, Sequence[float]],
+    *,
+    y_label: str = "",
+    colors: Mapping[str, str] | None = None,
 ) -> Markup:
-    """Stacked bars per x label, one colour per stack."""
+    """Stacked bars per x label, one colour per stack (``colors`` maps a stack name to its colour)."""
     totals = [sum(stack[i] for stack in stacks.values()) for i in range(len(labels))]
     if not labels or not any(totals):
         return empty_chart()
@@ -119,10 +129,10 @@ def stacked_bar_chart(
             y = _H - _B - (_H - _T - _B) * base / y_max - h
             parts.append(
                 f'<rect x="{x_center - width / 2:.1f}" y="{y:.1f}" width="{width:.1f}" height="{h:.1f}" '
-                f'fill="{PALETTE[idx % len(PALETTE)]}"><title>{escape(name)}: {_fmt(value)}</title></rect>'
+                f'fill="{_color(idx, name, colors)}"><title>{escape(name)}: {_fmt(value)}</title></rect>'
             )
             base += value
     parts += _x_labels(labels, xs)
-    parts += _legend(list(stacks))
+    parts += _legend(list(stacks), colors)
     parts.append("</svg>")
     return Markup("".join(parts))

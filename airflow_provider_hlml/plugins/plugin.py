@@ -14,6 +14,7 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+from airflow_provider_hlml.listeners.workflow_logging import workflow_logging_listener
 from airflow_provider_hlml.plugins.settings import APPROVALS_SUBPATH, DASHBOARD_PREFIX, airflow_base_path
 
 log = logging.getLogger(__name__)
@@ -113,4 +114,4 @@ class HlmlPlugin(AirflowPlugin):
     name = "hlml"
     fastapi_apps = _LazyFastAPIApps()
     external_views = _external_views()
-    listeners: list[Any] = []
+    listeners: list[Any] = [workflow_logging_listener]

@@ -146,7 +146,7 @@ def recent_activity(
                     "kind": "approval_requested",
                     "text": f"Approval requested: {item['subject']}",
                     "url": item["ti_url"],
-                    "status": "pending",
+                    "status": "requested",
                 }
             )
         if item["responded_at"]:

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from airflow_provider_hlml.plugins import charts
 
 
@@ -33,7 +35,14 @@ class TestStackedBarChart:
         ]
         bars, legend = heights[:2], heights[2:]
         assert legend == [10.0, 10.0]  # one swatch per stack
-        assert bars[1] == 2 * bars[0]
+        assert bars[1] == pytest.approx(2 * bars[0], abs=0.2)
+
+    def test_named_colours(self) -> None:
+        svg = str(
+            charts.stacked_bar_chart(["d1"], {"approved": [1], "rejected": [1]}, colors=charts.OUTCOME_COLORS)
+        )
+        assert svg.count('fill="#16a34a"') == 2  # bar and legend swatch
+        assert svg.count('fill="#dc2626"') == 2
 
     def test_all_zero_is_empty(self) -> None:
         assert "No data yet" in str(charts.stacked_bar_chart(["d1"], {"approved": [0]}))
