@@ -7,6 +7,7 @@ Starting Airflow costs ~30 s of CPU on the 2-core CI machine, so each module sha
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from tests.fixtures.airflow_stack import (
     StackConfig,
     airflow_stack,
 )
-from tests.fixtures.approvals import ApprovalsService, start_approvals_service
+from tests.fixtures.approvals import ApprovalsService, make_keys, start_approvals_service
 from tests.fixtures.mlflow_server import MLflowServer, start_mlflow_server
 
 
@@ -89,3 +90,41 @@ def celery_stack(
         workdir, metadata_databases, config, database="postgresql", executor="CeleryExecutor", workers=2
     ) as stack:
         yield stack
+
+
+@dataclass
+class MountedApprovals:
+    """Keys of the approvals service the dashboard plugin mounts in the API server."""
+
+    database_url: str
+    agent_key: str
+    reviewer_key: str
+    admin_key: str
+    delegate_key: str
+
+
+@pytest.fixture(scope="module")
+def sqlite_mounted_stack(
+    metadata_databases: MetadataDatabases,
+    e2e_mlflow: MLflowServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[AirflowStack, MountedApprovals]]:
+    """LocalExecutor on SQLite; the approvals service mounted in the API server (embedded default)."""
+    workdir: Path = tmp_path_factory.mktemp("e2e-sqlite")
+    keys = ApprovalsService(database_url=f"sqlite:///{workdir / 'hlml_approvals.db'}", root=workdir, port=0)
+    make_keys(keys)  # migrates the database and creates one key per role
+    mounted = MountedApprovals(
+        database_url=keys.database_url,
+        agent_key=keys.agent_key,
+        reviewer_key=keys.reviewer_key,
+        admin_key=keys.admin_key,
+        delegate_key=keys.delegate_key,
+    )
+    config = StackConfig(
+        mlflow_url=e2e_mlflow.url,
+        agent_key=mounted.agent_key,
+        delegate_key=mounted.delegate_key,
+        mounted_approvals_db=mounted.database_url,
+    )
+    with airflow_stack(workdir, metadata_databases, config, database="sqlite") as stack:
+        yield stack, mounted

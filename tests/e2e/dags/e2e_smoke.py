@@ -36,6 +36,8 @@ with DAG(
     tags=["e2e"],
 ):
     first = PythonOperator(task_id="first", python_callable=lambda: "ok")
-    wait = DeferForSeconds(task_id="wait_in_triggerer", seconds=2)
+    # Long enough for the scheduler to process the worker's exit before the trigger fires: a
+    # trigger that fires first hits an Airflow 3.3 race (the task is marked failed while queued).
+    wait = DeferForSeconds(task_id="wait_in_triggerer", seconds=10)
     last = PythonOperator(task_id="last", python_callable=lambda: "done")
     first >> wait >> last
