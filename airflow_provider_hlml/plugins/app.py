@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -160,10 +161,16 @@ class DashboardData:
         ``humanlayer`` connection names another backend.
     """
 
+    #: Seconds an MLflow read is reused: MLflow data is the same for every user, and several tabs
+    #: (and every auto-refresh) read it.
+    MLFLOW_CACHE_SECONDS = 10.0
+
     def __init__(self, settings: DashboardSettings, embedded_approvals: Any | None = None) -> None:
         self.settings = settings
         self.embedded_approvals = embedded_approvals
         self.base_path = airflow_base_path()
+        self._mlflow_cache: tuple[float, MLflowTarget, dict[str, Any]] | None = None
+        self._mlflow_lock = asyncio.Lock()
 
     def _approvals_base_url(self) -> str | None:
         from airflow.exceptions import AirflowNotFoundException
@@ -223,10 +230,16 @@ class DashboardData:
         target = await run_in_threadpool(MLflowTarget.from_connection, self.settings.mlflow_conn_id)
         if target is None:
             return None, None, f"MLflow connection {self.settings.mlflow_conn_id!r} is not configured"
-        try:
-            data = await MLflowReader(target, timeout=self.settings.http_timeout).overview()
-        except MLflowUnavailable as exc:
-            return None, target, str(exc)
+        async with self._mlflow_lock:
+            cached = self._mlflow_cache
+            if cached and cached[1] == target and time.monotonic() - cached[0] < self.MLFLOW_CACHE_SECONDS:
+                return cached[2], target, None
+            try:
+                data = await MLflowReader(target, timeout=self.settings.http_timeout).overview()
+            except MLflowUnavailable as exc:
+                self._mlflow_cache = None
+                return None, target, str(exc)
+            self._mlflow_cache = (time.monotonic(), target, data)
         return data, target, None
 
     async def with_permissions(self, user: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from airflow_provider_hlml.plugins.settings import display_url
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -98,11 +100,11 @@ class ApprovalsClient:
                 )
         except httpx.HTTPError as exc:
             raise ApprovalsUnavailable(
-                f"approvals backend at {self.base_url} unreachable: {type(exc).__name__}"
+                f"approvals backend at {display_url(self.base_url)} unreachable: {type(exc).__name__}"
             ) from exc
         if response.status_code >= 500:
             raise ApprovalsUnavailable(
-                f"approvals backend at {self.base_url} answered {response.status_code}"
+                f"approvals backend at {display_url(self.base_url)} answered {response.status_code}"
             )
         if response.status_code >= 400:
             raise ApprovalsRequestError(response.status_code, _error_message(response))
@@ -110,7 +112,7 @@ class ApprovalsClient:
             return response.json()
         except ValueError as exc:
             raise ApprovalsUnavailable(
-                f"approvals backend at {self.base_url} sent a non-JSON answer"
+                f"approvals backend at {display_url(self.base_url)} sent a non-JSON answer"
             ) from exc
 
     async def list_calls(

@@ -14,6 +14,8 @@ from urllib.parse import quote
 
 import httpx
 
+from airflow_provider_hlml.plugins.settings import display_url
+
 
 class MLflowUnavailable(RuntimeError):
     """The MLflow tracking server cannot be reached or answered with an error."""
@@ -106,16 +108,20 @@ class MLflowReader:
                 response = await client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise MLflowUnavailable(
-                f"MLflow at {self.target.tracking_uri} unreachable: {type(exc).__name__}"
+                f"MLflow at {display_url(self.target.tracking_uri)} unreachable: {type(exc).__name__}"
             ) from exc
         if response.status_code == 404 and path.startswith("/runs/get"):
             return {}
         if response.status_code >= 400:
-            raise MLflowUnavailable(f"MLflow at {self.target.tracking_uri} answered {response.status_code}")
+            raise MLflowUnavailable(
+                f"MLflow at {display_url(self.target.tracking_uri)} answered {response.status_code}"
+            )
         try:
             body = response.json()
         except ValueError as exc:
-            raise MLflowUnavailable(f"MLflow at {self.target.tracking_uri} sent a non-JSON answer") from exc
+            raise MLflowUnavailable(
+                f"MLflow at {display_url(self.target.tracking_uri)} sent a non-JSON answer"
+            ) from exc
         return body if isinstance(body, dict) else {}
 
     async def overview(self, *, max_experiments: int = 20, runs_per_experiment: int = 10) -> dict[str, Any]:

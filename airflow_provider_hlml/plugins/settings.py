@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from airflow.configuration import conf
 
@@ -12,6 +12,16 @@ from airflow.configuration import conf
 DASHBOARD_PREFIX = "/hlml"
 #: Path under the dashboard where the built-in approvals service is mounted.
 APPROVALS_SUBPATH = "/humanlayer/v1"
+
+
+def display_url(url: str) -> str:
+    """``url`` without any ``user:password@`` part, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def airflow_base_path() -> str:

@@ -55,9 +55,10 @@ class TestMLflowReader:
         assert version["run_url"] is not None
 
     async def test_dead_server(self) -> None:
-        target = MLflowTarget(tracking_uri=f"http://127.0.0.1:{free_port()}", ui_url="x")
-        with pytest.raises(MLflowUnavailable, match="unreachable"):
+        target = MLflowTarget(tracking_uri=f"http://user:s3cret@127.0.0.1:{free_port()}", ui_url="x")
+        with pytest.raises(MLflowUnavailable, match="unreachable") as err:
             await MLflowReader(target, timeout=2).overview()
+        assert "s3cret" not in str(err.value)
 
     async def test_server_error(self, failing_server: str) -> None:
         target = MLflowTarget(tracking_uri=failing_server, ui_url="x", username="u", password="secret-pw")

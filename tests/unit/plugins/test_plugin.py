@@ -77,7 +77,7 @@ class TestHlmlPlugin:
         app = build_embedded_approvals(f"sqlite:///{tmp_path / 'approvals.db'}")
         assert app is not None
         with TestClient(app) as client:
-            assert client.get("/healthz").json() == {"status": "ok"}
+            assert client.get("/healthz").json()["status"] == "ok"
             assert client.get("/function_calls").status_code == 401
 
 
@@ -92,3 +92,11 @@ class TestDashboardSettings:
         settings = DashboardSettings.from_airflow_conf()
         assert settings.approvals_database_url.startswith("sqlite:///")
         assert settings.approvals_database_url.endswith("hlml_approvals.db")
+
+
+class TestDisplayUrl:
+    def test_credentials_are_dropped(self) -> None:
+        from airflow_provider_hlml.plugins.settings import display_url
+
+        assert display_url("http://u:pw@mlflow:5000/x?y=1") == "http://mlflow:5000/x?y=1"
+        assert display_url("http://mlflow:5000") == "http://mlflow:5000"
