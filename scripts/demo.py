@@ -42,6 +42,8 @@ APPROVALS_PREFIX = "/humanlayer/v1"
 ADMIN, REVIEWER = "admin", "reviewer"
 REVIEWER_EMAIL = "reviewer@example.com"
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+GATE_TASK_ID = "approve_promotion"
+DEFERRAL_SETTLE_SECONDS = 15
 
 
 class DemoError(RuntimeError):
@@ -98,12 +100,17 @@ class State:
 
 
 def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped by its parent does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError):
+        status = Path(f"/proc/{pid}/status").read_text()
+        if "\nState:\tZ" in status:
+            return False
     return True
 
 
@@ -489,10 +496,40 @@ def print_where_to_look(state: State, info: Mapping[str, Any], run_id: str) -> N
     say("Stop everything with `make demo-stop`.")
 
 
+def wait_until_settled_in_deferral(api: AirflowApi, run_id: str, timeout: float) -> None:
+    """Wait until the gate has been deferred for a while before deciding.
+
+    A decision within seconds of the deferral can hit an Airflow scheduler race
+    (apache/airflow#72716): the stale "success" of the worker that deferred is processed after
+    the resumed attempt started, and the gate is failed. A person never answers that fast; the
+    demo waits ``DEFERRAL_SETTLE_SECONDS`` to behave like one.
+    """
+    deadline = time.monotonic() + timeout
+    deferred_since: float | None = None
+    while time.monotonic() < deadline:
+        tis = api.request("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
+        states = {t["task_id"]: t["state"] for t in tis}
+        if states.get(GATE_TASK_ID) == "deferred":
+            deferred_since = deferred_since or time.monotonic()
+            if time.monotonic() - deferred_since >= DEFERRAL_SETTLE_SECONDS:
+                return
+        elif states.get(GATE_TASK_ID) in ("success", "failed", "upstream_failed", "skipped"):
+            return
+        elif any(state in ("failed", "upstream_failed") for state in states.values()):
+            failed = ", ".join(f"{k}={v}" for k, v in states.items() if v in ("failed", "upstream_failed"))
+            raise DemoError(f"run {run_id} failed before its approval gate: {failed}", ("scheduler",))
+        time.sleep(2)
+    raise DemoError(
+        f"run {run_id} did not reach {GATE_TASK_ID} within {timeout:.0f}s", ("scheduler", "triggerer")
+    )
+
+
 def approve_and_wait(api: AirflowApi, info: Mapping[str, Any], run_id: str, timeout: float) -> dict[str, Any]:
     from airflow_provider_hlml.examples.review import approve_when_pending
 
-    say(f"- waiting for the approval request of run {run_id} and approving it as '{REVIEWER}'")
+    say(f"- waiting for run {run_id} to reach its approval gate ({GATE_TASK_ID})")
+    wait_until_settled_in_deferral(api, run_id, timeout)
+    say(f"- approving the request as '{REVIEWER}' through the HumanLayer API")
     answered = approve_when_pending(
         approvals_base_url(info),
         info["keys"]["reviewer"],
