@@ -202,8 +202,7 @@ def churn_validation_data(
 ) -> pd.DataFrame:
     """Validation data: the held-out split (features and the ``churned`` label).
 
-    ``MLflowValidateOperator`` renders its ``data`` field when the task runs, and Airflow calls a
-    callable template field with ``context=`` and ``jinja_env=``: those land in ``_airflow``.
+    Extra keyword arguments (such as the task ``context`` a caller may pass) are ignored.
     """
     _, test = split_churn_data(generate_churn_data(n_samples, seed), seed)
     features = test[list(FEATURES)].astype("float64")

@@ -19,7 +19,7 @@ The whole spec is validated before the first task is created, and DAGs are built
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,23 +98,6 @@ def _gate_text(spec: WorkflowSpec, stage: Stage) -> tuple[str, str]:
     return stage.approval_subject or subject, stage.approval_body or body
 
 
-def _with_supported_kwargs(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` called with only the keyword arguments it names (Airflow passes ``context`` and
-    ``jinja_env`` to a callable template field such as the validation ``data``)."""
-    import functools
-    import inspect
-
-    parameters = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return fn
-
-    @functools.wraps(fn)
-    def call(**kwargs: Any) -> Any:
-        return fn(**{name: value for name, value in kwargs.items() if name in parameters})
-
-    return call
-
-
 def _thresholds(stage: ValidationStage) -> dict[str, dict[str, Any]]:
     return {name: rule.model_dump() for name, rule in stage.config.thresholds.items()}
 
@@ -161,11 +144,7 @@ def _build_stage(spec: WorkflowSpec, stage: Stage, wiring: _Wiring, dag: DAG) ->
     if isinstance(stage, ValidationStage):
         assert wiring.training is not None  # the spec guarantees a training stage before
         validation = stage.config
-        data: Any = (
-            validation.dataset
-            if validation.dataset_is_file
-            else _with_supported_kwargs(resolve_callable(validation.dataset))
-        )
+        data: Any = validation.dataset if validation.dataset_is_file else resolve_callable(validation.dataset)
         return MLflowValidateOperator(
             model_uri=_xcom(wiring.training.stage_task_id, "model_uri"),
             data=data,

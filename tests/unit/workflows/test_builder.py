@@ -109,7 +109,7 @@ class TestBuildMlWorkflowDag:
         assert train.registered_model_name == "churn_predictor"
         validate = dag.get_task("model_validation")
         assert validate.model_uri == "{{ ti.xcom_pull(task_ids='model_training')['model_uri'] }}"
-        assert validate.data is churn.churn_validation_data  # takes **kwargs: passed as it is
+        assert validate.data_callable is churn.churn_validation_data
         assert validate.target == "churned"
         assert validate.model_name == "churn_predictor"
         assert set(validate.thresholds) == {"accuracy", "precision"}
