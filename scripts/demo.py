@@ -374,7 +374,7 @@ def start_stack(state: State, use_free_ports: bool) -> dict[str, Any]:
     info: dict[str, Any] = {
         "ports": choose_ports(use_free_ports),
         "fernet_key": Fernet.generate_key().decode(),
-        "jwt_secret": secrets.token_urlsafe(32),
+        "jwt_secret": secrets.token_urlsafe(64),
         "passwords": passwords,
         "keys": {},
     }
@@ -457,9 +457,8 @@ def find_or_start_run(api: AirflowApi) -> str:
 
     wait_until(parsed, 300, f"the dag-processor to parse {DAG_ID}", ("dag-processor",))
     errors = api.request("GET", "/importErrors")
-    if errors.get("total_entries"):
-        details = "\n".join(f"{e['filename']}: {e['stack_trace'][-800:]}" for e in errors["import_errors"])
-        raise DemoError(f"DAG files failed to import:\n{details}", ("dag-processor",))
+    for error in errors.get("import_errors", []):
+        say(f"  note: {error['filename']} failed to import:\n{error['stack_trace'][-800:]}")
     active = api.request("GET", f"/dags/{DAG_ID}/dagRuns?state=queued&state=running&order_by=-run_after")
     if active["dag_runs"]:
         return str(active["dag_runs"][0]["dag_run_id"])

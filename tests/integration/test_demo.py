@@ -55,8 +55,10 @@ def test_non_interactive_demo_promotes_a_model(tmp_path: Path) -> None:
         stopped = subprocess.run(
             [*command, "stop"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
         )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    output = result.stdout
+    assert result.returncode == 0, (
+        f"{output[:5000]}\n...\n{output[-3000:]}\n--- stderr ---\n{result.stderr[-3000:]}"
+    )
 
     # What the user sees: where to look, how to approve, and the promoted version.
     assert re.search(r"Airflow UI\s+http://127\.0\.0\.1:\d+/dags/churn_pipeline", output)
