@@ -139,11 +139,15 @@ def get_provider_info() -> dict[str, Any]:
                         "",
                         "sqlite:////opt/airflow/hlml_approvals.db",
                     ),
-                    "approvals_delegate_key": _opt(
-                        "API key with the delegate role the dashboard uses to decide on behalf of users.",
-                        "string",
-                        "",
-                    ),
+                    "approvals_delegate_key": {
+                        **_opt(
+                            "API key with the delegate role the dashboard uses to decide on behalf of users.",
+                            "string",
+                            "",
+                        ),
+                        # Masked in the config UI; may come from ``_CMD`` / ``_SECRET`` variables.
+                        "sensitive": True,
+                    },
                     "dashboard_refresh_seconds": _opt(
                         "Auto-refresh interval of the dashboard pages.", "integer", "30"
                     ),
