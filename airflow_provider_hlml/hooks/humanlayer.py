@@ -597,17 +597,22 @@ class HumanLayerHook(BaseHook):
         settings = await self.aget_settings()
         session = await SESSION_POOL.acquire()
         timeout = aiohttp.ClientTimeout(total=settings.timeout + (extra_timeout or 0))
+        headers = {"Authorization": f"Bearer {settings.api_key}", "Accept": "application/json"}
+        url = f"{settings.base_url}{path}"
         try:
-            async with session.request(
-                method,
-                f"{settings.base_url}{path}",
-                params=params,
-                json=json_body,
-                headers={"Authorization": f"Bearer {settings.api_key}", "Accept": "application/json"},
-                timeout=timeout,
-            ) as resp:
-                body = await resp.text()
-                status = resp.status
+            for attempt in (1, 2):
+                try:
+                    async with session.request(
+                        method, url, params=params, json=json_body, headers=headers, timeout=timeout
+                    ) as resp:
+                        body = await resp.text()
+                        status = resp.status
+                    break
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                    # A pooled keep-alive connection the server closed just as it was reused:
+                    # a read is safe to send again at once on a fresh connection.
+                    if method != "GET" or attempt == 2:
+                        raise
         except asyncio.TimeoutError:
             raise HumanLayerUnavailableError(
                 f"{settings.where}: {method} {path} timed out after {timeout.total:g}s. Check that the "
