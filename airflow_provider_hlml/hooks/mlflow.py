@@ -46,6 +46,14 @@ _PROVIDER_LOCK = threading.Lock()
 _provider_registered = False
 # The fluent API's tracking URI is process-global: one ``fluent()`` block at a time.
 _FLUENT_LOCK = threading.RLock()
+# Process state of MLflow's fluent API that ``fluent()`` sets aside and restores.
+_FLUENT_ENV_VARS = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+)
 
 
 class _ConnectionAuthHeaderProvider:
@@ -303,24 +311,33 @@ class MLflowHook(BaseHook):
         """
         Point MLflow's fluent API (``mlflow.start_run``, ``mlflow.log_*``) at this connection.
 
-        Holds a process lock for the block and restores the previous tracking / registry URIs and
-        their environment variables afterwards, so nothing leaks to code running later.
+        Holds a process lock for the block, sets aside the process's active experiment, and
+        restores the previous tracking / registry URIs, experiment and their environment
+        variables afterwards, so nothing leaks in or out.
         """
         import mlflow
+        from mlflow.tracking import fluent as fluent_api
         from mlflow.tracking._model_registry import utils as registry_utils
         from mlflow.tracking._tracking_service import utils as tracking_utils
 
         with _FLUENT_LOCK, self.authenticated():
             saved_tracking = tracking_utils._tracking_uri
             saved_registry = registry_utils._registry_uri
-            saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+            # An experiment chosen earlier in this process (mlflow.set_experiment) belongs to other
+            # code and would make MLflow refuse to resume runs of another experiment.
+            saved_experiment = fluent_api._active_experiment_id
+            saved_env = {k: os.environ.get(k) for k in _FLUENT_ENV_VARS}
             try:
+                for key in _FLUENT_ENV_VARS:
+                    os.environ.pop(key, None)
+                fluent_api._active_experiment_id = None
                 mlflow.set_tracking_uri(self.tracking_uri)
                 mlflow.set_registry_uri(self.registry_uri)
                 yield
             finally:
                 tracking_utils._tracking_uri = saved_tracking
                 registry_utils._registry_uri = saved_registry
+                fluent_api._active_experiment_id = saved_experiment
                 for key, value in saved_env.items():
                     if value is None:
                         os.environ.pop(key, None)

@@ -210,18 +210,32 @@ class TestMLflowHook:
         self, mlflow_conn: str, mlflow_server, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         import mlflow
+        from mlflow.tracking import fluent
 
+        hook = MLflowHook(mlflow_conn)
+        elsewhere_experiment = hook.get_or_create_experiment("hook-elsewhere")
+        run = hook.client.create_run(hook.get_or_create_experiment("hook-fluent"))
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "file:///tmp/hlml-elsewhere")
         mlflow.set_tracking_uri("file:///tmp/hlml-elsewhere")
+        # Other code in this process chose an experiment (mlflow.set_experiment does this).
+        fluent._active_experiment_id = elsewhere_experiment
+        monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", elsewhere_experiment)
         try:
-            with MLflowHook(mlflow_conn).fluent():
+            with hook.fluent():
                 assert mlflow.get_tracking_uri() == mlflow_server.url
+                # Resuming a run of another experiment works inside the scope.
+                with mlflow.start_run(run_id=run.info.run_id):
+                    mlflow.log_metric("m", 1.0)
             assert mlflow.get_tracking_uri() == "file:///tmp/hlml-elsewhere"
             assert os.environ["MLFLOW_TRACKING_URI"] == "file:///tmp/hlml-elsewhere"
+            assert os.environ["MLFLOW_EXPERIMENT_ID"] == elsewhere_experiment
+            assert fluent._active_experiment_id == elsewhere_experiment
+            assert hook.client.get_run(run.info.run_id).data.metrics == {"m": 1.0}
         finally:
             from mlflow.tracking._tracking_service import utils
 
             utils._tracking_uri = None
+            fluent._active_experiment_id = None
 
     def test_ui_url_for_run_uses_ui_url_and_hides_credentials(self, monkeypatch: pytest.MonkeyPatch) -> None:
         _set_conn(
