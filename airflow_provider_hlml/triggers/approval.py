@@ -367,6 +367,8 @@ class HumanApprovalTrigger(BaseTrigger):
                     except HumanLayerError as exc:
                         self.log.warning("Final read of %s before timing out failed: %s", self.call_id, exc)
                     else:
+                        if call.status is not None and requested_at is None:
+                            requested_at = _iso(call.status.requested_at)
                         final = self._accept(call)
                         if final is not None:
                             yield TriggerEvent(dict(final))
