@@ -247,3 +247,20 @@ class TestFactories:
             "workflow_id": "churn-weekly",
             "details": {"rows": 1200},
         }
+
+
+class TestOnKill:
+    def test_on_kill_cancels_the_pending_request(self, faulty_server: Any, faulty_conn: str) -> None:
+        sensor = HumanApprovalSensor(task_id="gate", subject="x", humanlayer_conn_id=faulty_conn)
+        context = _context(sensor)
+        call_id = approval_call_id("dag", "manual__1", "gate", -1, 1)
+        faulty_server.add_call(call_id)
+        sensor.pre_execute(context)  # type: ignore[arg-type]
+        sensor.on_kill()
+        status = faulty_server.calls[call_id]["status"]
+        assert status["cancel_reason"] == "killed"
+        assert status["approved"] is None
+
+    def test_on_kill_before_execution_does_nothing(self, faulty_server: Any, faulty_conn: str) -> None:
+        HumanApprovalSensor(task_id="gate", subject="x", humanlayer_conn_id=faulty_conn).on_kill()
+        assert faulty_server.requests == []
