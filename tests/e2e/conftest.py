@@ -1,7 +1,8 @@
 """Deployments shared by the e2e scenarios.
 
 Starting Airflow costs ~30 s of CPU on the 2-core CI machine, so each module shares one stack
-(module scope) and its scenarios use DAG runs of their own.
+(module scope) and its scenarios use DAG runs of their own; the MLflow server and the standalone
+approvals service serve the whole package.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from tests.fixtures.approvals import ApprovalsService, make_keys, start_approval
 from tests.fixtures.mlflow_server import MLflowServer, start_mlflow_server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def e2e_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLflowServer]:
-    """An MLflow server of the module's own: scenarios stop and restart it."""
+    """An MLflow server of the e2e suite's own (scenarios stop and restart it)."""
     server = start_mlflow_server(tmp_path_factory.mktemp("e2e-mlflow"))
     # docker-compose.yml runs MLflow with the same options (tests/e2e/test_compose.py).
     assert set(MLFLOW_SERVER_OPTIONS) <= set(server.process.argv)
@@ -35,7 +36,7 @@ def e2e_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLflowServe
         server.process.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def pg_approvals(
     require_postgres: str, metadata_databases: MetadataDatabases, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApprovalsService]:

@@ -1,0 +1,171 @@
+"""Decision-to-downstream-start latency through a real scheduler and triggerer.
+
+Starts a real deployment (``airflow api-server``, ``scheduler``, ``dag-processor``, ``triggerer``,
+LocalExecutor; PostgreSQL when HLML_TEST_POSTGRES_URL is set, else SQLite), a standalone approvals
+service and an MLflow server, then runs DAG ``e2e_latency`` (tests/e2e/dags/e2e_latency.py)
+ROUNDS times. Each run has two gates side by side:
+
+- ``hlml_gate``: this provider's HumanApprovalSensor (deferred to the triggerer), approved by a
+  reviewer through the HumanLayer API of the approvals service;
+- ``native_gate``: Airflow's ApprovalOperator (providers-standard HITL), approved through Airflow's
+  REST API (``PATCH .../taskInstances/{task_id}/{map_index}/hitlDetails``).
+
+Once both wait, they are answered one after the other (the order alternates between rounds);
+the latency of a gate is the start of the task after it minus the moment its answer was sent.
+Prints both distributions and the ratio hlml / native at p50 and p95 (target <= 1.0).
+
+    python benchmarks/e2e_latency.py [--rounds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from airflow_provider_hlml.utils.ids import approval_call_id  # noqa: E402
+from tests.fixtures.airflow_stack import (  # noqa: E402
+    AirflowStack,
+    HumanLayerApi,
+    MetadataDatabases,
+    StackConfig,
+    postgres_available,
+    start_airflow_stack,
+    wait_until,
+)
+from tests.fixtures.approvals import start_approvals_service  # noqa: E402
+from tests.fixtures.mlflow_server import start_mlflow_server  # noqa: E402
+
+DAG_ID = "e2e_latency"
+SETTLE_SECONDS = 1.0  # after the scheduler has seen both workers exit
+
+
+def _started_at(stack: AirflowStack, run_id: str, task_id: str) -> float:
+    def started() -> float | None:
+        for ti in stack.api.task_instances(DAG_ID, run_id):
+            if ti["task_id"] == task_id and ti["start_date"] and ti["state"] in ("running", "success"):
+                return datetime.fromisoformat(ti["start_date"].replace("Z", "+00:00")).timestamp()
+        return None
+
+    return float(wait_until(started, 180, f"{task_id} to start", interval=0.1))
+
+
+def _resumed_at(stack: AirflowStack, run_id: str, task_id: str) -> float:
+    """When the gate went back to ``scheduled``: the decision has reached Airflow."""
+    for ti in stack.api.task_instances(DAG_ID, run_id):
+        if ti["task_id"] == task_id and ti["scheduled_when"]:
+            return datetime.fromisoformat(ti["scheduled_when"].replace("Z", "+00:00")).timestamp()
+    raise RuntimeError(f"{task_id} of {run_id} has no scheduled_when")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = max(0, min(len(ordered) - 1, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _summary(name: str, values: list[float]) -> str:
+    return (
+        f"{name:<28} n={len(values):<3} p50={_percentile(values, 0.5):6.2f}s  "
+        f"p95={_percentile(values, 0.95):6.2f}s  mean={statistics.fmean(values):6.2f}s  "
+        f"min={min(values):6.2f}s  max={max(values):6.2f}s"
+    )
+
+
+def run(rounds: int) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="hlml-bench-e2e-"))
+    databases = MetadataDatabases(workdir)
+    database = "postgresql" if postgres_available() else "sqlite"
+    mlflow = start_mlflow_server(workdir / "mlflow")
+    approvals = start_approvals_service(f"sqlite:///{workdir / 'approvals.db'}", workdir / "approvals")
+    stack: AirflowStack | None = None
+    reviewer = HumanLayerApi(approvals.base_url, approvals.reviewer_key)
+    try:
+        config = StackConfig(
+            mlflow_url=mlflow.url,
+            approvals_base_url=approvals.base_url,
+            agent_key=approvals.agent_key,
+            delegate_key=approvals.delegate_key,
+        )
+        stack = start_airflow_stack(workdir / "stack", databases, config, database=database)
+        api = stack.api
+        api.wait_for_dag(DAG_ID)
+        api.unpause(DAG_ID)
+        ours: list[float] = []
+        native: list[float] = []
+        # decision -> the gate is scheduled again (the decision has reached Airflow)
+        ours_seen: list[float] = []
+        native_seen: list[float] = []
+        sent_at: dict[str, float] = {}
+        for n in range(rounds):
+            run_id = api.trigger(DAG_ID)
+            stack.wait_until_parked(DAG_ID, run_id, "hlml_gate", "deferred")
+            stack.wait_until_parked(DAG_ID, run_id, "native_gate", "awaiting_input")
+            time.sleep(SETTLE_SECONDS)
+            call_id = approval_call_id(DAG_ID, run_id, "hlml_gate", -1, 1)
+
+            def answer_ours(run_id: str = run_id, call_id: str = call_id) -> float:
+                sent = sent_at["hlml_gate"] = time.time()
+                reviewer.respond(call_id, approved=True, comment="benchmark")
+                return _started_at(stack, run_id, "after_hlml") - sent
+
+            def answer_native(run_id: str = run_id) -> float:
+                sent = sent_at["native_gate"] = time.time()
+                resp = api.request(
+                    "PATCH",
+                    f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/native_gate/-1/hitlDetails",
+                    json={"chosen_options": ["Approve"]},
+                )
+                resp.raise_for_status()
+                return _started_at(stack, run_id, "after_native") - sent
+
+            if n % 2 == 0:
+                ours.append(answer_ours())
+                native.append(answer_native())
+            else:
+                native.append(answer_native())
+                ours.append(answer_ours())
+            result = api.wait_for_run(DAG_ID, run_id, timeout=240)
+            if result["state"] != "success":
+                raise RuntimeError(f"run {run_id} ended {result['state']}:\n{stack.diagnose(DAG_ID, run_id)}")
+            ours_seen.append(_resumed_at(stack, run_id, "hlml_gate") - sent_at["hlml_gate"])
+            native_seen.append(_resumed_at(stack, run_id, "native_gate") - sent_at["native_gate"])
+            print(f"round {n + 1}/{rounds}: hlml {ours[-1]:.2f}s  native {native[-1]:.2f}s", flush=True)
+
+        print()
+        print(f"e2e decision -> downstream task start ({database}, LocalExecutor, {rounds} rounds)")
+        print(_summary("HumanApprovalSensor (hlml)", ours))
+        print(_summary("ApprovalOperator (native)", native))
+        print("of which decision -> gate scheduled again (the decision has reached Airflow):")
+        print(_summary("  HumanApprovalSensor (hlml)", ours_seen))
+        print(_summary("  ApprovalOperator (native)", native_seen))
+        p50 = _percentile(ours, 0.5) / _percentile(native, 0.5)
+        p95 = _percentile(ours, 0.95) / _percentile(native, 0.95)
+        print(f"ratio hlml/native: p50={p50:.2f}  p95={p95:.2f}  (target <= 1.0)")
+    finally:
+        reviewer.close()
+        if stack is not None:
+            stack.stop()
+        approvals.stop()
+        mlflow.process.stop()
+        databases.drop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("HLML_BENCH_ROUNDS", "10")))
+    run(parser.parse_args().rounds)
+
+
+if __name__ == "__main__":
+    main()
