@@ -15,9 +15,11 @@ import pytest
 from airflow_provider_hlml.utils.ids import approval_call_id
 from tests.fixtures.airflow_stack import AirflowStack, HumanLayerApi, wait_until
 from tests.fixtures.approvals import ApprovalsService
+from tests.fixtures.mlflow_server import MLflowServer
 from tests.fixtures.processes import VENV_BIN
 
-pytestmark = pytest.mark.e2e
+# Setup starts a whole deployment, which counts against the per-test timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 FANOUT = "e2e_gate_fanout"
 
@@ -54,7 +56,7 @@ def start_fanout(stack: AirflowStack, count: int) -> str:
     api.wait_for_dag(FANOUT)
     api.unpause(FANOUT)
     run_id = api.trigger(FANOUT, conf={"count": count})
-    api.wait_for_task_state(FANOUT, run_id, "gate", "deferred", count=count, timeout=480)
+    stack.wait_until_parked(FANOUT, run_id, "gate", "deferred", count=count)
     return run_id
 
 
@@ -168,3 +170,78 @@ class TestApprovalsServiceChaos:
             assert result["approved"] is True
             expected = "decided during the outage" if map_index < 2 else "decided after the outage"
             assert result["comment"] == expected
+
+
+CHURN = "churn_pipeline"
+MODEL = "churn_predictor"
+
+
+def _wait_for_gate(stack: AirflowStack, run_id: str) -> None:
+    try:
+        stack.wait_until_parked(CHURN, run_id, "approve_promotion", "deferred")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{stack.diagnose(CHURN, run_id)}") from exc
+
+
+class TestChurnPipeline:
+    """The example pipeline, scheduled, its gate answered by a reviewer through the HumanLayer API."""
+
+    def test_scheduled_run_approved_by_a_reviewer_promotes_that_version(
+        self, postgres_stack: AirflowStack, e2e_mlflow: MLflowServer, reviewer: HumanLayerApi
+    ) -> None:
+        from mlflow import MlflowClient
+
+        from airflow_provider_hlml import audit
+
+        api = postgres_stack.api
+        api.wait_for_dag(CHURN, timeout=240)
+        api.unpause(CHURN)
+        runs = wait_until(lambda: api.dag_runs(CHURN), 90, "the scheduler to create a churn run")
+        run_id = runs[0]["dag_run_id"]
+        assert runs[0]["run_type"] == "scheduled"
+        _wait_for_gate(postgres_stack, run_id)
+
+        call_id = approval_call_id(CHURN, run_id, "approve_promotion", -1, 1)
+        request = reviewer.get(call_id)
+        assert request["status"]["approved"] is None
+        assert request["spec"]["fn"] == "model_promotion"
+        report = api.xcom(CHURN, run_id, "validate_model")
+        assert request["spec"]["kwargs"]["context"]["model_version"] == report["model_version"]
+        reviewer.respond(call_id, approved=True, comment="metrics hold up; ship it")
+        run = api.wait_for_run(CHURN, run_id, timeout=400)
+
+        assert run["state"] == "success", postgres_stack.diagnose(CHURN, run_id)
+        champion = MlflowClient(tracking_uri=e2e_mlflow.url).get_model_version_by_alias(MODEL, "champion")
+        assert champion.version == str(report["model_version"])
+        assert champion.run_id == report["mlflow_run_id"]
+        assert champion.tags[audit.APPROVAL_CALL_ID] == call_id
+        assert champion.tags[audit.APPROVAL_COMMENT] == "metrics hold up; ship it"
+        assert "alice" in champion.tags[audit.APPROVED_BY]
+        assert champion.tags[audit.PROMOTED_BY_RUN_ID] == run_id
+
+    def test_rejected_run_promotes_nothing(
+        self, postgres_stack: AirflowStack, e2e_mlflow: MLflowServer, reviewer: HumanLayerApi
+    ) -> None:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=e2e_mlflow.url)
+        before = client.get_registered_model(MODEL).aliases.get("champion")
+        api = postgres_stack.api
+        run_id = api.trigger(CHURN)
+        _wait_for_gate(postgres_stack, run_id)
+        candidate = api.xcom(CHURN, run_id, "validate_model")["model_version"]
+
+        reviewer.respond(
+            approval_call_id(CHURN, run_id, "approve_promotion", -1, 1),
+            approved=False,
+            comment="precision on the new segment is too low",
+        )
+        run = api.wait_for_run(CHURN, run_id, timeout=300)
+
+        states = api.task_states(CHURN, run_id)
+        assert run["state"] == "failed", states
+        assert states["approve_promotion"] == "failed"
+        assert states["promote_model"] == "upstream_failed"
+        model = client.get_registered_model(MODEL)
+        assert model.aliases.get("champion") == before, "a rejected version must not be promoted"
+        assert not client.get_model_version(MODEL, str(candidate)).aliases
