@@ -19,12 +19,15 @@ AIRFLOW = str(Path(sys.executable).parent / "airflow")
 # Modules Airflow loads while parsing DAG files: everything but the server-side packages.
 IMPORT_ALL_PUBLIC = """
 import importlib, json, pkgutil, sys
+import airflow.sdk
+# What Airflow's own SDK loads (it imports sqlalchemy itself) is no cost of this provider.
+baseline = {m.split(".")[0] for m in sys.modules}
 import airflow_provider_hlml as p
 skip = ("airflow_provider_hlml.approvals", "airflow_provider_hlml.plugins")
 names = [m.name for m in pkgutil.walk_packages(p.__path__, p.__name__ + ".") if not m.name.startswith(skip)]
 for name in names:
     importlib.import_module(name)
-heavy = sorted({m.split(".")[0] for m in sys.modules} & set(json.loads(sys.argv[1])))
+heavy = sorted(({m.split(".")[0] for m in sys.modules} - baseline) & set(json.loads(sys.argv[1])))
 print(json.dumps({"modules": names, "heavy": heavy}))
 """
 
@@ -118,7 +121,8 @@ class TestAirflowCli:
         hooks = {h["connection_type"]: h for h in _json_out(result.stdout)}
         assert hooks["humanlayer"]["class"] == "airflow_provider_hlml.hooks.humanlayer.HumanLayerHook"
         assert hooks["mlflow"]["class"] == "airflow_provider_hlml.hooks.mlflow.MLflowHook"
-        assert hooks["humanlayer"]["package"] == "airflow-provider-hlml"
+        assert hooks["humanlayer"]["package_name"] == "airflow-provider-hlml"
+        assert hooks["mlflow"]["conn_id_attribute_name"] == "mlflow_conn_id"
 
     def test_connection_form_fields_are_registered(self, cli_env):
         code = (
