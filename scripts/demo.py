@@ -260,28 +260,39 @@ def wait_until(probe: Callable[[], Any], timeout: float, what: str, logs: tuple[
     raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}", logs)
 
 
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    """Wait up to ``seconds`` for the processes to exit; returns those still alive."""
+    deadline = time.monotonic() + seconds
+    left = [pid for pid in pids if alive(pid)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = [pid for pid in left if alive(pid)]
+    return left
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
 def stop_processes(state: State) -> list[str]:
-    """Stop the recorded processes (their process groups), newest first; returns their names."""
+    """Stop the recorded processes (their process groups), newest first; returns their names.
+
+    SIGTERM first, SIGKILL for whatever still runs 30 s later, then wait until they are gone.
+    """
     pids = state.read_pids()
-    stopped = []
-    for name, pid in reversed(list(pids.items())):
-        if not alive(pid):
-            continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-        stopped.append(name)
-    deadline = time.monotonic() + 30
-    for pid in pids.values():
-        while alive(pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.2)
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+    running_now = {name: pid for name, pid in pids.items() if alive(pid)}
+    for pid in reversed(list(running_now.values())):
+        _signal_group(pid, signal.SIGTERM)
+    stubborn = _wait_gone(list(running_now.values()), 30)
+    for pid in stubborn:
+        _signal_group(pid, signal.SIGKILL)
+    left = _wait_gone(stubborn, 30)
+    if left:
+        say(f"warning: processes {left} did not exit")
     if state.pids_file.exists():
         state.pids_file.unlink()
-    return stopped
+    return list(reversed(list(running_now)))
 
 
 def running(state: State) -> bool:
