@@ -254,7 +254,7 @@ def registered(mlflow_server: Any, airflow_db: Any) -> dict[str, Any]:
         for label, fn in (("good", train_logreg), ("poor", train_dummy)):
             result = fn(None, {}, None) if fn is train_logreg else fn()
             with mlflow.start_run(experiment_id=exp_id) as run:
-                info = mlflow.sklearn.log_model(result.model, name="model")
+                info = mlflow.sklearn.log_model(result.model, name="model", pip_requirements=["scikit-learn"])
             mv = mlflow.register_model(info.model_uri, name)
             versions[label] = {"version": str(mv.version), "run_id": run.info.run_id}
     finally:
