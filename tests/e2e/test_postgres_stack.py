@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ from airflow_provider_hlml.utils.ids import approval_call_id
 from tests.fixtures.airflow_stack import AirflowStack, HumanLayerApi, wait_until
 from tests.fixtures.approvals import ApprovalsService
 from tests.fixtures.mlflow_server import MLflowServer
-from tests.fixtures.processes import VENV_BIN
+from tests.fixtures.processes import VENV_BIN, wait_for_http
 
 # Setup starts a whole deployment, which counts against the per-test timeout.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -245,3 +246,44 @@ class TestChurnPipeline:
         model = client.get_registered_model(MODEL)
         assert model.aliases.get("champion") == before, "a rejected version must not be promoted"
         assert not client.get_model_version(MODEL, str(candidate)).aliases
+
+
+class TestMLflowOutage:
+    """The MLflow server goes away while a training task runs (kept last: it restarts MLflow)."""
+
+    def test_training_fails_clearly_and_succeeds_on_retry_after_restart(
+        self, postgres_stack: AirflowStack, e2e_mlflow: MLflowServer, tmp_path: Path
+    ) -> None:
+        from mlflow import MlflowClient
+
+        dag_id = "e2e_mlflow_outage"
+        api = postgres_stack.api
+        api.wait_for_dag(dag_id)
+        api.unpause(dag_id)
+        run_id = api.trigger(dag_id, conf={"control_dir": str(tmp_path)})
+        wait_until(lambda: (tmp_path / "started-1").exists(), 300, "the first try to start training")
+
+        e2e_mlflow.process.stop()
+        try:
+            (tmp_path / "release").touch()
+            api.wait_for_task_state(dag_id, run_id, "train", "up_for_retry", timeout=180)
+        finally:
+            e2e_mlflow.process.start()
+            wait_for_http(f"{e2e_mlflow.url}/health", timeout=300, proc=e2e_mlflow.process.proc)
+        run = api.wait_for_run(dag_id, run_id, timeout=300)
+
+        assert run["state"] == "success", postgres_stack.diagnose(dag_id, run_id)
+        (train,) = api.task_instances(dag_id, run_id)
+        assert train["try_number"] >= 2
+        first_log = api.task_log(dag_id, run_id, "train", 1)
+        assert "is unreachable" in first_log, first_log[-3000:]
+        assert e2e_mlflow.url in first_log
+
+        client = MlflowClient(tracking_uri=e2e_mlflow.url)
+        experiment = client.get_experiment_by_name("e2e_mlflow_outage")
+        runs = client.search_runs([experiment.experiment_id])
+        statuses = sorted(r.info.status for r in runs)
+        assert "RUNNING" not in statuses, statuses
+        assert statuses.count("FINISHED") == 1, statuses
+        (interrupted,) = [r for r in runs if r.data.tags.get("airflow.try_number") == "1"]
+        assert interrupted.info.status in ("FAILED", "KILLED")
