@@ -1,32 +1,71 @@
-"""Scenarios on a CeleryExecutor deployment: two workers, Redis broker, PostgreSQL."""
+"""The scheduled churn pipeline on a CeleryExecutor deployment: two workers, Redis, PostgreSQL.
+
+Nothing in the provider may assume one machine: tasks land on either worker, models travel through
+the MLflow server to its artifact root, approvals through the approvals service.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from tests.fixtures.airflow_stack import AirflowStack, wait_until
+from airflow_provider_hlml.utils.ids import approval_call_id
+from tests.fixtures.airflow_stack import AirflowStack, HumanLayerApi, wait_until
+from tests.fixtures.approvals import ApprovalsService
+from tests.fixtures.mlflow_server import MLflowServer
 
-pytestmark = pytest.mark.e2e
+# Setup starts a whole deployment, which counts against the per-test timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+CHURN = "churn_pipeline"
+MODEL = "churn_predictor"
+
+
+@pytest.fixture(scope="module")
+def reviewer(pg_approvals: ApprovalsService) -> Iterator[HumanLayerApi]:
+    client = HumanLayerApi(pg_approvals.base_url, pg_approvals.reviewer_key)
+    yield client
+    client.close()
+
+
+def _tasks_received(stack: AirflowStack) -> dict[str, int]:
+    return {
+        name: proc.log_path.read_text(errors="replace").count("] received")
+        for name, proc in stack.processes.items()
+        if name.startswith("worker-") and proc.log_path is not None
+    }
 
 
 class TestCeleryDeployment:
-    def test_scheduled_run_is_spread_over_both_workers(self, celery_stack: AirflowStack) -> None:
+    def test_scheduled_churn_pipeline_runs_across_two_workers(
+        self, celery_stack: AirflowStack, e2e_mlflow: MLflowServer, reviewer: HumanLayerApi
+    ) -> None:
+        from mlflow import MlflowClient
+
         api = celery_stack.api
-        api.wait_for_dag("e2e_smoke")
-        api.unpause("e2e_smoke")
+        api.wait_for_dag(CHURN, timeout=240)
+        api.unpause(CHURN)
+        runs = wait_until(lambda: api.dag_runs(CHURN), 90, "the scheduler to create a churn run")
+        run_id = runs[0]["dag_run_id"]
+        assert runs[0]["run_type"] == "scheduled"
         try:
-            runs = wait_until(lambda: api.dag_runs("e2e_smoke"), 60, "the scheduler to create a run")
-            manual = api.trigger("e2e_smoke")
-            run = api.wait_for_run("e2e_smoke", runs[0]["dag_run_id"], timeout=180)
-            second = api.wait_for_run("e2e_smoke", manual, timeout=180)
-        finally:
-            api.pause("e2e_smoke")
-        assert run["run_type"] == "scheduled"
-        assert (run["state"], second["state"]) == ("success", "success"), celery_stack.logs()
-        received = {
-            name: proc.log_path.read_text(errors="replace").count(" received")
-            for name, proc in celery_stack.processes.items()
-            if name.startswith("worker-") and proc.log_path is not None
-        }
-        assert sum(received.values()) >= 6, received
-        print(received)
+            celery_stack.wait_until_parked(CHURN, run_id, "approve_promotion", "deferred")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{celery_stack.diagnose(CHURN, run_id)}") from exc
+        reviewer.respond(
+            approval_call_id(CHURN, run_id, "approve_promotion", -1, 1), approved=True, comment="celery"
+        )
+        run = api.wait_for_run(CHURN, run_id, timeout=400)
+
+        assert run["state"] == "success", celery_stack.diagnose(CHURN, run_id)
+        report = api.xcom(CHURN, run_id, "validate_model")
+        champion = MlflowClient(tracking_uri=e2e_mlflow.url).get_model_version_by_alias(MODEL, "champion")
+        assert champion.version == str(report["model_version"])
+        # Both workers took tasks, and the model went through the server into its artifact root.
+        received = _tasks_received(celery_stack)
+        assert len(received) == 2
+        assert all(count >= 1 for count in received.values()), received
+        assert sum(received.values()) >= len(api.task_instances(CHURN, run_id))
+        stored = list((e2e_mlflow.root / "artifacts").rglob("MLmodel"))
+        assert stored, "no model reached the MLflow server's artifact root"
