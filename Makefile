@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.hlml-installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv install system-deps lint typecheck test test-fast demo demo-stop bench clean
+.PHONY: help venv install constraints system-deps lint typecheck test test-fast demo demo-stop bench clean
 
 help:
 	@echo "make demo       run the churn pipeline on the embedded default (APPROVE=1: non-interactive)"
@@ -23,10 +23,15 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m uv pip install -p $(BIN)/python -e '.[dev,examples]' \
-	  || $(BIN)/python -m pip install -e '.[dev,examples]'
+# constraints.txt pins the versions the suite is tested with, so a fresh clone installs the same set.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m uv pip install -p $(BIN)/python -c constraints.txt -e '.[dev,examples]' \
+	  || $(BIN)/python -m pip install -c constraints.txt -e '.[dev,examples]'
 	touch $(STAMP)
+
+constraints: install
+	{ sed -n 1,2p constraints.txt; $(BIN)/python -m uv pip freeze -p $(BIN)/python --exclude-editable \
+	  | grep -v -E '^(pip|uv|setuptools)=='; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 install: $(STAMP)
 
