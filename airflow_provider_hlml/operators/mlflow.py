@@ -213,6 +213,7 @@ def log_model(
     input_example: Any = None,
     signature: Any = None,
     skops_trusted_types: list[str] | None = None,
+    infer_requirements: bool = False,
 ) -> str:
     """
     Log ``model`` to the active MLflow run with the best flavor, a signature and an input example.
@@ -225,6 +226,10 @@ def log_model(
     Types defined by scikit-learn itself (e.g. ``sklearn.tree._tree.Tree`` inside tree ensembles)
     are trusted for the model just trained; any other type must be named in
     ``skops_trusted_types``.
+
+    The model's pip requirements are the flavor's defaults (scikit-learn, skops, ...) unless
+    ``infer_requirements`` is set: MLflow's inference reloads the model in a subprocess and
+    dominates the cost of logging small models on a busy worker.
 
     :return: the logged model's URI.
     """
@@ -241,12 +246,16 @@ def log_model(
 
         if skops_trusted_types is None:
             skops_trusted_types = _own_sklearn_types(model)
+        requirements = (
+            None if infer_requirements else mlflow.sklearn.get_default_pip_requirements(include_skops=True)
+        )
         info = mlflow.sklearn.log_model(
             sk_model=model,
             name=name,
             signature=signature,
             input_example=input_example,
             skops_trusted_types=skops_trusted_types,
+            pip_requirements=requirements,
         )
     else:
         python_model = model if isinstance(model, mlflow.pyfunc.PythonModel) else _PredictModel(model)
