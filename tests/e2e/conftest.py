@@ -1,8 +1,8 @@
 """Deployments shared by the e2e scenarios.
 
 Starting Airflow costs ~30 s of CPU on the 2-core CI machine, so each module shares one stack
-(module scope) and its scenarios use DAG runs of their own; the MLflow server and the standalone
-approvals service serve the whole package.
+(module scope) and its scenarios use DAG runs of their own; the MLflow server serves the whole
+package, each deployment gets an approvals service of its own.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ def e2e_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLflowServe
         server.process.stop()
 
 
-@pytest.fixture(scope="package")
+# Module scope on purpose: a gate's request id derives from (dag_id, run_id, task_id, map_index,
+# try_number), so two deployments sharing one approvals service would see each other's decisions
+# for the same scheduled run of the same DAG.
+@pytest.fixture(scope="module")
 def pg_approvals(
     require_postgres: str, metadata_databases: MetadataDatabases, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ApprovalsService]:
