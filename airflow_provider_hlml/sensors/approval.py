@@ -18,20 +18,24 @@ from airflow.sdk.exceptions import (
 )
 
 from airflow_provider_hlml.links.approval import ApprovalRequestLink, approval_url
-from airflow_provider_hlml.triggers.approval import (
-    EVENT_STATUSES,
-    ApprovalDecisionEvent,
-    ApprovalTimeoutEvent,
-    HumanApprovalTrigger,
-    settled_event,
-)
 from airflow_provider_hlml.utils.ids import approval_call_id_from_ti, humanlayer_run_id
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from airflow.sdk import Context
 
     from airflow_provider_hlml.hooks.humanlayer import HumanLayerHook
     from airflow_provider_hlml.utils.wire import GateFunctionCall
+
+
+def _triggers() -> ModuleType:
+    """The trigger module, imported when a gate first needs it: it loads ``airflow.triggers.base``,
+    which DAG parsing can do without."""
+    from airflow_provider_hlml.triggers import approval
+
+    return approval
+
 
 APPROVAL_TYPES = ("code_execution", "content_publishing", "workflow_decision", "model_promotion", "custom")
 URGENCIES = ("low", "medium", "high", "critical")
@@ -342,7 +346,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
 
     def check(self, call: GateFunctionCall, context: Context, escalated: bool) -> dict[str, Any] | None:
         """The event this read settles (decision, cancellation, deadline passed), or ``None``."""
-        event, refused = settled_event(
+        event, refused = _triggers().settled_event(
             call, self.approvers_for(escalated), self.requester_of(context), self.allow_self_approval
         )
         if refused is not None:
@@ -352,7 +356,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         deadline = self.deadline_of(call, escalated)
         if deadline is not None and _now() >= deadline:
             return dict(
-                ApprovalTimeoutEvent(
+                _triggers().ApprovalTimeoutEvent(
                     status="timeout",
                     call_id=call.call_id,
                     deadline=deadline.isoformat(),
@@ -397,7 +401,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             grace = max(120.0, 3 * self.poll_interval + self.hook.settings.timeout + 30)
             timeout = max(deadline - _now(), timedelta(0)) + timedelta(seconds=grace)
         self.defer(
-            trigger=HumanApprovalTrigger(
+            trigger=_triggers().HumanApprovalTrigger(
                 call_id=call.call_id,
                 humanlayer_conn_id=self.humanlayer_conn_id,
                 deadline=deadline.isoformat() if deadline else None,
@@ -415,7 +419,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         """Resume after the trigger fired: validate the event, then apply the outcome."""
         call_id = self.call_id_for(context)
-        if not isinstance(event, Mapping) or event.get("status") not in EVENT_STATUSES:
+        if not isinstance(event, Mapping) or event.get("status") not in _triggers().EVENT_STATUSES:
             raise AirflowException(f"Approval gate {call_id}: unexpected trigger event {event!r}")
         if event.get("call_id") != call_id:
             raise AirflowException(
@@ -542,7 +546,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             raise AirflowSensorTimeout(f"No decision on approval request {call_id} {when}{after}.")
         if policy == "skip":
             raise AirflowSkipException(f"No decision on approval request {call_id} {when}; skipping.")
-        synthetic = ApprovalDecisionEvent(
+        synthetic = _triggers().ApprovalDecisionEvent(
             status="approved" if policy == "approve" else "rejected",
             call_id=call_id,
             approved=policy == "approve",
@@ -589,7 +593,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             call = self.hook.get_function_call(call_id)
         except HumanLayerError:
             return None
-        event, _ = settled_event(
+        event, _ = _triggers().settled_event(
             call, self.approvers_for(escalated), self.requester_of(context), self.allow_self_approval
         )
         return dict(event) if event is not None and event["status"] != "cancelled" else None
