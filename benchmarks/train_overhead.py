@@ -81,6 +81,8 @@ def plain_script(url: str, experiment: str, frame: Any, y: Any) -> float:
             signature=signature,
             input_example=example,
             skops_trusted_types=["sklearn.tree._tree.Tree"],  # what a plain script must spell out
+            # The same requirements the operator's log_model writes, so both sides do the same work.
+            pip_requirements=mlflow.sklearn.get_default_pip_requirements(include_skops=True),
         )
     elapsed = time.perf_counter() - start
     mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
