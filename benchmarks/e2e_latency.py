@@ -59,12 +59,35 @@ def _started_at(stack: AirflowStack, run_id: str, task_id: str) -> float:
     return float(wait_until(started, 180, f"{task_id} to start", interval=0.1))
 
 
-def _resumed_at(stack: AirflowStack, run_id: str, task_id: str) -> float:
-    """When the gate went back to ``scheduled``: the decision has reached Airflow."""
-    for ti in stack.api.task_instances(DAG_ID, run_id):
-        if ti["task_id"] == task_id and ti["scheduled_when"]:
-            return datetime.fromisoformat(ti["scheduled_when"].replace("Z", "+00:00")).timestamp()
-    raise RuntimeError(f"{task_id} of {run_id} has no scheduled_when")
+def _ts(value: str | None) -> float | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+
+PHASES = (
+    "decision -> gate scheduled (the decision has reached Airflow)",
+    "gate scheduled -> gate queued",
+    "gate queued -> gate done (resume on a worker)",
+    "gate done -> next task started",
+)
+
+
+def _phases(stack: AirflowStack, run_id: str, gate: str, after: str, sent: float) -> list[float | None]:
+    """Where the latency of one gate went, from Airflow's task-instance timestamps.
+
+    A gate the triggerer ends itself is never scheduled or queued again: those phases are None.
+    """
+    tis = {ti["task_id"]: ti for ti in stack.api.task_instances(DAG_ID, run_id)}
+    scheduled = _ts(tis[gate].get("scheduled_when"))
+    queued = _ts(tis[gate].get("queued_when"))
+    done = _ts(tis[gate].get("end_date"))
+    started = _ts(tis[after].get("start_date"))
+    resumed = scheduled is not None and scheduled > sent - 1.0
+    return [
+        (scheduled - sent) if resumed and scheduled is not None else None,
+        (queued - scheduled) if resumed and queued is not None and scheduled is not None else None,
+        (done - queued) if resumed and done is not None and queued is not None else None,
+        (started - done) if started is not None and done is not None else None,
+    ]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -102,9 +125,9 @@ def run(rounds: int) -> None:
         api.unpause(DAG_ID)
         ours: list[float] = []
         native: list[float] = []
-        # decision -> the gate is scheduled again (the decision has reached Airflow)
-        ours_seen: list[float] = []
-        native_seen: list[float] = []
+        # where the time went, per phase (see PHASES)
+        ours_phases: list[list[float | None]] = []
+        native_phases: list[list[float | None]] = []
         sent_at: dict[str, float] = {}
         for n in range(rounds):
             run_id = api.trigger(DAG_ID)
@@ -137,17 +160,23 @@ def run(rounds: int) -> None:
             result = api.wait_for_run(DAG_ID, run_id, timeout=240)
             if result["state"] != "success":
                 raise RuntimeError(f"run {run_id} ended {result['state']}:\n{stack.diagnose(DAG_ID, run_id)}")
-            ours_seen.append(_resumed_at(stack, run_id, "hlml_gate") - sent_at["hlml_gate"])
-            native_seen.append(_resumed_at(stack, run_id, "native_gate") - sent_at["native_gate"])
+            ours_phases.append(_phases(stack, run_id, "hlml_gate", "after_hlml", sent_at["hlml_gate"]))
+            native_phases.append(
+                _phases(stack, run_id, "native_gate", "after_native", sent_at["native_gate"])
+            )
             print(f"round {n + 1}/{rounds}: hlml {ours[-1]:.2f}s  native {native[-1]:.2f}s", flush=True)
 
         print()
         print(f"e2e decision -> downstream task start ({database}, LocalExecutor, {rounds} rounds)")
         print(_summary("HumanApprovalSensor (hlml)", ours))
         print(_summary("ApprovalOperator (native)", native))
-        print("of which decision -> gate scheduled again (the decision has reached Airflow):")
-        print(_summary("  HumanApprovalSensor (hlml)", ours_seen))
-        print(_summary("  ApprovalOperator (native)", native_seen))
+        print("where the time went (medians; '-' = the phase does not happen):")
+        for i, phase in enumerate(PHASES):
+            cells = []
+            for rows in (ours_phases, native_phases):
+                values = [r[i] for r in rows if r[i] is not None]
+                cells.append(f"{statistics.median(values):6.2f}s" if values else "     -")
+            print(f"  {phase:<62} hlml {cells[0]}  native {cells[1]}")
         p50 = _percentile(ours, 0.5) / _percentile(native, 0.5)
         p95 = _percentile(ours, 0.95) / _percentile(native, 0.95)
         print(f"ratio hlml/native: p50={p50:.2f}  p95={p95:.2f}  (target <= 1.0)")

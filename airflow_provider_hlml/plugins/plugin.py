@@ -12,6 +12,7 @@ import functools
 import logging
 from typing import Any
 
+from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 
 from airflow_provider_hlml.listeners.workflow_logging import workflow_logging_listener
@@ -103,6 +104,17 @@ def _external_views() -> list[dict[str, Any]]:
     ]
 
 
+def plugin_listeners() -> list[Any]:
+    """The workflow-logging listener, unless ``[hlml] workflow_logging_enabled`` is off.
+
+    Not registering it when it is off matters: Airflow refuses ``end_from_trigger`` gates while
+    any listener is registered.
+    """
+    if not conf.getboolean("hlml", "workflow_logging_enabled", fallback=True):
+        return []
+    return [workflow_logging_listener]
+
+
 class HlmlPlugin(AirflowPlugin):
     """Dashboard of human-gated ML pipelines inside the Airflow UI (``/hlml``).
 
@@ -114,4 +126,4 @@ class HlmlPlugin(AirflowPlugin):
     name = "hlml"
     fastapi_apps = _LazyFastAPIApps()
     external_views = _external_views()
-    listeners: list[Any] = [workflow_logging_listener]
+    listeners: list[Any] = plugin_listeners()

@@ -41,8 +41,6 @@ APPROVAL_TYPES = ("code_execution", "content_publishing", "workflow_decision", "
 URGENCIES = ("low", "medium", "high", "critical")
 ON_TIMEOUT = ("fail", "skip", "approve", "reject", "escalate")
 ON_REJECT = ("fail", "skip")
-APPROVE = "Approve"
-REJECT = "Reject"
 
 
 def _seconds(value: timedelta | float | None, name: str) -> float | None:
@@ -80,13 +78,6 @@ def _names(value: str | Sequence[str] | None) -> list[str]:
 def _jsonable(value: Any) -> Any:
     """A JSON-safe copy (datetimes and other objects become strings; the SDK refuses datetimes)."""
     return json.loads(json.dumps(value, default=str))
-
-
-def _parse_time(value: str | datetime | None) -> datetime | None:
-    if value is None or value == "":
-        return None
-    dt = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 def _now() -> datetime:
@@ -138,6 +129,13 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
     :param notifiers: Airflow ``BaseNotifier``s called once when the request is created.
     :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``);
         otherwise the sensor runs in ``reschedule`` mode.
+    :param end_from_trigger: when deferred, let the triggerer end the task as soon as an
+        accepted approval arrives, with the same XCom result, instead of resuming it on a worker
+        first (default ``[hlml] end_from_trigger``, false). Saves a worker start per approval;
+        rejections, timeouts and errors still resume on a worker to apply ``on_reject`` /
+        ``on_timeout``. Airflow refuses it while any listener is registered (listeners would
+        not see the task end), so the workflow-logging listener must be off
+        (``[hlml] workflow_logging_enabled = False``); not for subclasses overriding :meth:`result`.
     :param poll_interval: seconds between status reads (default ``[hlml] poll_interval``).
     :param humanlayer_conn_id: Airflow connection of type ``humanlayer``.
     """
@@ -169,6 +167,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         escalation_message: str | None = None,
         notifiers: Sequence[BaseNotifier] | BaseNotifier | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        end_from_trigger: bool = conf.getboolean("hlml", "end_from_trigger", fallback=False),
         poll_interval: float = conf.getfloat("hlml", "poll_interval", fallback=5.0),
         humanlayer_conn_id: str = "humanlayer_default",
         **kwargs: Any,
@@ -210,6 +209,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             [notifiers] if isinstance(notifiers, BaseNotifier) else list(notifiers or [])
         )
         self.deferrable = deferrable
+        self.end_from_trigger = end_from_trigger
         self.poll_interval = float(poll_interval)
         self.humanlayer_conn_id = humanlayer_conn_id
 
@@ -411,22 +411,38 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
                 requester=self.requester_of(context),
                 allow_self_approval=self.allow_self_approval,
                 escalated=escalated,
+                end_from_trigger=self.end_from_trigger,
             ),
             method_name="execute_complete",
             timeout=timeout,
         )
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+    def execute_complete(self, context: Context, event: dict[str, Any] | str | None = None) -> Any:
         """Resume after the trigger fired: validate the event, then apply the outcome."""
         call_id = self.call_id_for(context)
+        call: GateFunctionCall | None = None
+        if event == "success":
+            # The trigger ended the task itself (an approval), but this runner resumes the task
+            # with the task-end event instead (``dag.test()`` does): settle from the request.
+            call = self.hook.get_function_call(call_id)
+            event = self.check(call, context, self.already_escalated(call))
+            if event is None or event.get("status") != "approved":
+                raise AirflowException(
+                    f"Approval gate {call_id}: the trigger ended the task, but the request "
+                    "is not approved on the server"
+                )
         if not isinstance(event, Mapping) or event.get("status") not in _triggers().EVENT_STATUSES:
             raise AirflowException(f"Approval gate {call_id}: unexpected trigger event {event!r}")
         if event.get("call_id") != call_id:
             raise AirflowException(
                 f"Approval gate {call_id}: the trigger event is for request {event.get('call_id')!r}"
             )
-        call = None
-        if event["status"] in ("approved", "rejected", "timeout"):
+        # A decision event carries what the result needs: reading the request again here would
+        # load the HumanLayer client on every resume (half a second of imports on a worker).
+        needs_read = event["status"] == "timeout" or (
+            event["status"] in ("approved", "rejected") and "context" not in event
+        )
+        if call is None and needs_read:
             from airflow_provider_hlml.hooks.humanlayer import HumanLayerError
 
             try:
@@ -482,31 +498,14 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         timed_out: bool = False,
     ) -> dict[str, Any]:
         """The XCom result for a decision (native HITL keys plus HumanLayer's)."""
-        approved = bool(event["approved"])
-        requested_at = _parse_time(event.get("requested_at"))
-        if requested_at is None and call is not None and call.status is not None:
-            requested_at = call.status.requested_at
-        responded_at = _parse_time(event.get("responded_at"))
-        seconds = (responded_at - requested_at).total_seconds() if responded_at and requested_at else None
-        sent_context = call.spec.kwargs.get("context") if call is not None else None
-        if sent_context is None:
+        sent_context = None
+        if event.get("context") is None and (call is None or call.spec.kwargs.get("context") is None):
             from airflow.sdk.log import redact
 
             sent_context = _jsonable(redact(_jsonable(self.request_context(context))))
-        return {
-            "approved": approved,
-            "chosen_options": [APPROVE if approved else REJECT],
-            "reject_option": event.get("reject_option"),
-            "comment": event.get("comment"),
-            "responded_by_user": event.get("responded_by_user"),
-            "responded_at": responded_at.isoformat() if responded_at else None,
-            "requested_at": requested_at.isoformat() if requested_at else None,
-            "response_seconds": seconds,
-            "call_id": event["call_id"],
-            "approval_url": approval_url(event["call_id"]),
-            "context": sent_context,
-            "timed_out": timed_out,
-        }
+        return dict(
+            _triggers().approval_result(dict(event), call, timed_out=timed_out, sent_context=sent_context)
+        )
 
     def rejected(
         self,

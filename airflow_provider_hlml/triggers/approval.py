@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
+from typing_extensions import NotRequired
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 
 TRIGGER_CLASSPATH = "airflow_provider_hlml.triggers.approval.HumanApprovalTrigger"
 MAX_BACKOFF_SECONDS = 60.0
+APPROVE = "Approve"
+REJECT = "Reject"
 
 
 class ResponderPayload(TypedDict):
@@ -41,6 +44,8 @@ class ApprovalDecisionEvent(TypedDict):
     responded_by_user: ResponderPayload | None
     responded_at: str | None
     requested_at: str | None
+    context: NotRequired[Any]
+    """The request context as sent (read with the decision, so the task need not read it again)."""
 
 
 class ApprovalTimeoutEvent(TypedDict):
@@ -149,7 +154,54 @@ def decision_event(call: GateFunctionCall) -> ApprovalDecisionEvent | None:
         responded_by_user=responder,
         responded_at=_iso(status.responded_at),
         requested_at=_iso(status.requested_at),
+        context=call.spec.kwargs.get("context"),
     )
+
+
+def approval_result(
+    event: ApprovalDecisionEvent | dict[str, Any],
+    call: GateFunctionCall | None,
+    *,
+    timed_out: bool = False,
+    sent_context: Any = None,
+) -> dict[str, Any]:
+    """
+    The gate's XCom result for a decision (native HITL keys plus HumanLayer's).
+
+    Built in one place for the sensor (resumed on a worker) and the trigger (ending the task
+    itself), so both leave the same record.
+
+    :param event: the decision (approved or rejected).
+    :param call: the request as read from the server, when known.
+    :param timed_out: the outcome came from the gate's ``on_timeout`` policy.
+    :param sent_context: the request context as sent, when neither the event nor ``call`` has it.
+    """
+    from airflow_provider_hlml.links.approval import approval_url
+
+    approved = bool(event["approved"])
+    requested_at = _parse_deadline(event.get("requested_at"))
+    if requested_at is None and call is not None and call.status is not None:
+        requested_at = call.status.requested_at
+    responded_at = _parse_deadline(event.get("responded_at"))
+    seconds = (responded_at - requested_at).total_seconds() if responded_at and requested_at else None
+    if event.get("context") is not None:
+        sent_context = event["context"]
+    elif call is not None and call.spec.kwargs.get("context") is not None:
+        sent_context = call.spec.kwargs.get("context")
+    return {
+        "approved": approved,
+        "chosen_options": [APPROVE if approved else REJECT],
+        "reject_option": event.get("reject_option"),
+        "comment": event.get("comment"),
+        "responded_by_user": event.get("responded_by_user"),
+        "responded_at": responded_at.isoformat() if responded_at else None,
+        "requested_at": requested_at.isoformat() if requested_at else None,
+        "response_seconds": seconds,
+        "call_id": event["call_id"],
+        "approval_url": approval_url(event["call_id"]),
+        "context": sent_context,
+        "timed_out": timed_out,
+    }
 
 
 def settled_event(
@@ -208,6 +260,10 @@ class HumanApprovalTrigger(BaseTrigger):
     :param requester: the user who triggered the DAG run.
     :param allow_self_approval: whether ``requester`` may decide.
     :param escalated: whether this wait follows an escalation (reported in the timeout event).
+    :param end_from_trigger: on an accepted approval, end the task here with its XCom result
+        (a ``TaskSuccessEvent``) instead of resuming it on a worker; every other outcome
+        (rejection, timeout, cancellation, error) still resumes the task, which applies the
+        gate's policies.
     """
 
     def __init__(
@@ -222,6 +278,7 @@ class HumanApprovalTrigger(BaseTrigger):
         requester: str | None = None,
         allow_self_approval: bool = False,
         escalated: bool = False,
+        end_from_trigger: bool = False,
     ) -> None:
         super().__init__()
         if poll_interval <= 0:
@@ -237,6 +294,7 @@ class HumanApprovalTrigger(BaseTrigger):
         self.requester = requester
         self.allow_self_approval = bool(allow_self_approval)
         self.escalated = bool(escalated)
+        self.end_from_trigger = bool(end_from_trigger)
         self._refused_logged: set[str] = set()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -252,6 +310,7 @@ class HumanApprovalTrigger(BaseTrigger):
                 "requester": self.requester,
                 "allow_self_approval": self.allow_self_approval,
                 "escalated": self.escalated,
+                "end_from_trigger": self.end_from_trigger,
             },
         )
 
@@ -330,6 +389,15 @@ class HumanApprovalTrigger(BaseTrigger):
                 return await hook.aget_function_call(self.call_id, wait=poll_wait or None)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _fire(
+        self, event: ApprovalDecisionEvent | ApprovalCancelledEvent, call: GateFunctionCall
+    ) -> TriggerEvent:
+        """The event to yield: an approval may end the task here, the rest resumes it."""
+        if self.end_from_trigger and event["status"] == "approved":
+            result = approval_result(event, call)
+            return TaskSuccessEvent(xcoms={"return_value": result})
+        return TriggerEvent(dict(event))
+
     def _timeout_event(self, requested_at: str | None) -> ApprovalTimeoutEvent:
         return ApprovalTimeoutEvent(
             status="timeout",
@@ -371,7 +439,7 @@ class HumanApprovalTrigger(BaseTrigger):
                             requested_at = _iso(call.status.requested_at)
                         final = self._accept(call)
                         if final is not None:
-                            yield TriggerEvent(dict(final))
+                            yield self._fire(final, call)
                             return
                     self.log.info("No accepted decision on %s by %s.", self.call_id, self.deadline)
                     yield TriggerEvent(dict(self._timeout_event(requested_at)))
@@ -399,7 +467,7 @@ class HumanApprovalTrigger(BaseTrigger):
                 event = self._accept(call)
                 if event is not None:
                     self.log.info("Request %s: %s.", self.call_id, event["status"])
-                    yield TriggerEvent(dict(event))
+                    yield self._fire(event, call)
                     return
                 # Still pending, or a refused decision (which the server returns without waiting).
                 decided = call.status is not None and call.status.approved is not None

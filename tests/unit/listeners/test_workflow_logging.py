@@ -93,6 +93,15 @@ class TestWorkflowLoggingListener:
         assert workflow_logging_listener in HlmlPlugin.listeners
         assert {"HumanApprovalSensor"} == GATE_OPERATORS
 
+    def test_plugin_leaves_the_listener_out_when_logging_is_off(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from airflow_provider_hlml.plugins.plugin import plugin_listeners
+
+        assert plugin_listeners() == [workflow_logging_listener]
+        monkeypatch.setenv("AIRFLOW__HLML__WORKFLOW_LOGGING_ENABLED", "False")
+        assert plugin_listeners() == []
+
     def test_successful_run_is_logged_with_gates(
         self, listener: WorkflowLoggingListener, mlflow_conn: str
     ) -> None:
