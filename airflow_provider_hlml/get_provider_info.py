@@ -155,6 +155,16 @@ def get_provider_info() -> dict[str, Any]:
                         # Masked in the config UI; may come from ``_CMD`` / ``_SECRET`` variables.
                         "sensitive": True,
                     },
+                    "webhook_secret": {
+                        **_opt(
+                            "Secret the approvals service signs its webhooks with "
+                            "(HLML_APPROVALS_WEBHOOK_SECRET); empty: /hlml/webhooks/humanlayer "
+                            "reads each notified request again instead of trusting the body.",
+                            "string",
+                            "",
+                        ),
+                        "sensitive": True,
+                    },
                     "dashboard_refresh_seconds": _opt(
                         "Auto-refresh interval of the dashboard pages.", "integer", "30"
                     ),

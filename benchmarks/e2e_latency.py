@@ -1,26 +1,37 @@
 """Decision-to-downstream-start latency through a real scheduler and triggerer.
 
 Starts a real deployment (``airflow api-server``, ``scheduler``, ``dag-processor``, ``triggerer``,
-LocalExecutor; PostgreSQL when HLML_TEST_POSTGRES_URL is set, else SQLite), a standalone approvals
-service and an MLflow server, then runs DAG ``e2e_latency`` (tests/e2e/dags/e2e_latency.py)
-ROUNDS times. Each run has two gates side by side:
+LocalExecutor; PostgreSQL when HLML_TEST_POSTGRES_URL is set, else SQLite) and an MLflow server,
+then runs DAG ``e2e_latency`` (tests/e2e/dags/e2e_latency.py) ROUNDS times. Each run has two
+gates side by side:
 
 - ``hlml_gate``: this provider's HumanApprovalSensor (deferred to the triggerer), approved by a
-  reviewer through the HumanLayer API of the approvals service;
+  reviewer key through the HumanLayer API of the approvals service;
 - ``native_gate``: Airflow's ApprovalOperator (providers-standard HITL), approved through Airflow's
   REST API (``PATCH .../taskInstances/{task_id}/{map_index}/hitlDetails``).
 
 Once both wait, they are answered one after the other (the order alternates between rounds);
 the latency of a gate is the start of the task after it minus the moment its answer was sent.
-Prints both distributions and the ratio hlml / native at p50 and p95 (target <= 1.0).
 
-    python benchmarks/e2e_latency.py [--rounds 10]
+Each mode is a fresh deployment; both gates are measured in the same runs of each mode:
+
+- ``standalone``: a standalone approvals service; the decision reaches Airflow through the trigger;
+- ``webhook``: the same, plus the service's webhook to ``/hlml/webhooks/humanlayer`` (signed);
+- ``mounted``: the approvals service mounted in the API server (the embedded default);
+- ``mounted-end``: mounted, with ``[hlml] end_from_trigger`` on (workflow logging off, as Airflow
+  requires for it).
+
+Prints both distributions, where the time went, and the ratio hlml / native at p50 and p95
+(target <= 1.0).
+
+    python benchmarks/e2e_latency.py [--rounds 10] [--modes standalone,webhook,mounted,mounted-end]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import statistics
 import sys
@@ -42,8 +53,9 @@ from tests.fixtures.airflow_stack import (  # noqa: E402
     start_airflow_stack,
     wait_until,
 )
-from tests.fixtures.approvals import start_approvals_service  # noqa: E402
+from tests.fixtures.approvals import ApprovalsService, make_keys  # noqa: E402
 from tests.fixtures.mlflow_server import start_mlflow_server  # noqa: E402
+from tests.fixtures.processes import free_port  # noqa: E402
 
 DAG_ID = "e2e_latency"
 SETTLE_SECONDS = 1.0  # after the scheduler has seen both workers exit
@@ -104,22 +116,48 @@ def _summary(name: str, values: list[float]) -> str:
     )
 
 
-def run(rounds: int) -> None:
+MODES = ("standalone", "webhook", "mounted", "mounted-end")
+
+
+def run(rounds: int, mode: str) -> tuple[list[float], list[float]]:
+    """Measure ``rounds`` runs on a fresh deployment in ``mode``; returns (hlml, native) latencies."""
     workdir = Path(tempfile.mkdtemp(prefix="hlml-bench-e2e-"))
     databases = MetadataDatabases(workdir)
     database = "postgresql" if postgres_available() else "sqlite"
     mlflow = start_mlflow_server(workdir / "mlflow")
-    approvals = start_approvals_service(f"sqlite:///{workdir / 'approvals.db'}", workdir / "approvals")
+    keys = ApprovalsService(
+        database_url=f"sqlite:///{workdir / 'approvals.db'}", root=workdir, port=free_port()
+    )
+    make_keys(keys)
+    mounted = mode.startswith("mounted")
+    approvals = None if mounted else keys.start()
+    secret = secrets.token_urlsafe(24)
     stack: AirflowStack | None = None
-    reviewer = HumanLayerApi(approvals.base_url, approvals.reviewer_key)
+    extra_env = {"AIRFLOW__HLML__WEBHOOK_SECRET": secret}
+    if mode == "mounted-end":
+        extra_env |= {
+            "AIRFLOW__HLML__END_FROM_TRIGGER": "True",
+            "AIRFLOW__HLML__WORKFLOW_LOGGING_ENABLED": "False",
+        }
+    reviewer: HumanLayerApi | None = None
     try:
         config = StackConfig(
             mlflow_url=mlflow.url,
-            approvals_base_url=approvals.base_url,
-            agent_key=approvals.agent_key,
-            delegate_key=approvals.delegate_key,
+            approvals_base_url="" if mounted else keys.base_url,
+            agent_key=keys.agent_key,
+            delegate_key=keys.delegate_key,
+            mounted_approvals_db=keys.database_url if mounted else "",
         )
-        stack = start_airflow_stack(workdir / "stack", databases, config, database=database)
+        stack = start_airflow_stack(
+            workdir / "stack", databases, config, database=database, extra_env=extra_env
+        )
+        if mode == "webhook" and approvals is not None:
+            approvals.extra_env = {
+                "HLML_APPROVALS_WEBHOOK_URLS": f"{stack.api_url}/hlml/webhooks/humanlayer",
+                "HLML_APPROVALS_WEBHOOK_SECRET": secret,
+            }
+            approvals.restart()
+        reviewer = HumanLayerApi(stack.approvals_base_url, keys.reviewer_key)
         api = stack.api
         api.wait_for_dag(DAG_ID)
         api.unpause(DAG_ID)
@@ -137,11 +175,14 @@ def run(rounds: int) -> None:
             call_id = approval_call_id(DAG_ID, run_id, "hlml_gate", -1, 1)
 
             def answer_ours(run_id: str = run_id, call_id: str = call_id) -> float:
+                assert reviewer is not None
+                assert stack is not None
                 sent = sent_at["hlml_gate"] = time.time()
                 reviewer.respond(call_id, approved=True, comment="benchmark")
                 return _started_at(stack, run_id, "after_hlml") - sent
 
             def answer_native(run_id: str = run_id) -> float:
+                assert stack is not None
                 sent = sent_at["native_gate"] = time.time()
                 resp = api.request(
                     "PATCH",
@@ -160,14 +201,18 @@ def run(rounds: int) -> None:
             result = api.wait_for_run(DAG_ID, run_id, timeout=240)
             if result["state"] != "success":
                 raise RuntimeError(f"run {run_id} ended {result['state']}:\n{stack.diagnose(DAG_ID, run_id)}")
+            if api.xcom(DAG_ID, run_id, "hlml_gate").get("comment") != "benchmark":
+                raise RuntimeError(f"run {run_id}: the gate's result does not carry the decision")
             ours_phases.append(_phases(stack, run_id, "hlml_gate", "after_hlml", sent_at["hlml_gate"]))
             native_phases.append(
                 _phases(stack, run_id, "native_gate", "after_native", sent_at["native_gate"])
             )
-            print(f"round {n + 1}/{rounds}: hlml {ours[-1]:.2f}s  native {native[-1]:.2f}s", flush=True)
+            print(
+                f"[{mode}] round {n + 1}/{rounds}: hlml {ours[-1]:.2f}s  native {native[-1]:.2f}s", flush=True
+            )
 
         print()
-        print(f"e2e decision -> downstream task start ({database}, LocalExecutor, {rounds} rounds)")
+        print(f"e2e decision -> downstream task start ({mode}; {database}, LocalExecutor, {rounds} rounds)")
         print(_summary("HumanApprovalSensor (hlml)", ours))
         print(_summary("ApprovalOperator (native)", native))
         print("where the time went (medians; '-' = the phase does not happen):")
@@ -177,23 +222,43 @@ def run(rounds: int) -> None:
                 values = [r[i] for r in rows if r[i] is not None]
                 cells.append(f"{statistics.median(values):6.2f}s" if values else "     -")
             print(f"  {phase:<62} hlml {cells[0]}  native {cells[1]}")
-        p50 = _percentile(ours, 0.5) / _percentile(native, 0.5)
-        p95 = _percentile(ours, 0.95) / _percentile(native, 0.95)
-        print(f"ratio hlml/native: p50={p50:.2f}  p95={p95:.2f}  (target <= 1.0)")
+        print(f"ratio hlml/native [{mode}]: {_ratios(ours, native)}  (target <= 1.0)")
+        print(flush=True)
+        return ours, native
     finally:
-        reviewer.close()
+        if reviewer is not None:
+            reviewer.close()
         if stack is not None:
             stack.stop()
-        approvals.stop()
+        if approvals is not None:
+            approvals.stop()
         mlflow.process.stop()
         databases.drop_all()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _ratios(ours: list[float], native: list[float]) -> str:
+    p50 = _percentile(ours, 0.5) / _percentile(native, 0.5)
+    p95 = _percentile(ours, 0.95) / _percentile(native, 0.95)
+    return f"p50={p50:.2f}  p95={p95:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=int(os.environ.get("HLML_BENCH_ROUNDS", "10")))
-    run(parser.parse_args().rounds)
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    args = parser.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"--modes: unknown {', '.join(unknown)} (choose from {', '.join(MODES)})")
+    results = {mode: run(args.rounds, mode) for mode in modes}
+    print("summary: decision -> downstream task start, p50 / p95 (ratio hlml/native; target <= 1.0)")
+    for mode, (ours, native) in results.items():
+        print(
+            f"  {mode:<12} hlml {_percentile(ours, 0.5):5.2f}s / {_percentile(ours, 0.95):5.2f}s   "
+            f"native {_percentile(native, 0.5):5.2f}s / {_percentile(native, 0.95):5.2f}s   {_ratios(ours, native)}"
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from airflow_provider_hlml.approvals.api.errors import BodySizeLimitMiddleware, 
 from airflow_provider_hlml.approvals.api.longpoll import ChangeHub
 from airflow_provider_hlml.approvals.api.routes import function_calls, human_contacts, service
 from airflow_provider_hlml.approvals.settings import ApprovalsSettings
+from airflow_provider_hlml.approvals.webhooks import Publisher
 
 
 def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
@@ -39,12 +40,17 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
         engine=engine,
         sessions=sessions,
         hub=ChangeHub(changes_since, settings.recheck_interval),
+        publisher=Publisher(
+            settings.webhook_url_list,
+            settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+        ),
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         await state.hub.close()
+        state.publisher.close()
         engine.dispose()
 
     prefix = "/" + settings.prefix.strip("/") if settings.prefix.strip("/") else ""

@@ -88,7 +88,22 @@ def main() -> None:
 )
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--log-level", default="info", show_default=True)
-def serve(host: str, port: int, database_url: str, migrate: bool, workers: int, log_level: str) -> None:
+@click.option(
+    "--webhook-url",
+    "webhook_urls",
+    multiple=True,
+    help="URL notified when a request is decided or cancelled (repeatable; the secret comes from "
+    "HLML_APPROVALS_WEBHOOK_SECRET). Default: HLML_APPROVALS_WEBHOOK_URLS.",
+)
+def serve(
+    host: str,
+    port: int,
+    database_url: str,
+    migrate: bool,
+    workers: int,
+    log_level: str,
+    webhook_urls: tuple[str, ...],
+) -> None:
     """Serve the API with uvicorn."""
     import os
 
@@ -101,6 +116,8 @@ def serve(host: str, port: int, database_url: str, migrate: bool, workers: int, 
     else:
         _require_migrated(database_url)
     os.environ["HLML_APPROVALS_DATABASE_URL"] = database_url
+    if webhook_urls:
+        os.environ["HLML_APPROVALS_WEBHOOK_URLS"] = ",".join(webhook_urls)
     uvicorn.run(
         "airflow_provider_hlml.approvals.cli:_app_from_env",
         factory=True,

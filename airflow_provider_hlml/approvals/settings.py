@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///hlml-approvals.db"
@@ -21,6 +21,10 @@ class ApprovalsSettings(BaseSettings):
     :param inline_reads: run single-row status reads on the event loop (default: only for SQLite,
         where such a read is shorter than a hand-off to a worker thread).
     :param migrate_on_start: run the Alembic migrations when the app is created.
+    :param webhook_urls: comma-separated URLs notified when a request is decided or cancelled
+        (HumanLayer's ``function_call.completed`` / ``human_contact.completed`` bodies), e.g. the
+        Airflow API server's ``/hlml/api/webhooks/humanlayer`` so waiting gates resume at once.
+    :param webhook_secret: HMAC-SHA256 secret signing each webhook body (``X-HLML-Signature``).
     :param host: address ``serve`` binds to.
     :param port: port ``serve`` listens on.
     """
@@ -35,6 +39,13 @@ class ApprovalsSettings(BaseSettings):
     auth_cache_seconds: float = Field(default=5.0, ge=0)
     inline_reads: bool | None = None
     migrate_on_start: bool = False
+    webhook_urls: str = ""
+    webhook_secret: SecretStr | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     db_pool_size: int = Field(default=20, ge=1)
+
+    @property
+    def webhook_url_list(self) -> list[str]:
+        """``webhook_urls`` split on commas and whitespace."""
+        return [u for u in self.webhook_urls.replace(",", " ").split() if u]

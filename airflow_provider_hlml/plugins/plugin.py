@@ -16,7 +16,12 @@ from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 
 from airflow_provider_hlml.listeners.workflow_logging import workflow_logging_listener
-from airflow_provider_hlml.plugins.settings import APPROVALS_SUBPATH, DASHBOARD_PREFIX, airflow_base_path
+from airflow_provider_hlml.plugins.settings import (
+    APPROVALS_SUBPATH,
+    DASHBOARD_PREFIX,
+    WEBHOOKS_SUBPATH,
+    airflow_base_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +32,9 @@ def build_fastapi_apps() -> tuple[dict[str, Any], ...]:
 
     The approvals service is listed first so its longer prefix wins over ``/hlml``.
     """
-    from airflow_provider_hlml.plugins.app import create_dashboard_app
+    from airflow_provider_hlml.plugins.app import DashboardData, create_dashboard_app
     from airflow_provider_hlml.plugins.settings import DashboardSettings
+    from airflow_provider_hlml.plugins.webhooks import create_webhook_app
 
     settings = DashboardSettings.from_airflow_conf()
     apps: list[dict[str, Any]] = []
@@ -36,6 +42,10 @@ def build_fastapi_apps() -> tuple[dict[str, Any], ...]:
         build_embedded_approvals(settings.approvals_database_url) if settings.approvals_enabled else None
     )
     if approvals_app is not None:
+        from airflow_provider_hlml.plugins.wake import wake_listener
+
+        # Decisions recorded here reach the waiting gate at once, not at the triggerer's next turn.
+        approvals_app.state.approvals.publisher.add_listener(wake_listener)
         apps.append(
             {
                 "app": approvals_app,
@@ -43,6 +53,15 @@ def build_fastapi_apps() -> tuple[dict[str, Any], ...]:
                 "name": "HLML approvals service",
             }
         )
+    apps.append(
+        {
+            "app": create_webhook_app(
+                DashboardData(settings, embedded_approvals=approvals_app), settings.webhook_secret
+            ),
+            "url_prefix": DASHBOARD_PREFIX + WEBHOOKS_SUBPATH,
+            "name": "HLML webhooks",
+        }
+    )
     apps.append(
         {
             "app": create_dashboard_app(settings, embedded_approvals=approvals_app),
@@ -119,8 +138,9 @@ class HlmlPlugin(AirflowPlugin):
     """Dashboard of human-gated ML pipelines inside the Airflow UI (``/hlml``).
 
     Adds a top-level "ML Approvals" entry to the Airflow navigation that shows the dashboard in
-    the Airflow page, and mounts the built-in approvals service at ``/hlml/humanlayer/v1`` when
-    ``[hlml] approvals_enabled`` is true.
+    the Airflow page, mounts the built-in approvals service at ``/hlml/humanlayer/v1`` when
+    ``[hlml] approvals_enabled`` is true, and receives approvals webhooks at
+    ``/hlml/webhooks/humanlayer``.
     """
 
     name = "hlml"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from airflow.configuration import conf
@@ -12,6 +12,8 @@ from airflow.configuration import conf
 DASHBOARD_PREFIX = "/hlml"
 #: Path under the dashboard where the built-in approvals service is mounted.
 APPROVALS_SUBPATH = "/humanlayer/v1"
+#: Path under the dashboard where approvals webhooks are received.
+WEBHOOKS_SUBPATH = "/webhooks"
 
 
 def display_url(url: str) -> str:
@@ -48,6 +50,8 @@ class DashboardSettings:
     :param mlflow_conn_id: connection naming the MLflow tracking server.
     :param refresh_seconds: auto-refresh interval of the pages (0 = off).
     :param http_timeout: seconds the dashboard waits for MLflow or the approvals backend.
+    :param webhook_secret: secret signing the webhooks of the approvals service ("" = unsigned
+        bodies are verified by reading the request again).
     """
 
     approvals_enabled: bool
@@ -57,6 +61,7 @@ class DashboardSettings:
     mlflow_conn_id: str
     refresh_seconds: int
     http_timeout: float = 10.0
+    webhook_secret: str = field(default="", repr=False)
 
     @classmethod
     def from_airflow_conf(cls) -> DashboardSettings:
@@ -71,4 +76,5 @@ class DashboardSettings:
             humanlayer_conn_id=conf.get("hlml", "humanlayer_conn_id", fallback="humanlayer_default"),
             mlflow_conn_id=conf.get("hlml", "mlflow_conn_id", fallback="mlflow_default"),
             refresh_seconds=refresh,
+            webhook_secret=conf.get("hlml", "webhook_secret", fallback="") or "",
         )

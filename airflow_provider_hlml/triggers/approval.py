@@ -323,7 +323,7 @@ class HumanApprovalTrigger(BaseTrigger):
     def _jittered(self, seconds: float) -> float:
         return seconds * random.uniform(0.9, 1.1)
 
-    def _accept(self, call: GateFunctionCall) -> ApprovalDecisionEvent | ApprovalCancelledEvent | None:
+    def accept(self, call: GateFunctionCall) -> ApprovalDecisionEvent | ApprovalCancelledEvent | None:
         """The event for this state of the request, or ``None`` to keep waiting."""
         event, refused = settled_event(call, self.approvers, self.requester, self.allow_self_approval)
         if refused is not None:
@@ -389,7 +389,7 @@ class HumanApprovalTrigger(BaseTrigger):
                 return await hook.aget_function_call(self.call_id, wait=poll_wait or None)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _fire(
+    def fire(
         self, event: ApprovalDecisionEvent | ApprovalCancelledEvent, call: GateFunctionCall
     ) -> TriggerEvent:
         """The event to yield: an approval may end the task here, the rest resumes it."""
@@ -413,6 +413,11 @@ class HumanApprovalTrigger(BaseTrigger):
 
         hook = HumanLayerHook(humanlayer_conn_id=self.humanlayer_conn_id)
         try:
+            call = await hook.aget_function_call(self.call_id)
+            if call.status is not None and (call.status.approved is not None or call.status.is_cancelled):
+                # Settled already: the decision reached Airflow another way (the API server
+                # delivered it), and Airflow is retiring this trigger. Nothing to withdraw.
+                return
             await hook.acancel(
                 self.call_id, reason="killed", comment="The Airflow task was stopped by a user."
             )
@@ -437,9 +442,9 @@ class HumanApprovalTrigger(BaseTrigger):
                     else:
                         if call.status is not None and requested_at is None:
                             requested_at = _iso(call.status.requested_at)
-                        final = self._accept(call)
+                        final = self.accept(call)
                         if final is not None:
-                            yield self._fire(final, call)
+                            yield self.fire(final, call)
                             return
                     self.log.info("No accepted decision on %s by %s.", self.call_id, self.deadline)
                     yield TriggerEvent(dict(self._timeout_event(requested_at)))
@@ -464,10 +469,10 @@ class HumanApprovalTrigger(BaseTrigger):
                     return
                 if call.status is not None and requested_at is None:
                     requested_at = _iso(call.status.requested_at)
-                event = self._accept(call)
+                event = self.accept(call)
                 if event is not None:
                     self.log.info("Request %s: %s.", self.call_id, event["status"])
-                    yield self._fire(event, call)
+                    yield self.fire(event, call)
                     return
                 # Still pending, or a refused decision (which the server returns without waiting).
                 decided = call.status is not None and call.status.approved is not None

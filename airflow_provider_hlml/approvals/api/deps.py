@@ -17,6 +17,7 @@ from airflow_provider_hlml.approvals import store
 from airflow_provider_hlml.approvals.api.longpoll import ChangeHub
 from airflow_provider_hlml.approvals.settings import ApprovalsSettings
 from airflow_provider_hlml.approvals.store import Actor, ServiceError
+from airflow_provider_hlml.approvals.webhooks import Publisher
 
 T = TypeVar("T")
 
@@ -29,6 +30,7 @@ class ServiceState:
     engine: Engine
     sessions: sessionmaker[Session]
     hub: ChangeHub
+    publisher: Publisher = field(default_factory=Publisher)
     _auth_cache: dict[str, tuple[Actor, float]] = field(default_factory=dict)
 
     @property

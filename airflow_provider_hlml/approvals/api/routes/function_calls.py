@@ -32,6 +32,7 @@ from airflow_provider_hlml.approvals.schemas import (
     FunctionCallPublic,
     FunctionCallRespond,
 )
+from airflow_provider_hlml.approvals.webhooks import FUNCTION_CALL_COMPLETED
 
 KIND = store.FUNCTION_CALL
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -139,7 +140,9 @@ def respond_to_function_call(
         on_behalf_of=body.user_info.model_dump() if body.user_info else None,
     )
     state.hub.notify_threadsafe((KIND, call_id))
-    return function_call_body(row)
+    result = function_call_body(row)
+    state.publisher.publish(FUNCTION_CALL_COMPLETED, result)
+    return result
 
 
 @router.post("/agent/function_calls/{call_id}/escalate_email", response_model=FunctionCallPublic)
@@ -161,7 +164,9 @@ def cancel_function_call(
         session, kind=KIND, call_id=call_id, reason=body.reason, comment=body.comment, actor=actor
     )
     state.hub.notify_threadsafe((KIND, call_id))
-    return function_call_body(row)
+    result = function_call_body(row)
+    state.publisher.publish(FUNCTION_CALL_COMPLETED, result)
+    return result
 
 
 @router.get("/function_calls/{call_id}/audit", response_model=list[AuditEventPublic])

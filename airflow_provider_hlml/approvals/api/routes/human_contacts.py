@@ -32,6 +32,7 @@ from airflow_provider_hlml.approvals.schemas import (
     HumanContactPublic,
     HumanContactRespond,
 )
+from airflow_provider_hlml.approvals.webhooks import HUMAN_CONTACT_COMPLETED
 
 KIND = store.HUMAN_CONTACT
 router = APIRouter(tags=["human contacts"], responses=ERRORS)
@@ -118,7 +119,9 @@ def respond_to_human_contact(
         on_behalf_of=body.user_info.model_dump() if body.user_info else None,
     )
     state.hub.notify_threadsafe((KIND, call_id))
-    return human_contact_body(row)
+    result = human_contact_body(row)
+    state.publisher.publish(HUMAN_CONTACT_COMPLETED, result)
+    return result
 
 
 @router.post("/agent/human_contacts/{call_id}/escalate_email", response_model=HumanContactPublic)
@@ -140,7 +143,9 @@ def cancel_human_contact(
         session, kind=KIND, call_id=call_id, reason=body.reason, comment=body.comment, actor=actor
     )
     state.hub.notify_threadsafe((KIND, call_id))
-    return human_contact_body(row)
+    result = human_contact_body(row)
+    state.publisher.publish(HUMAN_CONTACT_COMPLETED, result)
+    return result
 
 
 @router.get("/contact_requests/{call_id}/audit", response_model=list[AuditEventPublic])

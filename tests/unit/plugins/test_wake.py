@@ -1,0 +1,289 @@
+"""Handing a decision to the deferred gate from the API server (``wake_gate`` and the webhook route).
+
+A real metadata DB: a gate DAG is serialized, a run created, the gate put in ``deferred`` on its
+real trigger row, exactly as the scheduler and the execution API leave it; then the decision body
+the approvals service publishes is handed to :func:`wake_gate` (directly, and through the webhook
+route served by uvicorn over real HTTP).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pendulum
+import pytest
+
+from airflow_provider_hlml.approvals.webhooks import SIGNATURE_HEADER, signature
+from airflow_provider_hlml.plugins import wake
+from airflow_provider_hlml.sensors.approval import HumanApprovalSensor
+from airflow_provider_hlml.triggers.approval import HumanApprovalTrigger
+from airflow_provider_hlml.utils.ids import approval_call_id
+from tests.fixtures.processes import free_port
+
+ALICE = {"name": "alice", "email": "alice@example.com", "principal": "alice", "via_delegate": None}
+MALLORY = {"name": "mallory", "email": "mallory@example.com", "principal": "mallory", "via_delegate": None}
+
+
+class DeferredGate:
+    """One DAG run whose gate waits, deferred, on its trigger row."""
+
+    def __init__(self, *, end_from_trigger: bool = False, approvers: list[str] | None = None) -> None:
+        from airflow.dag_processing.bundles.manager import DagBundlesManager
+        from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+        from airflow.models.dag import DagModel
+        from airflow.models.dagbag import DBDagBag
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.models.trigger import Trigger
+        from airflow.sdk import DAG
+        from airflow.utils.session import create_session
+        from airflow.utils.state import DagRunState, TaskInstanceState
+        from airflow.utils.types import DagRunTriggeredByType, DagRunType
+
+        self.dag_id = f"wake_{uuid.uuid4().hex[:8]}"
+        self.run_id = "manual__wake"
+        with DAG(self.dag_id, schedule=None, start_date=pendulum.datetime(2025, 1, 1), catchup=False) as dag:
+            HumanApprovalSensor(task_id="gate", subject="Go?", deferrable=True)
+        DagBundlesManager().sync_bundles_to_db()
+        bag = DagBag(dag_folder=os.devnull, collect_dags=False)
+        bag.bag_dag(dag)
+        sync_bag_to_db(bag, "dags-folder", None)
+        self.call_id = approval_call_id(self.dag_id, self.run_id, "gate", -1, 1)
+        trigger = HumanApprovalTrigger(
+            call_id=self.call_id,
+            approvers=approvers or [],
+            end_from_trigger=end_from_trigger,
+        )
+        with create_session() as session:
+            # As the dag processor records it for a DAG read from a file.
+            session.execute(
+                DagModel.__table__.update()  # type: ignore[attr-defined]
+                .where(DagModel.dag_id == self.dag_id)
+                .values(relative_fileloc=f"{self.dag_id}.py")
+            )
+            serialized = DBDagBag().get_latest_version_of_dag(self.dag_id, session=session)
+            assert serialized is not None
+            now = pendulum.now("UTC")
+            serialized.create_dagrun(
+                run_id=self.run_id,
+                logical_date=now,
+                run_after=now,
+                run_type=DagRunType.MANUAL,
+                triggered_by=DagRunTriggeredByType.TEST,
+                state=DagRunState.RUNNING,
+                session=session,
+            )
+            row = Trigger.from_object(trigger)
+            session.add(row)
+            session.flush()
+            ti = session.scalar(
+                TaskInstance.__table__.select().where(  # type: ignore[attr-defined]
+                    TaskInstance.dag_id == self.dag_id, TaskInstance.task_id == "gate"
+                )
+            )
+            assert ti is not None
+            session.execute(
+                TaskInstance.__table__.update()  # type: ignore[attr-defined]
+                .where(TaskInstance.dag_id == self.dag_id, TaskInstance.task_id == "gate")
+                .values(
+                    state=TaskInstanceState.DEFERRED,
+                    trigger_id=row.id,
+                    try_number=1,
+                    next_method="execute_complete",
+                )
+            )
+
+    def body(
+        self, *, approved: bool | None = True, user: dict[str, Any] | None = None, **status: Any
+    ) -> dict[str, Any]:
+        """The function call as the approvals service publishes it."""
+        return {
+            "run_id": f"{self.dag_id}/{self.run_id}",
+            "call_id": self.call_id,
+            "spec": {
+                "fn": "custom",
+                "kwargs": {"subject": "Go?", "context": {"model_version": "7"}},
+                "state": {
+                    "hlml": {
+                        "airflow": {
+                            "dag_id": self.dag_id,
+                            "run_id": self.run_id,
+                            "task_id": "gate",
+                            "map_index": -1,
+                        }
+                    }
+                },
+            },
+            "status": {
+                "requested_at": "2026-01-01T00:00:00+00:00",
+                "responded_at": "2026-01-01T00:01:00+00:00" if approved is not None else None,
+                "approved": approved,
+                "comment": "looks good" if approved is not None else None,
+                "reject_option_name": None,
+                "slack_message_ts": None,
+                "user_info": user if user is not None else ALICE,
+                **status,
+            },
+        }
+
+    def gate(self) -> Any:
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            ti = session.query(TaskInstance).filter_by(dag_id=self.dag_id, task_id="gate").one()
+            session.expunge(ti)
+            return ti
+
+    def xcom(self) -> Any:
+        from airflow.models.xcom import XComModel
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            query = XComModel.get_many(
+                run_id=self.run_id, dag_ids=self.dag_id, task_ids="gate", key="return_value"
+            )
+            row = session.scalars(query).first()
+            return None if row is None else XComModel.deserialize_value(row)
+
+
+@pytest.fixture
+def gate(airflow_db: Any) -> DeferredGate:
+    return DeferredGate()
+
+
+class TestWakeGate:
+    def test_decision_resumes_the_gate_with_the_trigger_event(self, gate: DeferredGate) -> None:
+        assert wake.wake_gate(gate.body(approved=True)) == wake.RESUMED
+        ti = gate.gate()
+        assert str(ti.state) == "scheduled"
+        assert ti.trigger_id is None
+        event = ti.next_kwargs["event"]
+        assert event["status"] == "approved"
+        assert event["call_id"] == gate.call_id
+        assert event["comment"] == "looks good"
+        assert event["context"] == {"model_version": "7"}
+        assert event["responded_by_user"]["email"] == "alice@example.com"
+        # A second delivery (the trigger's own, or a webhook retry) changes nothing.
+        assert wake.wake_gate(gate.body(approved=True)) == wake.NOT_WAITING
+
+    def test_end_from_trigger_ends_the_gate_with_its_result(self, airflow_db: Any) -> None:
+        gate = DeferredGate(end_from_trigger=True)
+        assert wake.wake_gate(gate.body(approved=True)) == wake.ENDED
+        assert str(gate.gate().state) == "success"
+        result = gate.xcom()
+        assert result["approved"] is True
+        assert result["comment"] == "looks good"
+        assert result["call_id"] == gate.call_id
+        assert result["context"] == {"model_version": "7"}
+        assert result["response_seconds"] == 60.0
+
+    def test_pending_request_changes_nothing(self, gate: DeferredGate) -> None:
+        assert wake.wake_gate(gate.body(approved=None)) == wake.UNDECIDED
+        assert str(gate.gate().state) == "deferred"
+
+    def test_decision_the_policy_refuses_changes_nothing(self, airflow_db: Any) -> None:
+        gate = DeferredGate(approvers=["alice@example.com"])
+        assert wake.wake_gate(gate.body(approved=True, user=MALLORY)) == wake.UNDECIDED
+        assert str(gate.gate().state) == "deferred"
+        assert wake.wake_gate(gate.body(approved=True, user=ALICE)) == wake.RESUMED
+
+    def test_request_of_another_try_changes_nothing(self, gate: DeferredGate) -> None:
+        body = gate.body(approved=True)
+        body["call_id"] = approval_call_id(gate.dag_id, gate.run_id, "gate", -1, 2)
+        assert wake.wake_gate(body) == wake.NOT_WAITING
+        assert str(gate.gate().state) == "deferred"
+
+    def test_request_not_made_by_a_gate(self, gate: DeferredGate) -> None:
+        body = gate.body(approved=True)
+        body["spec"]["state"] = None
+        assert wake.wake_gate(body) == wake.NOT_A_GATE
+
+
+# ----------------------------------------------------------------------------- the webhook route
+SECRET = "wake-webhook-secret"
+
+
+@pytest.fixture
+def webhook_url(airflow_db: Any) -> Iterator[str]:
+    """The receiver app (signed bodies) served by uvicorn on a free port."""
+    import uvicorn
+
+    from airflow_provider_hlml.plugins.webhooks import create_webhook_app
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_webhook_app(data=None, secret=SECRET), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/humanlayer"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _post(url: str, payload: Any, secret: str | None = SECRET) -> httpx.Response:
+    raw = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"}
+    if secret:
+        headers[SIGNATURE_HEADER] = signature(secret, raw)
+    return httpx.post(url, content=raw, headers=headers, timeout=30)
+
+
+class TestWebhookRoute:
+    def test_signed_webhook_resumes_the_gate(self, gate: DeferredGate, webhook_url: str) -> None:
+        envelope = {"is_test": False, "type": "function_call.completed", "event": gate.body(approved=True)}
+        resp = _post(webhook_url, envelope)
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"call_id": gate.call_id, "outcome": wake.RESUMED}
+        assert str(gate.gate().state) == "scheduled"
+
+    def test_unsigned_or_forged_bodies_are_refused(self, gate: DeferredGate, webhook_url: str) -> None:
+        envelope = {"type": "function_call.completed", "event": gate.body(approved=True)}
+        for secret in (None, "not-the-secret"):
+            resp = _post(webhook_url, envelope, secret=secret)
+            assert resp.status_code == 401
+            assert SIGNATURE_HEADER in resp.json()["error"]["message"]
+        assert str(gate.gate().state) == "deferred"
+
+    @pytest.mark.parametrize(
+        ("payload", "message"),
+        [
+            ({"type": "function_call.completed", "event": {"spec": {}}}, "event.call_id: missing"),
+            (
+                {"type": "function_call.completed", "event": {"call_id": "x", "spec": 3}},
+                "not a HumanLayer function call",
+            ),
+            ([1, 2], "event.call_id: missing"),
+        ],
+    )
+    def test_bad_bodies_name_the_field(self, webhook_url: str, payload: Any, message: str) -> None:
+        resp = _post(webhook_url, payload)
+        assert resp.status_code == 422
+        assert message in resp.json()["error"]["message"]
+
+    def test_non_json_body(self, webhook_url: str) -> None:
+        raw = b"not json"
+        resp = httpx.post(
+            webhook_url, content=raw, headers={SIGNATURE_HEADER: signature(SECRET, raw)}, timeout=30
+        )
+        assert resp.status_code == 422
+        assert resp.json()["error"]["message"] == "body: not JSON"
+
+    def test_human_contacts_are_ignored(self, webhook_url: str) -> None:
+        resp = _post(webhook_url, {"type": "human_contact.completed", "event": {"call_id": "c"}})
+        assert resp.status_code == 200
+        assert resp.json()["outcome"] == "ignored"
