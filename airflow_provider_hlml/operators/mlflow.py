@@ -9,6 +9,7 @@ Every MLflow run these operators start carries the task instance's identity (tag
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import os
@@ -258,8 +259,11 @@ def log_model(
             pip_requirements=requirements,
         )
     else:
-        python_model = model if isinstance(model, mlflow.pyfunc.PythonModel) else _PredictModel(model)
-        if not isinstance(model, mlflow.pyfunc.PythonModel) and not hasattr(model, "predict"):
+        if isinstance(model, mlflow.pyfunc.PythonModel):
+            python_model = model
+        elif hasattr(model, "predict"):
+            python_model = _predict_model_class()(model)
+        else:
             raise TypeError(
                 f"cannot log a {type(model).__name__}: it is neither a scikit-learn estimator, "
                 "an mlflow.pyfunc.PythonModel nor an object with predict()"
@@ -277,33 +281,105 @@ def _own_sklearn_types(model: Any) -> list[str] | None:
     except ImportError:
         return None
     try:
-        untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+        own = _sklearn_names_in(model, _skops_trusted_sklearn_types())
     except Exception:
-        return None
-    own = [name for name in untrusted if name.startswith("sklearn.")]
+        # Unusual objects in the graph: ask skops itself (serialising the model costs about as
+        # much as MLflow's own save of it).
+        try:
+            untrusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+        except Exception:
+            return None
+        own = [name for name in untrusted if name.startswith("sklearn.")]
     return own or None
 
 
-def _pyfunc_base() -> type:
+@functools.cache
+def _skops_trusted_sklearn_types() -> frozenset[str]:
+    """The scikit-learn instance types skops trusts by default (estimators, losses, links)."""
+    from skops.io._sklearn import ALLOWED_LOSSES
+    from skops.io._trusted_types import SKLEARN_ESTIMATOR_TYPE_NAMES, SKLEARN_INTERNAL_TYPE_NAMES
+
+    losses = {f"{cls.__module__}.{cls.__name__}" for cls in ALLOWED_LOSSES}
+    return frozenset(SKLEARN_ESTIMATOR_TYPE_NAMES) | frozenset(SKLEARN_INTERNAL_TYPE_NAMES) | losses
+
+
+def _sklearn_names_in(root: Any, trusted_instances: frozenset[str]) -> list[str]:
+    """
+    What skops would report untrusted in ``root``, found by walking it instead of serialising it.
+
+    Follows what pickling follows (``__reduce_ex__``: constructor arguments, state, items) without
+    copying array data, and names the scikit-learn types skops refuses by default: instances of
+    types outside ``trusted_instances``, and every class or function stored as a value.
+    """
+    import copyreg
+
+    import numpy as np
+
+    scalars = (str, bytes, bytearray, int, float, complex, bool, type(None), np.generic)
+    found: set[str] = set()
+    seen: set[int] = set()
+    keep: list[Any] = []  # temporaries (reduce results) stay alive so their ids stay unique
+    stack: list[Any] = [root]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, scalars) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        keep.append(obj)
+        if isinstance(obj, type) or hasattr(obj, "__qualname__"):  # a class or function as a value
+            module = getattr(obj, "__module__", None) or ""
+            if module.startswith("sklearn."):
+                found.add(f"{module}.{obj.__name__}")
+            continue
+        cls = type(obj)
+        if cls.__module__.startswith("sklearn."):
+            name = f"{cls.__module__}.{cls.__name__}"
+            if name not in trusted_instances:
+                found.add(name)
+        if isinstance(obj, np.ndarray):
+            if obj.dtype == object:
+                stack.extend(obj.ravel().tolist())
+            continue
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack.extend(obj)
+        if cls in (dict, list, tuple, set, frozenset) or cls.__module__.split(".")[0] in ("numpy", "scipy"):
+            continue
+        reduced = obj.__reduce_ex__(4)
+        if isinstance(reduced, str):  # pickled by name, like a function
+            continue
+        constructor, args, *rest = reduced
+        if constructor is copyreg.__newobj__ or constructor is copyreg.__newobj_ex__:  # type: ignore[attr-defined]
+            args = args[1:]  # the instance's own class, already named above
+        stack.append(args)
+        for extra in rest[:3]:
+            if extra is not None and not isinstance(extra, dict | list | tuple):
+                extra = list(extra)  # listitems / dictitems iterators
+            stack.append(extra)
+    return sorted(found)
+
+
+@functools.cache
+def _predict_model_class() -> type:
+    """A ``mlflow.pyfunc.PythonModel`` calling the ``predict`` of the object it wraps."""
     import mlflow.pyfunc
 
-    return mlflow.pyfunc.PythonModel
+    base: Any = mlflow.pyfunc.PythonModel
+    with warnings.catch_warnings():
+        # MLflow reads an input schema from predict()'s type hints and warns when there are none.
+        # The wrapped object's input type is unknown here: the signature comes from the example.
+        warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
 
-
-class _PredictModel:
-    """pyfunc wrapper for any object with ``predict`` (built as a PythonModel subclass on use)."""
-
-    def __new__(cls, model: Any) -> Any:
-        base = _pyfunc_base()
-
-        class PredictModel(base):  # type: ignore[valid-type,misc]
+        class PredictModel(base):
             def __init__(self, wrapped: Any) -> None:
                 self.wrapped = wrapped
 
-            def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            def predict(self, context, model_input, params=None):
                 return self.wrapped.predict(model_input)
 
-        return PredictModel(model)
+    return PredictModel
 
 
 def _holder_of_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
@@ -346,7 +422,9 @@ class MLflowTrainOperator(BaseOperator):
         rendered as templates.
     :param tags: extra MLflow run tags (templated).
     :param experiment_description: description used when the experiment is created.
-    :param autolog: enable ``mlflow.autolog()`` for the duration of the callable.
+    :param autolog: enable ``mlflow.autolog()`` for the duration of the callable. ``params`` are
+        then logged after the callable, next to the autologged ones; where autologging recorded
+        a param of the same name with another value (``1.0`` for ``1``), its value stays.
     :param registered_model_name: register the logged model under this name (no alias is set).
     :param op_kwargs: extra keyword arguments for the callable (templated).
     :param mlflow_conn_id: MLflow connection.
@@ -446,6 +524,8 @@ class MLflowTrainOperator(BaseOperator):
 
     # -- execute ------------------------------------------------------------------------------
     def execute(self, context: Context) -> dict[str, Any]:
+        import mlflow
+
         hook = self._hook = MLflowHook(self.mlflow_conn_id)
         client = hook.client
         ti = context["ti"]
@@ -460,16 +540,21 @@ class MLflowTrainOperator(BaseOperator):
             if previous:
                 tags[audit.RETRY_OF_RUN_ID] = previous
             run_name = self.run_name or f"{ti.task_id}-try{ti.try_number}"
-            run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-            run_id = run.info.run_id
+            # One request creates the run and makes it the fluent API's active run (creating it
+            # with the client and resuming it by id would take four).
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags)
+            run_id = active.info.run_id
             self._active_run_id = run_id
-            _push_run_link(context, hook, experiment_id, run_id)
-            self.log.info(
-                "MLflow run %s in experiment %r (%s)", run_id, self.experiment_name, hook.describe()
-            )
             try:
-                result = self._train(client, run_id, context)
+                _push_run_link(context, hook, experiment_id, run_id)
+                self.log.info(
+                    "MLflow run %s in experiment %r (%s)", run_id, self.experiment_name, hook.describe()
+                )
+                result = self._train(client, active, context)
             except BaseException as exc:
+                # Leave no active fluent run behind, and record the error on the run.
+                with contextlib.suppress(Exception):
+                    mlflow.end_run(status=self._failure_status(exc))
                 self._end_failed(client, run_id, exc)
                 raise
             finally:
@@ -485,46 +570,64 @@ class MLflowTrainOperator(BaseOperator):
             "model_version": model_version,
         }
 
-    def _train(self, client: MlflowClient, run_id: str, context: Context) -> dict[str, Any]:
+    def _train(self, client: MlflowClient, active: Any, context: Context) -> dict[str, Any]:
         import mlflow
 
+        run_id = active.info.run_id
         params = self._training_params(context)
-        active = mlflow.start_run(run_id=run_id)
-        try:
+        if self.autolog:
+            # Autologging writes the estimator's params in one batch, which MLflow rejects whole
+            # if a name is already logged with another value (``1`` vs ``1.0``): ours come after.
+            mlflow.autolog(silent=True)
+        else:
             _log_batch(client, run_id, params=params)
+        try:
+            raw = self._call_python_callable({"run": active, "params": params, "context": context})
+        finally:
             if self.autolog:
-                mlflow.autolog(silent=True)
-            try:
-                raw = self._call_python_callable({"run": active, "params": params, "context": context})
-            finally:
-                if self.autolog:
-                    mlflow.autolog(disable=True, silent=True)
-            result = self._normalise(raw)
-            _log_batch(client, run_id, metrics=result.metrics, params=result.params)
-            model_uri: str | None = None
-            if result.model is not None:
-                model_uri = log_model(result.model, result.artifact_name, input_example=result.input_example)
-            else:
-                logged = mlflow.last_logged_model()
-                if logged is not None and logged.source_run_id == run_id:
-                    model_uri = str(logged.model_uri)
-            model_version: str | None = None
-            if self.registered_model_name:
-                if model_uri is None:
-                    raise ValueError(
-                        f"registered_model_name={self.registered_model_name!r} is set but the callable "
-                        "of task {self.task_id!r} logged no model (return TrainResult(model=...))"
-                    )
-                version = mlflow.register_model(model_uri, self.registered_model_name)
-                model_version = str(version.version)
-                self._tag_version(client, version.name, model_version, context)
-            mlflow.end_run(status="FINISHED")
-        except BaseException as exc:
-            # Leave no active fluent run behind; the caller records the error on the run.
-            with contextlib.suppress(Exception):
-                mlflow.end_run(status=self._failure_status(exc))
-            raise
+                mlflow.autolog(disable=True, silent=True)
+        result = self._normalise(raw)
+        extra_params = result.params
+        if self.autolog:
+            extra_params = self._params_not_autologged(client, run_id, {**params, **(result.params or {})})
+        _log_batch(client, run_id, metrics=result.metrics, params=extra_params)
+        model_uri: str | None = None
+        if result.model is not None:
+            model_uri = log_model(result.model, result.artifact_name, input_example=result.input_example)
+        else:
+            logged = mlflow.last_logged_model()
+            if logged is not None and logged.source_run_id == run_id:
+                model_uri = str(logged.model_uri)
+        model_version: str | None = None
+        if self.registered_model_name:
+            if model_uri is None:
+                raise ValueError(
+                    f"registered_model_name={self.registered_model_name!r} is set but the callable "
+                    f"of task {self.task_id!r} logged no model (return TrainResult(model=...))"
+                )
+            version = mlflow.register_model(model_uri, self.registered_model_name)
+            model_version = str(version.version)
+            self._tag_version(client, version.name, model_version, context)
+        mlflow.end_run(status="FINISHED")
         return {"metrics": result.metrics, "model_uri": model_uri, "model_version": model_version}
+
+    def _params_not_autologged(
+        self, client: MlflowClient, run_id: str, params: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """``params`` minus the names autologging already wrote; a differing value is reported."""
+        logged = client.get_run(run_id).data.params
+        left: dict[str, Any] = {}
+        for key, value in params.items():
+            if str(key) not in logged:
+                left[key] = value
+            elif logged[str(key)] != str(value)[:_MAX_PARAM_VALUE]:
+                self.log.warning(
+                    "Param %r=%r not logged: autologging recorded the value the model used, %r",
+                    key,
+                    value,
+                    logged[str(key)],
+                )
+        return left
 
     @staticmethod
     def _tag_version(client: MlflowClient, name: str, version: str, context: Context) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -237,6 +238,133 @@ class TestMLflowTrainOperator:
     def test_rejects_non_callable(self) -> None:
         with pytest.raises(TypeError, match="python_callable of task 'train' must be callable"):
             MLflowTrainOperator(task_id="train", python_callable="nope", experiment_name="x")  # type: ignore[arg-type]
+
+    def test_autolog_records_the_fit_next_to_the_operators_own_tags(self, hook: MLflowHook) -> None:
+        import mlflow
+        from airflow.sdk import DAG
+        from mlflow.utils.autologging_utils import autologging_is_disabled
+
+        def fit(params: dict[str, Any]) -> dict[str, float]:
+            from sklearn.linear_model import LogisticRegression
+
+            frame = churn_frame()
+            model = LogisticRegression(C=params["C"], max_iter=300).fit(frame[FEATURES], frame["churned"])
+            return {"holdout_accuracy": float(model.score(frame[FEATURES], frame["churned"]))}
+
+        dag_id, model_name = _uid("autolog"), _uid("autolog_model")
+        with DAG(dag_id, schedule=None, start_date=START) as dag:
+            MLflowTrainOperator(
+                task_id="train",
+                python_callable=fit,
+                experiment_name="hlml-autolog",
+                params={"C": 0.5},
+                tags={"team": "ml"},
+                autolog=True,
+                registered_model_name=model_name,
+            )
+        dag_run = run_dag(dag)
+        assert task_states(dag_run) == {"train": "success"}
+        result = xcom_value(dag_run, "train")
+        client = hook.client
+        run = client.get_run(result["run_id"])
+        assert run.info.status == "FINISHED"
+        # scikit-learn autologging: the estimator's params and training metrics ...
+        params = run.data.params
+        assert params["C"] == "0.5"  # the operator's param and the estimator's agree
+        assert params["max_iter"] == "300"
+        assert params["solver"] == "lbfgs"
+        metrics = run.data.metrics
+        for name in ("training_accuracy_score", "training_f1_score", "training_log_loss", "holdout_accuracy"):
+            assert name in metrics, sorted(metrics)
+        assert metrics["training_accuracy_score"] == pytest.approx(metrics["holdout_accuracy"])
+        assert run.data.tags["estimator_class"] == "sklearn.linear_model._logistic.LogisticRegression"
+        # ... the operator's own tags untouched ...
+        assert run.data.tags[audit.AIRFLOW_DAG_ID] == dag_id
+        assert run.data.tags[audit.AIRFLOW_TASK_ID] == "train"
+        assert run.data.tags[audit.AIRFLOW_DAG_RUN] == f"{dag_id}/{dag_run.run_id}"
+        assert run.data.tags[audit.HLML_STAGE] == "train"
+        assert run.data.tags["team"] == "ml"
+        # ... and the autologged model is the run's model: returned, registered, loadable.
+        assert result["model_uri"]
+        with hook.fluent():
+            logged = mlflow.get_logged_model(result["model_uri"].rsplit("/", 1)[-1])
+            info = mlflow.models.get_model_info(result["model_uri"])
+            loaded = mlflow.sklearn.load_model(f"models:/{model_name}/{result['model_version']}")
+        assert logged.source_run_id == result["run_id"]
+        assert "sklearn" in info.flavors
+        assert info.signature is not None
+        assert client.get_model_version(model_name, result["model_version"]).run_id == result["run_id"]
+        frame = churn_frame("validation")
+        assert 0.7 < loaded.score(frame[FEATURES], frame["churned"]) <= 1.0
+        # autologging ends with the task
+        assert autologging_is_disabled("sklearn")
+
+    def test_autolog_keeps_the_estimators_params_when_an_operator_param_differs(
+        self, hook: MLflowHook
+    ) -> None:
+        from airflow.sdk import DAG
+
+        def fit(params: dict[str, Any]) -> TrainResult:
+            from sklearn.linear_model import LogisticRegression
+
+            frame = churn_frame()
+            # C=1 arrives as an int and is fitted as 1.0: autologging records "1.0".
+            LogisticRegression(C=float(params["C"]), max_iter=300).fit(frame[FEATURES], frame["churned"])
+            return TrainResult(metrics={"done": 1.0}, params={"features": len(FEATURES)})
+
+        with DAG(_uid("autolog_conflict"), schedule=None, start_date=START) as dag:
+            MLflowTrainOperator(
+                task_id="train",
+                python_callable=fit,
+                experiment_name="hlml-autolog",
+                params={"C": 1, "dataset": "churn"},
+                autolog=True,
+            )
+        dag_run = run_dag(dag)
+        assert task_states(dag_run) == {"train": "success"}
+        run = hook.client.get_run(xcom_value(dag_run, "train")["run_id"])
+        params = run.data.params
+        assert params["C"] == "1.0"  # what the model used
+        assert params["max_iter"] == "300"
+        assert params["solver"] == "lbfgs"
+        assert params["dataset"] == "churn"  # the operator's other params ...
+        assert params["features"] == "5"  # ... and the callable's are all there
+        assert "training_accuracy_score" in run.data.metrics
+
+    def test_registering_without_a_model_names_the_task(self, hook: MLflowHook) -> None:
+        from airflow.sdk import DAG
+
+        dag_id = _uid("nomodel")
+        with DAG(dag_id, schedule=None, start_date=START) as dag:
+            MLflowTrainOperator(
+                task_id="train",
+                python_callable=lambda: {"accuracy": 1.0},
+                experiment_name="hlml-nomodel",
+                registered_model_name=_uid("never"),
+            )
+        assert task_states(run_dag(dag)) == {"train": "failed"}
+        exp = hook.client.get_experiment_by_name("hlml-nomodel")
+        runs = hook.client.search_runs([exp.experiment_id], f"tags.`{audit.AIRFLOW_DAG_ID}` = '{dag_id}'")
+        assert [r.info.status for r in runs] == ["FAILED"]
+        assert "callable of task 'train' logged no model" in runs[0].data.tags[audit.RUN_ERROR]
+
+    def test_autolog_off_logs_only_what_the_callable_returns(self, hook: MLflowHook) -> None:
+        from airflow.sdk import DAG
+
+        def fit() -> dict[str, float]:
+            from sklearn.linear_model import LogisticRegression
+
+            frame = churn_frame()
+            LogisticRegression(max_iter=300).fit(frame[FEATURES], frame["churned"])
+            return {"accuracy": 1.0}
+
+        with DAG(_uid("noautolog"), schedule=None, start_date=START) as dag:
+            MLflowTrainOperator(task_id="train", python_callable=fit, experiment_name="hlml-autolog")
+        result = xcom_value(run_dag(dag), "train")
+        run = hook.client.get_run(result["run_id"])
+        assert run.data.metrics == {"accuracy": 1.0}
+        assert run.data.params == {}
+        assert result["model_uri"] is None
 
 
 @pytest.fixture(scope="module")
@@ -553,3 +681,187 @@ def _promote_in_child(url: str, name: str, version: str, start: Any) -> None:
     ti = types.SimpleNamespace(dag_id="race", run_id=f"run_{version}", task_id=op.task_id)
     start.wait(60)
     op.execute({"ti": ti})  # type: ignore[arg-type]
+
+
+class ThresholdModel:
+    """Not a scikit-learn estimator: predicts 1 where a weighted sum of the features is positive."""
+
+    def __init__(self, weights: list[float]) -> None:
+        self.weights = weights
+
+    def predict(self, frame: Any) -> Any:
+        import numpy as np
+
+        return (np.asarray(frame, dtype=float) @ np.asarray(self.weights) > 0).astype(np.int64)
+
+
+def _doubling_model() -> Any:
+    import mlflow.pyfunc
+
+    class DoublingModel(mlflow.pyfunc.PythonModel):
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            return model_input * 2
+
+    return DoublingModel()
+
+
+class TestLogModel:
+    def test_non_sklearn_model_is_logged_as_pyfunc_that_loads_and_predicts(self, hook: MLflowHook) -> None:
+        import mlflow
+        import numpy as np
+        from airflow.sdk import DAG
+
+        model = ThresholdModel([1.0, -0.5, 0.25, 0.0, 2.0])
+
+        def train() -> TrainResult:
+            frame = churn_frame()
+            accuracy = float((model.predict(frame[FEATURES]) == frame["churned"]).mean())
+            return TrainResult(
+                metrics={"accuracy": accuracy}, model=model, input_example=frame[FEATURES].head(3)
+            )
+
+        with DAG(_uid("pyfunc"), schedule=None, start_date=START) as dag:
+            MLflowTrainOperator(task_id="train", python_callable=train, experiment_name="hlml-pyfunc")
+        dag_run = run_dag(dag)
+        assert task_states(dag_run) == {"train": "success"}
+        result = xcom_value(dag_run, "train")
+        assert result["model_uri"]
+
+        validation = churn_frame("validation")[FEATURES]
+        with hook.fluent():
+            info = mlflow.models.get_model_info(result["model_uri"])
+            loaded = mlflow.pyfunc.load_model(result["model_uri"])
+            example = mlflow.models.Model.load(result["model_uri"]).load_input_example()
+        assert set(info.flavors) == {"python_function"}
+        assert info.run_id == result["run_id"]
+        signature = info.signature
+        assert signature is not None
+        assert signature.inputs.input_names() == FEATURES
+        assert [spec.type.name for spec in signature.inputs.inputs] == ["double"] * 5
+        assert signature.outputs is not None
+        assert signature.outputs.inputs[0].type == np.dtype("int64")  # a tensor: predict() returns an array
+        assert example is not None
+        assert list(example.columns) == FEATURES
+        assert len(example) == 3
+        predictions = np.asarray(loaded.predict(validation))
+        np.testing.assert_array_equal(predictions, model.predict(validation))
+        assert set(np.unique(predictions)) == {0, 1}  # the weights split the table, not a constant
+
+    def test_python_model_is_logged_as_itself(self, hook: MLflowHook) -> None:
+        import mlflow
+        import pandas as pd
+        from airflow.sdk import DAG
+
+        def train() -> TrainResult:
+            return TrainResult(model=_doubling_model(), input_example=pd.DataFrame({"x": [1.0, 2.0, 3.0]}))
+
+        with DAG(_uid("pythonmodel"), schedule=None, start_date=START) as dag:
+            MLflowTrainOperator(task_id="train", python_callable=train, experiment_name="hlml-pyfunc")
+        result = xcom_value(run_dag(dag), "train")
+        with hook.fluent():
+            info = mlflow.models.get_model_info(result["model_uri"])
+            loaded = mlflow.pyfunc.load_model(result["model_uri"])
+        assert info.signature is not None
+        assert info.signature.inputs.input_names() == ["x"]
+        assert info.saved_input_example_info is not None
+        out = loaded.predict(pd.DataFrame({"x": [4.0, 5.0]}))
+        assert list(pd.DataFrame(out).iloc[:, 0]) == [8.0, 10.0]
+
+    def test_object_without_predict_fails_the_task_and_the_run(self, hook: MLflowHook) -> None:
+        from airflow.sdk import DAG
+
+        dag_id = _uid("nopredict")
+        with DAG(dag_id, schedule=None, start_date=START) as dag:
+            MLflowTrainOperator(
+                task_id="train",
+                python_callable=lambda: TrainResult(metrics={"accuracy": 1.0}, model=object()),
+                experiment_name="hlml-pyfunc",
+            )
+        assert task_states(run_dag(dag)) == {"train": "failed"}
+        exp = hook.client.get_experiment_by_name("hlml-pyfunc")
+        runs = hook.client.search_runs([exp.experiment_id], f"tags.`{audit.AIRFLOW_DAG_ID}` = '{dag_id}'")
+        assert [r.info.status for r in runs] == ["FAILED"]
+        assert "cannot log a object" in runs[0].data.tags[audit.RUN_ERROR]
+
+    def test_pyfunc_fallback_logs_without_type_hint_warnings(self, hook: MLflowHook) -> None:
+        import mlflow
+        import numpy as np
+
+        from airflow_provider_hlml.operators.mlflow import log_model
+
+        frame = churn_frame()[FEATURES]
+        model = ThresholdModel([0.5, 0.5, -1.0, 0.0, 1.0])
+        experiment_id = hook.get_or_create_experiment("hlml-pyfunc")
+        with hook.fluent(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with mlflow.start_run(experiment_id=experiment_id):
+                uri = log_model(model, "wrapped", input_example=frame.head(2))
+            loaded = mlflow.pyfunc.load_model(uri)
+        hints = [str(w.message) for w in caught if "type hint" in str(w.message).lower()]
+        assert hints == []
+        np.testing.assert_array_equal(np.asarray(loaded.predict(frame)), model.predict(frame))
+
+
+@functools.cache
+def _sklearn_model_zoo() -> dict[str, Any]:
+    """Fitted models whose skops dumps hold types skops does not trust by default (and some without)."""
+    import numpy as np
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.feature_selection import SelectKBest, f_classif
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
+    from sklearn.metrics import f1_score, make_scorer
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    frame = churn_frame()
+    x, y = frame[FEATURES].to_numpy(), frame["churned"].to_numpy()
+    return {
+        "forest": RandomForestClassifier(n_estimators=3, random_state=0).fit(x, y),
+        "hist_gradient_boosting": HistGradientBoostingClassifier(max_iter=3).fit(x, y),
+        "pipeline_with_function": make_pipeline(
+            StandardScaler(), SelectKBest(f_classif, k=3), LogisticRegression()
+        ).fit(x, y),
+        "sgd": SGDClassifier(random_state=0).fit(x, y),
+        "kd_tree": KNeighborsClassifier(algorithm="kd_tree").fit(x, y),
+        "mlp": MLPClassifier(max_iter=5, random_state=0).fit(x, y),
+        "calibrated": CalibratedClassifierCV(LogisticRegression(), cv=2).fit(x, y),
+        "grid_search": GridSearchCV(
+            LogisticRegression(), {"C": [0.5, 1.0]}, cv=2, scoring=make_scorer(f1_score)
+        ).fit(x, y),
+        "class_as_value": FunctionTransformer(
+            np.log1p, kw_args={"cls": LogisticRegression, "fitted": LogisticRegression().fit(x, y)}
+        ),
+    }
+
+
+class TestOwnSklearnTypes:
+    @pytest.mark.parametrize(
+        "name",
+        [
+            "forest",
+            "hist_gradient_boosting",
+            "pipeline_with_function",
+            "sgd",
+            "kd_tree",
+            "mlp",
+            "calibrated",
+            "grid_search",
+            "class_as_value",
+        ],
+    )
+    def test_names_what_skops_itself_reports_untrusted(self, name: str) -> None:
+        import skops.io
+
+        from airflow_provider_hlml.operators.mlflow import _own_sklearn_types
+
+        model = _sklearn_model_zoo()[name]
+        dumped = skops.io.dumps(model)
+        untrusted = skops.io.get_untrusted_types(data=dumped)
+        expected = sorted(t for t in untrusted if t.startswith("sklearn."))
+        assert _own_sklearn_types(model) == (expected or None)
+        others = [t for t in untrusted if not t.startswith("sklearn.")]
+        skops.io.loads(dumped, trusted=(expected + others) or None)  # nothing left untrusted
