@@ -1,8 +1,8 @@
 """Deployments shared by the e2e scenarios.
 
-Starting Airflow costs ~30 s of CPU on the 2-core CI machine, so each module shares one stack
-(module scope) and its scenarios use DAG runs of their own; the MLflow server serves the whole
-package, each deployment gets an approvals service of its own.
+Starting Airflow costs ~30 s of CPU on the 2-core CI machine, so each module shares one stack per
+metadata backend (module scope) and its scenarios use DAG runs of their own; the MLflow server
+serves the whole package, each deployment gets an approvals service of its own.
 """
 
 from __future__ import annotations
@@ -36,6 +36,20 @@ def e2e_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MLflowServe
         server.process.stop()
 
 
+# Both metadata databases Airflow supports for a LocalExecutor deployment; each scenario of
+# test_stack_scenarios.py runs on each. Module scope groups the tests by backend, so each backend's
+# deployment starts once and is stopped before the other one starts.
+METADATA_BACKENDS = ("postgresql", "sqlite")
+
+
+@pytest.fixture(scope="module", params=METADATA_BACKENDS)
+def metadata_backend(request: pytest.FixtureRequest) -> str:
+    """The metadata database of the deployment under test (``postgresql`` or ``sqlite``)."""
+    if request.param == "postgresql":
+        request.getfixturevalue("require_postgres")
+    return str(request.param)
+
+
 # Module scope on purpose: a gate's request id derives from (dag_id, run_id, task_id, map_index,
 # try_number), so two deployments sharing one approvals service would see each other's decisions
 # for the same scheduled run of the same DAG.
@@ -54,22 +68,41 @@ def pg_approvals(
 
 
 @pytest.fixture(scope="module")
-def postgres_stack(
-    require_postgres: str,
+def stack_approvals(
+    metadata_backend: str, metadata_databases: MetadataDatabases, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApprovalsService]:
+    """A standalone approvals service on the same kind of database as the deployment's metadata DB,
+    so the SQLite deployment needs no PostgreSQL at all."""
+    root = tmp_path_factory.mktemp(f"e2e-approvals-{metadata_backend}")
+    if metadata_backend == "postgresql":
+        database_url = metadata_databases.empty_postgres()
+    else:
+        database_url = f"sqlite:///{root / 'hlml_approvals.db'}"
+    service = start_approvals_service(database_url, root)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def local_stack(
+    metadata_backend: str,
     metadata_databases: MetadataDatabases,
     e2e_mlflow: MLflowServer,
-    pg_approvals: ApprovalsService,
+    stack_approvals: ApprovalsService,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[AirflowStack]:
-    """LocalExecutor deployment on PostgreSQL; standalone approvals service on PostgreSQL."""
-    workdir: Path = tmp_path_factory.mktemp("e2e-postgres")
+    """LocalExecutor deployment on ``metadata_backend``; a standalone approvals service."""
+    workdir: Path = tmp_path_factory.mktemp(f"e2e-{metadata_backend}")
     config = StackConfig(
         mlflow_url=e2e_mlflow.url,
-        approvals_base_url=pg_approvals.base_url,
-        agent_key=pg_approvals.agent_key,
-        delegate_key=pg_approvals.delegate_key,
+        approvals_base_url=stack_approvals.base_url,
+        agent_key=stack_approvals.agent_key,
+        delegate_key=stack_approvals.delegate_key,
     )
-    with airflow_stack(workdir, metadata_databases, config, database="postgresql") as stack:
+    with airflow_stack(workdir, metadata_databases, config, database=metadata_backend) as stack:
+        assert stack.database == metadata_backend
         yield stack
 
 

@@ -1,7 +1,9 @@
-"""Scenarios on a LocalExecutor deployment with a PostgreSQL metadata DB.
+"""Scenarios on a LocalExecutor deployment, once with a PostgreSQL and once with a SQLite metadata DB.
 
-One deployment serves the whole module (api-server, scheduler, dag-processor, triggerer, an MLflow
-server and a standalone approvals service on PostgreSQL); each scenario uses DAG runs of its own.
+One deployment per backend serves the whole module (api-server, scheduler, dag-processor,
+triggerer, and a standalone approvals service on the same kind of database; the MLflow server is
+shared by the e2e package); each scenario uses DAG runs of its own. Test ids end in the backend,
+e.g. ``test_kill9_with_50_pending_gates_loses_none_and_asks_once[sqlite]``.
 """
 
 from __future__ import annotations
@@ -26,16 +28,16 @@ FANOUT = "e2e_gate_fanout"
 
 
 @pytest.fixture(scope="module")
-def admin(pg_approvals: ApprovalsService) -> Iterator[HumanLayerApi]:
-    client = HumanLayerApi(pg_approvals.base_url, pg_approvals.admin_key)
+def admin(stack_approvals: ApprovalsService) -> Iterator[HumanLayerApi]:
+    client = HumanLayerApi(stack_approvals.base_url, stack_approvals.admin_key)
     yield client
     client.close()
 
 
 @pytest.fixture(scope="module")
-def reviewer(pg_approvals: ApprovalsService) -> Iterator[HumanLayerApi]:
+def reviewer(stack_approvals: ApprovalsService) -> Iterator[HumanLayerApi]:
     """alice, a reviewer, deciding through the HumanLayer API."""
-    client = HumanLayerApi(pg_approvals.base_url, pg_approvals.reviewer_key)
+    client = HumanLayerApi(stack_approvals.base_url, stack_approvals.reviewer_key)
     yield client
     client.close()
 
@@ -70,8 +72,8 @@ def assert_all_gates_passed_first_try(stack: AirflowStack, run_id: str, count: i
 
 
 class TestScheduledDeferral:
-    def test_scheduled_run_defers_to_the_triggerer_and_succeeds(self, postgres_stack: AirflowStack) -> None:
-        api = postgres_stack.api
+    def test_scheduled_run_defers_to_the_triggerer_and_succeeds(self, local_stack: AirflowStack) -> None:
+        api = local_stack.api
         api.wait_for_dag("e2e_smoke")
         api.unpause("e2e_smoke")
         try:
@@ -81,7 +83,7 @@ class TestScheduledDeferral:
             api.pause("e2e_smoke")
 
         assert run["run_type"] == "scheduled", run
-        assert run["state"] == "success", postgres_stack.diagnose("e2e_smoke", run["dag_run_id"])
+        assert run["state"] == "success", local_stack.diagnose("e2e_smoke", run["dag_run_id"])
         states = api.task_states("e2e_smoke", run["dag_run_id"])
         assert states == {"first": "success", "wait_in_triggerer": "success", "last": "success"}
         # The wait ran in the triggerer: the task resumed after at least its 10 s deferral.
@@ -92,9 +94,9 @@ class TestTriggererChaos:
     COUNT = 50
 
     def test_kill9_with_50_pending_gates_loses_none_and_asks_once(
-        self, postgres_stack: AirflowStack, admin: HumanLayerApi, reviewer: HumanLayerApi
+        self, local_stack: AirflowStack, admin: HumanLayerApi, reviewer: HumanLayerApi
     ) -> None:
-        run_id = start_fanout(postgres_stack, self.COUNT)
+        run_id = start_fanout(local_stack, self.COUNT)
         expected = set(gate_call_ids(run_id, self.COUNT))
         wait_until(
             lambda: expected <= {c["call_id"] for c in admin.list(fn="workflow_decision", status="pending")},
@@ -102,18 +104,18 @@ class TestTriggererChaos:
             "50 pending requests on the approvals service",
         )
 
-        triggerer = postgres_stack.processes["triggerer"]
+        triggerer = local_stack.processes["triggerer"]
         triggerer.kill9()
         assert not triggerer.alive()
-        postgres_stack.start_process("triggerer", "triggerer")
-        postgres_stack.wait_healthy(("triggerer",))
+        local_stack.start_process("triggerer", "triggerer")
+        local_stack.wait_healthy(("triggerer",))
 
         for call_id in sorted(expected):
             reviewer.respond(call_id, approved=True, comment="e2e: approved after the triggerer restart")
-        run = postgres_stack.api.wait_for_run(FANOUT, run_id, timeout=300)
+        run = local_stack.api.wait_for_run(FANOUT, run_id, timeout=300)
 
-        assert run["state"] == "success", postgres_stack.diagnose(FANOUT, run_id)
-        assert_all_gates_passed_first_try(postgres_stack, run_id, self.COUNT)
+        assert run["state"] == "success", local_stack.diagnose(FANOUT, run_id)
+        assert_all_gates_passed_first_try(local_stack, run_id, self.COUNT)
         calls = calls_of_run(admin, run_id)
         assert len(calls) == self.COUNT, "the service must hold exactly one request per gate"
         assert {c["call_id"] for c in calls} == expected
@@ -125,13 +127,13 @@ class TestApprovalsServiceChaos:
     OUTAGE_SECONDS = 8.0  # poll interval is 1 s
 
     def test_outage_fails_no_gate_and_loses_no_decision(
-        self, postgres_stack: AirflowStack, pg_approvals: ApprovalsService, reviewer: HumanLayerApi
+        self, local_stack: AirflowStack, stack_approvals: ApprovalsService, reviewer: HumanLayerApi
     ) -> None:
-        api = postgres_stack.api
-        run_id = start_fanout(postgres_stack, self.COUNT)
+        api = local_stack.api
+        run_id = start_fanout(local_stack, self.COUNT)
         call_ids = gate_call_ids(run_id, self.COUNT)
 
-        pg_approvals.stop()
+        stack_approvals.stop()
         down_since = time.monotonic()
         try:
             # Two decisions are made while the API is down, straight in the service's database.
@@ -146,7 +148,7 @@ class TestApprovalsServiceChaos:
                         "--comment",
                         "decided during the outage",
                         "--database-url",
-                        pg_approvals.database_url,
+                        stack_approvals.database_url,
                     ],
                     check=True,
                     capture_output=True,
@@ -157,14 +159,14 @@ class TestApprovalsServiceChaos:
             gate_states = {k: v for k, v in states.items() if k.startswith("gate[")}
             assert set(gate_states.values()) == {"deferred"}, f"a gate gave up during the outage: {states}"
         finally:
-            pg_approvals.start()
+            stack_approvals.start()
 
         for call_id in call_ids[2:]:
             reviewer.respond(call_id, approved=True, comment="decided after the outage")
         run = api.wait_for_run(FANOUT, run_id, timeout=240)
 
-        assert run["state"] == "success", postgres_stack.diagnose(FANOUT, run_id)
-        assert_all_gates_passed_first_try(postgres_stack, run_id, self.COUNT)
+        assert run["state"] == "success", local_stack.diagnose(FANOUT, run_id)
+        assert_all_gates_passed_first_try(local_stack, run_id, self.COUNT)
         for map_index, call_id in enumerate(call_ids):
             result = api.xcom(FANOUT, run_id, "gate", map_index=map_index)
             assert result["call_id"] == call_id
@@ -188,19 +190,19 @@ class TestChurnPipeline:
     """The example pipeline, scheduled, its gate answered by a reviewer through the HumanLayer API."""
 
     def test_scheduled_run_approved_by_a_reviewer_promotes_that_version(
-        self, postgres_stack: AirflowStack, e2e_mlflow: MLflowServer, reviewer: HumanLayerApi
+        self, local_stack: AirflowStack, e2e_mlflow: MLflowServer, reviewer: HumanLayerApi
     ) -> None:
         from mlflow import MlflowClient
 
         from airflow_provider_hlml import audit
 
-        api = postgres_stack.api
+        api = local_stack.api
         api.wait_for_dag(CHURN, timeout=240)
         api.unpause(CHURN)
         runs = wait_until(lambda: api.dag_runs(CHURN), 90, "the scheduler to create a churn run")
         run_id = runs[0]["dag_run_id"]
         assert runs[0]["run_type"] == "scheduled"
-        _wait_for_gate(postgres_stack, run_id)
+        _wait_for_gate(local_stack, run_id)
 
         call_id = approval_call_id(CHURN, run_id, "approve_promotion", -1, 1)
         request = reviewer.get(call_id)
@@ -211,7 +213,7 @@ class TestChurnPipeline:
         reviewer.respond(call_id, approved=True, comment="metrics hold up; ship it")
         run = api.wait_for_run(CHURN, run_id, timeout=400)
 
-        assert run["state"] == "success", postgres_stack.diagnose(CHURN, run_id)
+        assert run["state"] == "success", local_stack.diagnose(CHURN, run_id)
         champion = MlflowClient(tracking_uri=e2e_mlflow.url).get_model_version_by_alias(MODEL, "champion")
         assert champion.version == str(report["model_version"])
         assert champion.run_id == report["mlflow_run_id"]
@@ -221,15 +223,15 @@ class TestChurnPipeline:
         assert champion.tags[audit.PROMOTED_BY_RUN_ID] == run_id
 
     def test_rejected_run_promotes_nothing(
-        self, postgres_stack: AirflowStack, e2e_mlflow: MLflowServer, reviewer: HumanLayerApi
+        self, local_stack: AirflowStack, e2e_mlflow: MLflowServer, reviewer: HumanLayerApi
     ) -> None:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=e2e_mlflow.url)
         before = client.get_registered_model(MODEL).aliases.get("champion")
-        api = postgres_stack.api
+        api = local_stack.api
         run_id = api.trigger(CHURN)
-        _wait_for_gate(postgres_stack, run_id)
+        _wait_for_gate(local_stack, run_id)
         candidate = api.xcom(CHURN, run_id, "validate_model")["model_version"]
 
         reviewer.respond(
@@ -252,12 +254,14 @@ class TestMLflowOutage:
     """The MLflow server goes away while a training task runs (kept last: it restarts MLflow)."""
 
     def test_training_fails_clearly_and_succeeds_on_retry_after_restart(
-        self, postgres_stack: AirflowStack, e2e_mlflow: MLflowServer, tmp_path: Path
+        self, local_stack: AirflowStack, e2e_mlflow: MLflowServer, tmp_path: Path
     ) -> None:
         from mlflow import MlflowClient
 
+        from airflow_provider_hlml import audit
+
         dag_id = "e2e_mlflow_outage"
-        api = postgres_stack.api
+        api = local_stack.api
         api.wait_for_dag(dag_id)
         api.unpause(dag_id)
         run_id = api.trigger(dag_id, conf={"control_dir": str(tmp_path)})
@@ -272,7 +276,7 @@ class TestMLflowOutage:
             wait_for_http(f"{e2e_mlflow.url}/health", timeout=300, proc=e2e_mlflow.process.proc)
         run = api.wait_for_run(dag_id, run_id, timeout=300)
 
-        assert run["state"] == "success", postgres_stack.diagnose(dag_id, run_id)
+        assert run["state"] == "success", local_stack.diagnose(dag_id, run_id)
         (train,) = api.task_instances(dag_id, run_id)
         assert train["try_number"] >= 2
         first_log = api.task_log(dag_id, run_id, "train", 1)
@@ -281,7 +285,11 @@ class TestMLflowOutage:
 
         client = MlflowClient(tracking_uri=e2e_mlflow.url)
         experiment = client.get_experiment_by_name("e2e_mlflow_outage")
-        runs = client.search_runs([experiment.experiment_id])
+        # The experiment is shared by both backends' deployments: keep this DAG run's MLflow runs.
+        runs = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`{audit.AIRFLOW_DAG_RUN}` = '{dag_id}/{run_id}'"
+        )
+        assert runs, "no MLflow run carries this DAG run's tag"
         statuses = sorted(r.info.status for r in runs)
         assert "RUNNING" not in statuses, statuses
         assert statuses.count("FINISHED") == 1, statuses
