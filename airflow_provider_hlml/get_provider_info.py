@@ -123,6 +123,15 @@ def get_provider_info() -> dict[str, Any]:
                         "integer",
                         "25",
                     ),
+                    "deployment_id": _opt(
+                        "Name unique to this Airflow deployment, part of every approval request id; "
+                        "set it when several deployments share one approvals backend (e.g. staging "
+                        "and production on one HumanLayer project), or they would find each "
+                        "other's requests. Changing it makes waiting gates ask again.",
+                        "string",
+                        "",
+                        "prod-eu",
+                    ),
                     "end_from_trigger": _opt(
                         "Let the triggerer end an approved gate with its result instead of resuming "
                         "it on a worker (one worker start less per approval). Airflow refuses it "

@@ -7,7 +7,7 @@ from urllib.parse import quote, urlencode
 
 from airflow.sdk import BaseOperatorLink, conf
 
-from airflow_provider_hlml.utils.ids import approval_call_id
+from airflow_provider_hlml.utils.ids import approval_call_id, deployment_id
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
@@ -44,6 +44,11 @@ class ApprovalRequestLink(BaseOperatorLink):
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         call_id = approval_call_id(
-            ti_key.dag_id, ti_key.run_id, ti_key.task_id, ti_key.map_index, ti_key.try_number
+            ti_key.dag_id,
+            ti_key.run_id,
+            ti_key.task_id,
+            ti_key.map_index,
+            ti_key.try_number,
+            deployment_id(),
         )
         return approval_url(call_id)

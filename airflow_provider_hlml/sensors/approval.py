@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import (
 )
 
 from airflow_provider_hlml.links.approval import ApprovalRequestLink, approval_url
-from airflow_provider_hlml.utils.ids import approval_call_id_from_ti, humanlayer_run_id
+from airflow_provider_hlml.utils.ids import approval_call_id_from_ti, deployment_id, humanlayer_run_id
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -290,6 +290,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
                     "map_index": -1 if map_index is None else map_index,
                     "try_number": ti.try_number,
                     "ti_url": getattr(ti, "log_url", None),
+                    "deployment_id": deployment_id(),
                 },
             }
         }
@@ -307,7 +308,10 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
 
     def ensure_request(self, context: Context) -> GateFunctionCall:
         """Find this try's request on the server, or create it (and call the notifiers)."""
-        call, created = self.hook.get_or_create_function_call(self.build_request(context))
+        request = self.build_request(context)
+        call, created = self.hook.get_or_create_function_call(request)
+        if not created:
+            self.check_origin(call, request)
         url = approval_url(call.call_id)
         if created:
             self.log.info("Asked for approval: request %s, decide at %s", call.call_id, url)
@@ -316,6 +320,29 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         else:
             self.log.info("Waiting on the existing approval request %s (%s)", call.call_id, url)
         return call
+
+    @staticmethod
+    def check_origin(call: GateFunctionCall, request: Any) -> None:
+        """Refuse a request with this gate's id that another task instance or deployment made.
+
+        Two deployments sharing one approvals backend derive the same ids for the same DAG, run and
+        task unless ``[hlml] deployment_id`` tells them apart; taking over the other one's request
+        would let a decision meant for it through this gate.
+        """
+        theirs = ((call.spec.state or {}).get("hlml") or {}).get("airflow")
+        if not isinstance(theirs, Mapping):
+            return  # not recorded (a server that drops ``state``): nothing to compare
+        ours = request.spec.state["hlml"]["airflow"]
+        keys = ["dag_id", "run_id", "task_id", "map_index", "try_number"]
+        keys += [k for k in ("deployment_id", "ti_url") if theirs.get(k) and ours.get(k)]
+        differ = [k for k in keys if theirs.get(k) != ours.get(k)]
+        if differ:
+            raise AirflowFailException(
+                f"Approval request {call.call_id} already exists but was made by another task instance "
+                f"or Airflow deployment ({', '.join(f'{k}={theirs.get(k)!r}' for k in differ)}; here "
+                f"{', '.join(f'{k}={ours.get(k)!r}' for k in differ)}). Deployments sharing an approvals "
+                "backend need distinct [hlml] deployment_id values."
+            )
 
     def deadline_of(self, call: GateFunctionCall, escalated: bool) -> datetime | None:
         """When the current waiting phase ends, counted from the request's ``requested_at``."""

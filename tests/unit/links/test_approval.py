@@ -26,6 +26,15 @@ class TestApprovalRequestLink:
         assert f"{parts.scheme}://{parts.netloc}{parts.path}" == "https://airflow.example.com/hlml/approvals"
         assert parse_qs(parts.query) == {"status": ["all"], "q": [approval_call_id("d", "r", "gate", -1, 2)]}
 
+    def test_link_follows_the_deployment_id(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from airflow.models.taskinstancekey import TaskInstanceKey
+
+        monkeypatch.setenv("AIRFLOW__HLML__APPROVAL_URL_TEMPLATE", "https://app.example.com/calls/{call_id}")
+        monkeypatch.setenv("AIRFLOW__HLML__DEPLOYMENT_ID", "prod-eu")
+        key = TaskInstanceKey(dag_id="d", task_id="gate", run_id="r", try_number=1, map_index=-1)
+        url = ApprovalRequestLink().get_link(HumanApprovalSensor(task_id="gate", subject="x"), ti_key=key)
+        assert url == "https://app.example.com/calls/" + approval_call_id("d", "r", "gate", -1, 1, "prod-eu")
+
     def test_template_from_config(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("AIRFLOW__HLML__APPROVAL_URL_TEMPLATE", "https://app.example.com/calls/{call_id}")
         assert approval_url("hlml-a b") == "https://app.example.com/calls/hlml-a%20b"

@@ -155,6 +155,7 @@ class TestHumanApprovalSensor:
                 "map_index": -1,
                 "try_number": 1,
                 "ti_url": "http://airflow/log",
+                "deployment_id": "",
             },
         }
 
@@ -200,6 +201,53 @@ class TestCallIds:
     def test_from_task_instance(self) -> None:
         ti = TaskInstanceRecord(map_index=3, try_number=2)
         assert approval_call_id_from_ti(ti) == approval_call_id("dag", "manual__1", "gate", 3, 2)
+
+    def test_deployment_id_sets_deployments_apart(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        plain = approval_call_id("dag", "run", "gate", -1, 1)
+        assert approval_call_id("dag", "run", "gate", -1, 1, "") == plain
+        staging = approval_call_id("dag", "run", "gate", -1, 1, "staging")
+        assert staging != plain
+        assert staging != approval_call_id("dag", "run", "gate", -1, 1, "prod")
+        monkeypatch.setenv("AIRFLOW__HLML__DEPLOYMENT_ID", "staging")
+        assert approval_call_id_from_ti(TaskInstanceRecord(run_id="run")) == staging
+
+
+class TestRequestOrigin:
+    """A request with this gate's id made elsewhere is refused, not taken over."""
+
+    def _pair(self, faulty_conn: str, **theirs: Any) -> tuple[Any, Any]:
+        from airflow_provider_hlml.utils.wire import GateFunctionCall
+
+        sensor = HumanApprovalSensor(task_id="gate", subject="Go?", humanlayer_conn_id=faulty_conn)
+        request = sensor.build_request(_context(sensor))
+        existing = request.model_dump(mode="json")
+        existing["spec"]["state"]["hlml"]["airflow"].update(theirs)
+        return GateFunctionCall.model_validate(existing), request
+
+    def test_own_request_is_taken(self, faulty_conn: str) -> None:
+        existing, request = self._pair(faulty_conn)
+        HumanApprovalSensor.check_origin(existing, request)
+
+    def test_request_of_another_deployment_is_refused(self, faulty_conn: str) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        existing, request = self._pair(
+            faulty_conn, ti_url="https://staging.example.com/dags/dag/runs/manual__1"
+        )
+        with pytest.raises(AirflowFailException, match=r"ti_url='https://staging.example.com.*deployment_id"):
+            HumanApprovalSensor.check_origin(existing, request)
+
+    def test_request_of_another_try_is_refused(self, faulty_conn: str) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        existing, request = self._pair(faulty_conn, try_number=7)
+        with pytest.raises(AirflowFailException, match="try_number=7"):
+            HumanApprovalSensor.check_origin(existing, request)
+
+    def test_request_without_recorded_origin_is_taken(self, faulty_conn: str) -> None:
+        existing, request = self._pair(faulty_conn)
+        existing.spec.state = None
+        HumanApprovalSensor.check_origin(existing, request)
 
 
 class TestFactories:
