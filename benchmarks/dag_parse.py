@@ -69,8 +69,12 @@ print(json.dumps({
 
 
 def _env(home: Path) -> dict[str, str]:
+    # Installed code runs from cached bytecode (pip and `make install` compile it), so the cold
+    # parse measures importing the modules, not compiling their source on every run, also where
+    # PYTHONDONTWRITEBYTECODE is set.
+    inherited = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     return {
-        **os.environ,
+        **inherited,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",

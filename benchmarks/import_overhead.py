@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,11 @@ print(json.dumps({"sdk": t1 - t0, "provider": t2 - t1, "trigger": t3 - t2, "heav
 
 def sample() -> dict:
     argv = [sys.executable, "-c", TIMER, json.dumps([MODULES, TRIGGER_MODULES])]
-    out = subprocess.run(argv, capture_output=True, text=True)
+    # Installed packages run from cached bytecode (pip and `make install` compile it); so does the
+    # provider here, also where PYTHONDONTWRITEBYTECODE is set: otherwise each sample would time
+    # compiling its source instead of importing it.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    out = subprocess.run(argv, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise SystemExit(f"import failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
