@@ -132,13 +132,6 @@ def get_provider_info() -> dict[str, Any]:
                         "",
                         "prod-eu",
                     ),
-                    "end_from_trigger": _opt(
-                        "Let the triggerer end an approved gate with its result instead of resuming "
-                        "it on a worker (one worker start less per approval). Airflow refuses it "
-                        "while listeners are registered (they would not see the task end).",
-                        "boolean",
-                        "False",
-                    ),
                     "approval_url_template": _opt(
                         "URL of the page where a reviewer decides, with a {call_id} placeholder "
                         "(empty: the provider's dashboard in the Airflow UI).",

@@ -17,14 +17,12 @@ Each mode is a fresh deployment; both gates are measured in the same runs of eac
 
 - ``standalone``: a standalone approvals service; the decision reaches Airflow through the trigger;
 - ``webhook``: the same, plus the service's webhook to ``/hlml/webhooks/humanlayer`` (signed);
-- ``mounted``: the approvals service mounted in the API server (the embedded default);
-- ``mounted-end``: mounted, with ``[hlml] end_from_trigger`` on (workflow logging off, as Airflow
-  requires for it).
+- ``mounted``: the approvals service mounted in the API server (the embedded default).
 
 Prints both distributions, where the time went, and the ratio hlml / native at p50 and p95
 (target <= 1.0).
 
-    python benchmarks/e2e_latency.py [--rounds 10] [--modes standalone,webhook,mounted,mounted-end]
+    python benchmarks/e2e_latency.py [--rounds 10] [--modes standalone,webhook,mounted]
 """
 
 from __future__ import annotations
@@ -116,7 +114,7 @@ def _summary(name: str, values: list[float]) -> str:
     )
 
 
-MODES = ("standalone", "webhook", "mounted", "mounted-end")
+MODES = ("standalone", "webhook", "mounted")
 
 
 def run(rounds: int, mode: str) -> tuple[list[float], list[float]]:
@@ -134,11 +132,6 @@ def run(rounds: int, mode: str) -> tuple[list[float], list[float]]:
     secret = secrets.token_urlsafe(24)
     stack: AirflowStack | None = None
     extra_env = {"AIRFLOW__HLML__WEBHOOK_SECRET": secret}
-    if mode == "mounted-end":
-        extra_env |= {
-            "AIRFLOW__HLML__END_FROM_TRIGGER": "True",
-            "AIRFLOW__HLML__WORKFLOW_LOGGING_ENABLED": "False",
-        }
     reviewer: HumanLayerApi | None = None
     try:
         config = StackConfig(

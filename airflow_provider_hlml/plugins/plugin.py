@@ -126,8 +126,8 @@ def _external_views() -> list[dict[str, Any]]:
 def plugin_listeners() -> list[Any]:
     """The workflow-logging listener, unless ``[hlml] workflow_logging_enabled`` is off.
 
-    Not registering it when it is off matters: Airflow refuses ``end_from_trigger`` gates while
-    any listener is registered.
+    Off means not registered at all: Airflow then calls nothing of ours when runs finish, and
+    features that Airflow allows only without listeners (``end_from_trigger`` operators) work.
     """
     if not conf.getboolean("hlml", "workflow_logging_enabled", fallback=True):
         return []

@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 #: Outcomes of :func:`wake_gate`.
 RESUMED = "resumed"  # the gate resumes on a worker with the decision event
-ENDED = "ended"  # the gate ended in success here (``end_from_trigger``)
 NOT_WAITING = "not-waiting"  # no task instance is deferred on this request (any more)
 NOT_A_GATE = "not-a-gate"  # the request was not made by an Airflow gate
 UNDECIDED = "undecided"  # pending, or a decision the gate's policy does not accept
@@ -47,6 +46,7 @@ def wake_gate(call_body: Mapping[str, Any]) -> str:
     """
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.trigger import Trigger
+    from airflow.triggers.base import TriggerEvent
     from airflow.utils.session import create_session
     from airflow.utils.state import TaskInstanceState
     from sqlalchemy import select
@@ -82,18 +82,15 @@ def wake_gate(call_body: Mapping[str, Any]) -> str:
         event = trigger.accept(call)
         if event is None:
             return UNDECIDED
-        fired = trigger.fire(event, call)
-        Trigger.submit_event(trigger_id=ti.trigger_id, event=fired, session=session)
-        outcome = ENDED if getattr(fired, "task_instance_state", None) else RESUMED
+        Trigger.submit_event(trigger_id=ti.trigger_id, event=TriggerEvent(dict(event)), session=session)
     log.info(
-        "Approval request %s: %s %s.%s of %s",
+        "Approval request %s: resumed %s.%s of %s",
         call.call_id,
-        outcome,
         where["dag_id"],
         where["task_id"],
         where["run_id"],
     )
-    return outcome
+    return RESUMED
 
 
 def wake_listener(event_type: str, body: dict[str, Any]) -> None:

@@ -129,13 +129,6 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
     :param notifiers: Airflow ``BaseNotifier``s called once when the request is created.
     :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``);
         otherwise the sensor runs in ``reschedule`` mode.
-    :param end_from_trigger: when deferred, let the triggerer end the task as soon as an
-        accepted approval arrives, with the same XCom result, instead of resuming it on a worker
-        first (default ``[hlml] end_from_trigger``, false). Saves a worker start per approval;
-        rejections, timeouts and errors still resume on a worker to apply ``on_reject`` /
-        ``on_timeout``. Airflow refuses it while any listener is registered (listeners would
-        not see the task end), so the workflow-logging listener must be off
-        (``[hlml] workflow_logging_enabled = False``); not for subclasses overriding :meth:`result`.
     :param poll_interval: seconds between status reads (default ``[hlml] poll_interval``).
     :param humanlayer_conn_id: Airflow connection of type ``humanlayer``.
     """
@@ -167,7 +160,6 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         escalation_message: str | None = None,
         notifiers: Sequence[BaseNotifier] | BaseNotifier | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        end_from_trigger: bool = conf.getboolean("hlml", "end_from_trigger", fallback=False),
         poll_interval: float = conf.getfloat("hlml", "poll_interval", fallback=5.0),
         humanlayer_conn_id: str = "humanlayer_default",
         **kwargs: Any,
@@ -209,7 +201,6 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             [notifiers] if isinstance(notifiers, BaseNotifier) else list(notifiers or [])
         )
         self.deferrable = deferrable
-        self.end_from_trigger = end_from_trigger
         self.poll_interval = float(poll_interval)
         self.humanlayer_conn_id = humanlayer_conn_id
 
@@ -438,7 +429,6 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
                 requester=self.requester_of(context),
                 allow_self_approval=self.allow_self_approval,
                 escalated=escalated,
-                end_from_trigger=self.end_from_trigger,
             ),
             method_name="execute_complete",
             timeout=timeout,

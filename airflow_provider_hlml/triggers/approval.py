@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TriggerEvent
 from typing_extensions import NotRequired
 
 if TYPE_CHECKING:
@@ -168,8 +168,7 @@ def approval_result(
     """
     The gate's XCom result for a decision (native HITL keys plus HumanLayer's).
 
-    Built in one place for the sensor (resumed on a worker) and the trigger (ending the task
-    itself), so both leave the same record.
+    Kept next to the event it is built from, so the event carries everything the result needs.
 
     :param event: the decision (approved or rejected).
     :param call: the request as read from the server, when known.
@@ -260,10 +259,6 @@ class HumanApprovalTrigger(BaseTrigger):
     :param requester: the user who triggered the DAG run.
     :param allow_self_approval: whether ``requester`` may decide.
     :param escalated: whether this wait follows an escalation (reported in the timeout event).
-    :param end_from_trigger: on an accepted approval, end the task here with its XCom result
-        (a ``TaskSuccessEvent``) instead of resuming it on a worker; every other outcome
-        (rejection, timeout, cancellation, error) still resumes the task, which applies the
-        gate's policies.
     """
 
     def __init__(
@@ -278,7 +273,6 @@ class HumanApprovalTrigger(BaseTrigger):
         requester: str | None = None,
         allow_self_approval: bool = False,
         escalated: bool = False,
-        end_from_trigger: bool = False,
     ) -> None:
         super().__init__()
         if poll_interval <= 0:
@@ -294,7 +288,6 @@ class HumanApprovalTrigger(BaseTrigger):
         self.requester = requester
         self.allow_self_approval = bool(allow_self_approval)
         self.escalated = bool(escalated)
-        self.end_from_trigger = bool(end_from_trigger)
         self._refused_logged: set[str] = set()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -310,7 +303,6 @@ class HumanApprovalTrigger(BaseTrigger):
                 "requester": self.requester,
                 "allow_self_approval": self.allow_self_approval,
                 "escalated": self.escalated,
-                "end_from_trigger": self.end_from_trigger,
             },
         )
 
@@ -389,15 +381,6 @@ class HumanApprovalTrigger(BaseTrigger):
                 return await hook.aget_function_call(self.call_id, wait=poll_wait or None)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def fire(
-        self, event: ApprovalDecisionEvent | ApprovalCancelledEvent, call: GateFunctionCall
-    ) -> TriggerEvent:
-        """The event to yield: an approval may end the task here, the rest resumes it."""
-        if self.end_from_trigger and event["status"] == "approved":
-            result = approval_result(event, call)
-            return TaskSuccessEvent(xcoms={"return_value": result})
-        return TriggerEvent(dict(event))
-
     def _timeout_event(self, requested_at: str | None) -> ApprovalTimeoutEvent:
         return ApprovalTimeoutEvent(
             status="timeout",
@@ -444,7 +427,7 @@ class HumanApprovalTrigger(BaseTrigger):
                             requested_at = _iso(call.status.requested_at)
                         final = self.accept(call)
                         if final is not None:
-                            yield self.fire(final, call)
+                            yield TriggerEvent(dict(final))
                             return
                     self.log.info("No accepted decision on %s by %s.", self.call_id, self.deadline)
                     yield TriggerEvent(dict(self._timeout_event(requested_at)))
@@ -472,7 +455,7 @@ class HumanApprovalTrigger(BaseTrigger):
                 event = self.accept(call)
                 if event is not None:
                     self.log.info("Request %s: %s.", self.call_id, event["status"])
-                    yield self.fire(event, call)
+                    yield TriggerEvent(dict(event))
                     return
                 # Still pending, or a refused decision (which the server returns without waiting).
                 decided = call.status is not None and call.status.approved is not None

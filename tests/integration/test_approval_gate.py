@@ -11,7 +11,6 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -171,22 +170,6 @@ def unique(name: str) -> str:
 
 
 @pytest.fixture
-def without_listeners() -> Iterator[None]:
-    """No Airflow listener registered (Airflow refuses ``end_from_trigger`` tasks otherwise)."""
-    from airflow.listeners.listener import get_listener_manager
-
-    manager = get_listener_manager()
-    registered = list(manager.pm.get_plugins())
-    for plugin in registered:
-        manager.pm.unregister(plugin)
-    try:
-        yield
-    finally:
-        for plugin in registered:
-            manager.pm.register(plugin)
-
-
-@pytest.fixture
 def gate_env(
     approvals_service: Any, humanlayer_conn: str, airflow_db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> Any:
@@ -196,14 +179,7 @@ def gate_env(
 
 # ------------------------------------------------------------------------------- tests
 class TestHumanApprovalSensorEndToEnd:
-    # end_from_trigger=True: the trigger ends the task with a TaskSuccessEvent, which dag.test()
-    # hands back to execute_complete as "success"; False: the decision event resumes the task.
-    @pytest.mark.parametrize("end_from_trigger", [True, False], ids=["end_from_trigger", "resume"])
-    def test_approve_pushes_the_result_and_runs_downstream(
-        self, gate_env: Any, end_from_trigger: bool, request: pytest.FixtureRequest
-    ) -> None:
-        if end_from_trigger:
-            request.getfixturevalue("without_listeners")
+    def test_approve_pushes_the_result_and_runs_downstream(self, gate_env: Any) -> None:
         service = gate_env
         dag_id = unique("gate_approve")
         secret = "hlml-db-password-8f2b1c"
@@ -226,7 +202,6 @@ class TestHumanApprovalSensorEndToEnd:
                 reject_options=[{"name": "needs_review", "title": "Needs another review"}],
                 approvers=["alice@example.com"],
                 params={"version": "v3"},
-                end_from_trigger=end_from_trigger,
             )
             reviewer = Reviewer(service, dag_id, [Decision(service.reviewer_key, True, "ship it")]).start()
             dag_run = run_dag(dag)

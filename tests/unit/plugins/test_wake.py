@@ -34,7 +34,7 @@ MALLORY = {"name": "mallory", "email": "mallory@example.com", "principal": "mall
 class DeferredGate:
     """One DAG run whose gate waits, deferred, on its trigger row."""
 
-    def __init__(self, *, end_from_trigger: bool = False, approvers: list[str] | None = None) -> None:
+    def __init__(self, *, approvers: list[str] | None = None) -> None:
         from airflow.dag_processing.bundles.manager import DagBundlesManager
         from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
         from airflow.models.dag import DagModel
@@ -58,7 +58,6 @@ class DeferredGate:
         trigger = HumanApprovalTrigger(
             call_id=self.call_id,
             approvers=approvers or [],
-            end_from_trigger=end_from_trigger,
         )
         with create_session() as session:
             # As the dag processor records it for a DAG read from a file.
@@ -141,17 +140,6 @@ class DeferredGate:
             session.expunge(ti)
             return ti
 
-    def xcom(self) -> Any:
-        from airflow.models.xcom import XComModel
-        from airflow.utils.session import create_session
-
-        with create_session() as session:
-            query = XComModel.get_many(
-                run_id=self.run_id, dag_ids=self.dag_id, task_ids="gate", key="return_value"
-            )
-            row = session.scalars(query).first()
-            return None if row is None else XComModel.deserialize_value(row)
-
 
 @pytest.fixture
 def gate(airflow_db: Any) -> DeferredGate:
@@ -172,17 +160,6 @@ class TestWakeGate:
         assert event["responded_by_user"]["email"] == "alice@example.com"
         # A second delivery (the trigger's own, or a webhook retry) changes nothing.
         assert wake.wake_gate(gate.body(approved=True)) == wake.NOT_WAITING
-
-    def test_end_from_trigger_ends_the_gate_with_its_result(self, airflow_db: Any) -> None:
-        gate = DeferredGate(end_from_trigger=True)
-        assert wake.wake_gate(gate.body(approved=True)) == wake.ENDED
-        assert str(gate.gate().state) == "success"
-        result = gate.xcom()
-        assert result["approved"] is True
-        assert result["comment"] == "looks good"
-        assert result["call_id"] == gate.call_id
-        assert result["context"] == {"model_version": "7"}
-        assert result["response_seconds"] == 60.0
 
     def test_pending_request_changes_nothing(self, gate: DeferredGate) -> None:
         assert wake.wake_gate(gate.body(approved=None)) == wake.UNDECIDED

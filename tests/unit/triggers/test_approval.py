@@ -7,8 +7,6 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from airflow.triggers.base import TaskSuccessEvent
-from airflow.utils.state import TaskInstanceState
 
 from airflow_provider_hlml.hooks.humanlayer import SESSION_POOL
 from airflow_provider_hlml.triggers.approval import (
@@ -63,7 +61,6 @@ class TestHumanApprovalTrigger:
             requester="carol",
             allow_self_approval=False,
             escalated=True,
-            end_from_trigger=True,
         )
         assert trigger.serialize() == (
             CLASSPATH,
@@ -77,7 +74,6 @@ class TestHumanApprovalTrigger:
                 "requester": "carol",
                 "allow_self_approval": False,
                 "escalated": True,
-                "end_from_trigger": True,
             },
         )
 
@@ -112,34 +108,6 @@ class TestHumanApprovalTrigger:
         assert payload["responded_at"] is not None
         # Long-polling: the decision was seen without a burst of reads.
         assert faulty_server.count("GET", "/function_calls/call-1") <= 3
-
-    async def test_end_from_trigger_ends_an_approved_task_with_its_result(self, faulty_server, faulty_conn):
-        faulty_server.add_call("call-1", kwargs={"context": {"model_version": "3"}})
-        faulty_server.decide("call-1", approved=True, comment="ship it", user_info=ALICE)
-        gen = _trigger(faulty_conn, end_from_trigger=True).run()
-        try:
-            event = await asyncio.wait_for(gen.__anext__(), 20)
-        finally:
-            await gen.aclose()
-        assert isinstance(event, TaskSuccessEvent)
-        assert event.task_instance_state == TaskInstanceState.SUCCESS
-        result = event.xcoms["return_value"]
-        assert result["approved"] is True
-        assert result["chosen_options"] == ["Approve"]
-        assert result["comment"] == "ship it"
-        assert result["call_id"] == "call-1"
-        assert result["responded_by_user"]["email"] == "alice@example.com"
-        assert result["timed_out"] is False
-        assert result["response_seconds"] is not None
-        assert result["response_seconds"] >= 0
-        assert "call-1" in result["approval_url"]
-        assert result["context"] == {"model_version": "3"}
-
-    async def test_end_from_trigger_still_resumes_a_rejection(self, faulty_server, faulty_conn):
-        faulty_server.add_call("call-1")
-        faulty_server.decide("call-1", approved=False, comment="no", user_info=ALICE)
-        payload = await _first_event(_trigger(faulty_conn, end_from_trigger=True))
-        assert payload["status"] == "rejected"
 
     async def test_reject_event(self, faulty_server, faulty_conn):
         faulty_server.add_call("call-1")
