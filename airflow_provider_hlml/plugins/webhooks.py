@@ -20,6 +20,7 @@ reaches Airflow, and a request no gate waits on changes nothing.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request, status
@@ -31,6 +32,8 @@ from airflow_provider_hlml.plugins.approvals_client import (
     ApprovalsUnavailable,
     DelegateKeyMissing,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_048_576
 
@@ -103,6 +106,12 @@ def create_webhook_app(data: Any, secret: str = "") -> FastAPI:
                 )
         try:
             outcome = await run_in_threadpool(wake_gate, body)
+            log.info(
+                "Webhook for approval request %s (%s): %s",
+                call_id,
+                "signed" if secret else "read again",
+                outcome,
+            )
         except ValidationError as exc:
             fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors()[:5])
             return _error(

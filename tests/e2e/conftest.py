@@ -7,6 +7,7 @@ serves the whole package, each deployment gets an approvals service of its own.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,17 +116,27 @@ def celery_stack(
     pg_approvals: ApprovalsService,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[AirflowStack]:
-    """CeleryExecutor deployment: two Celery workers, Redis broker, PostgreSQL metadata DB."""
+    """CeleryExecutor deployment: two Celery workers, Redis broker, PostgreSQL metadata DB; the
+    approvals service posts its decisions to the API server (signed webhooks), as in
+    docker-compose.yml."""
     workdir: Path = tmp_path_factory.mktemp("e2e-celery")
+    secret = secrets.token_urlsafe(24)
     config = StackConfig(
         mlflow_url=e2e_mlflow.url,
         approvals_base_url=pg_approvals.base_url,
         agent_key=pg_approvals.agent_key,
         delegate_key=pg_approvals.delegate_key,
+        webhook_secret=secret,
     )
     with airflow_stack(
         workdir, metadata_databases, config, database="postgresql", executor="CeleryExecutor", workers=2
     ) as stack:
+        # The API server's port is known once the stack runs: restart the service with the webhook.
+        pg_approvals.extra_env = {
+            "HLML_APPROVALS_WEBHOOK_URLS": stack.webhook_url,
+            "HLML_APPROVALS_WEBHOOK_SECRET": secret,
+        }
+        pg_approvals.restart()
         yield stack
 
 

@@ -53,12 +53,15 @@ class TestCeleryDeployment:
             celery_stack.wait_until_parked(CHURN, run_id, "approve_promotion", "deferred")
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\n{celery_stack.diagnose(CHURN, run_id)}") from exc
-        reviewer.respond(
-            approval_call_id(CHURN, run_id, "approve_promotion", -1, 1), approved=True, comment="celery"
-        )
+        call_id = approval_call_id(CHURN, run_id, "approve_promotion", -1, 1)
+        reviewer.respond(call_id, approved=True, comment="celery")
         run = api.wait_for_run(CHURN, run_id, timeout=400)
 
         assert run["state"] == "success", celery_stack.diagnose(CHURN, run_id)
+        # The approvals service posted the decision to the API server, which took the signed body.
+        api_log = celery_stack.processes["api-server"].log_path
+        assert api_log is not None
+        assert f"Webhook for approval request {call_id} (signed):" in api_log.read_text(errors="replace")
         report = api.xcom(CHURN, run_id, "validate_model")
         champion = MlflowClient(tracking_uri=e2e_mlflow.url).get_model_version_by_alias(MODEL, "champion")
         assert champion.version == str(report["model_version"])
