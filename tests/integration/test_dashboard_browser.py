@@ -267,7 +267,8 @@ def test_approve_a_real_gate_from_the_airflow_navigation(browser_stack: BrowserS
 
             for tab in ("overview", "experiments", "analytics"):
                 frame.locator(f"a[data-tab='{tab}']").click()
-                expect(frame.locator(f"a[data-tab='{tab}'].active")).to_have_count(1)
+                # A page load; the overview reads Airflow, the approvals service and MLflow.
+                expect(frame.locator(f"a[data-tab='{tab}'].active")).to_have_count(1, timeout=30_000)
                 if tab == "experiments":
                     expect(frame.locator("body")).to_contain_text("churn-model")
                     expect(frame.locator("body")).to_contain_text("@champion")
