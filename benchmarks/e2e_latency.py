@@ -133,6 +133,7 @@ def run(rounds: int, mode: str) -> tuple[list[float], list[float]]:
     stack: AirflowStack | None = None
     extra_env = {"AIRFLOW__HLML__WEBHOOK_SECRET": secret}
     reviewer: HumanLayerApi | None = None
+    keep = False
     try:
         config = StackConfig(
             mlflow_url=mlflow.url,
@@ -218,6 +219,14 @@ def run(rounds: int, mode: str) -> tuple[list[float], list[float]]:
         print(f"ratio hlml/native [{mode}]: {_ratios(ours, native)}  (target <= 1.0)")
         print(flush=True)
         return ours, native
+    except BaseException:
+        if stack is not None:
+            for name, proc in stack.processes.items():
+                print(f"--- {name} log tail ---\n{proc.log_tail(40)}", file=sys.stderr)
+        # Keep the logs (the processes are stopped below) for a look at what went wrong.
+        print(f"e2e_latency: {mode} failed; logs kept in {workdir}", file=sys.stderr)
+        keep = True
+        raise
     finally:
         if reviewer is not None:
             reviewer.close()
@@ -227,7 +236,8 @@ def run(rounds: int, mode: str) -> tuple[list[float], list[float]]:
             approvals.stop()
         mlflow.process.stop()
         databases.drop_all()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _ratios(ours: list[float], native: list[float]) -> str:
