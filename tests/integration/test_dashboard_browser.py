@@ -252,8 +252,13 @@ def test_approve_a_real_gate_from_the_airflow_navigation(browser_stack: BrowserS
             page.screenshot(path=str(shots["approvals"]))
 
             card.locator("textarea[name='comment']").fill("Metrics hold up; promote.")
-            card.locator("button.approve").click()
-            expect(card.locator(".result")).to_contain_text("Approved as approver", timeout=30_000)
+            # The page reloads itself 1.2 s after a decision, and the gate may finish sooner: wait
+            # for that reload, or it would undo a tab click made before it.
+            with page.expect_event(
+                "framenavigated", predicate=lambda f: f != page.main_frame, timeout=30_000
+            ):
+                card.locator("button.approve").click()
+                expect(card.locator(".result")).to_contain_text("Approved as approver", timeout=30_000)
 
             finished = stack.api.wait_for_run(DAG_ID, run_id, timeout=240)
             assert finished["state"] == "success"
