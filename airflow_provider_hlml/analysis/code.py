@@ -7,6 +7,7 @@ The result carries a risk level (``none`` < ``low`` < ``medium`` < ``high`` < ``
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import re
 import tempfile
@@ -55,6 +56,17 @@ class CodeAnalysis:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, as put in an approval request's context."""
         return asdict(self)
+
+
+def code_digest(code: str) -> str:
+    """SHA-256 of code without its surrounding whitespace: the identity an approval of that code names.
+
+    A code-execution gate sends it next to the code it shows the reviewer, and whatever runs the
+    code afterwards recomputes it from the approved code (never trusting the sent value alone).
+    Templated fields lose their trailing newline when rendered, so whitespace at the ends does
+    not count.
+    """
+    return hashlib.sha256(code.strip().encode("utf-8")).hexdigest()
 
 
 def max_risk(levels: list[RiskLevel]) -> RiskLevel:

@@ -14,7 +14,7 @@ import secrets
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import Row, bindparam, func, select
 from sqlalchemy.engine import Engine
@@ -31,6 +31,7 @@ from airflow_provider_hlml.approvals.models import (
     utcnow,
 )
 from airflow_provider_hlml.approvals.policy import ApprovalPolicy
+from airflow_provider_hlml.utils.wire import CALL_ID_TAKEN, spec_differences
 
 KEY_PREFIX = "hl_"
 CLI_PRINCIPAL = "cli-admin"
@@ -152,20 +153,42 @@ def principal_actor(session: Session, *, name: str | None) -> Actor:
 
 
 def check_clean(value: Any, path: str = "body") -> None:
-    """Refuse NUL characters and non-finite numbers, which no database column or JSON can hold."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ServiceError(422, "validation_error", f"{path}: must not contain NUL characters")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ServiceError(422, "validation_error", f"{path}: numbers must be finite")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            check_clean(k, f"{path}")
-            check_clean(v, f"{path}.{k}")
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            check_clean(v, f"{path}[{i}]")
+    """The service's one text rule, applied to everything before it is written.
+
+    Refuses what no database column or JSON reader can hold back: strings that are not valid
+    Unicode text (lone UTF-16 surrogates such as ``"\\ud800"``), NUL characters, and non-finite
+    numbers, in values and in keys, at any depth (checked without recursion).
+    """
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            _check_text(item, where)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ServiceError(422, "validation_error", f"{where}: numbers must be finite")
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                _check_text(str(k), f"{where} (a key)")
+                stack.append((v, f"{where}.{_printable(str(k))}"))
+        elif isinstance(item, list | tuple):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(item))
+
+
+def _check_text(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise ServiceError(422, "validation_error", f"{where}: must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ServiceError(
+            422, "validation_error", f"{where}: not valid Unicode text (a lone UTF-16 surrogate)"
+        ) from None
+
+
+def _printable(text: str) -> str:
+    """``text`` safe to put in an error message (which must itself be valid UTF-8)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")[:80]
 
 
 def _spec_hash(run_id: str, spec: dict[str, Any]) -> str:
@@ -176,14 +199,19 @@ def _spec_hash(run_id: str, spec: dict[str, Any]) -> str:
 def create_request(
     session: Session, *, kind: str, run_id: str, call_id: str, spec: dict[str, Any], actor: Actor
 ) -> tuple[ApprovalRequest, bool]:
-    """Create a request; the same call_id with the same spec returns the existing one (idempotent)."""
+    """Create a request, or return the existing one when this is the same request again.
+
+    Creating is idempotent only for the principal that created the request and for the same
+    ``run_id`` and spec: anything else is a 409 that names what differs, so nobody can create a
+    request under an id that somebody else's gate will use (squatting) and have that gate adopt it.
+    """
     check_clean(spec, "spec")
     check_clean(run_id, "run_id")
     check_clean(call_id, "call_id")
     digest = _spec_hash(run_id, spec)
     existing = _find(session, kind=kind, call_id=call_id)
     if existing is not None:
-        return _same_or_conflict(existing, digest), False
+        return _same_or_conflict(existing, run_id, spec, digest, actor), False
     now = utcnow()
     row = ApprovalRequest(
         kind=kind,
@@ -207,18 +235,31 @@ def create_request(
         existing = _find(session, kind=kind, call_id=call_id)
         if existing is None:
             raise
-        return _same_or_conflict(existing, digest), False
+        return _same_or_conflict(existing, run_id, spec, digest, actor), False
     _audit(session, row, "created", actor=actor, metadata={"run_id": run_id})
     session.commit()
     return row, True
 
 
-def _same_or_conflict(existing: ApprovalRequest, digest: str) -> ApprovalRequest:
-    if existing.spec_hash != digest:
+def _same_or_conflict(
+    existing: ApprovalRequest, run_id: str, spec: dict[str, Any], digest: str, actor: Actor
+) -> ApprovalRequest:
+    """``existing`` when ``actor`` created it with this run_id and spec; a 409 naming the difference otherwise."""
+    if existing.created_by != actor.name:
         raise ServiceError(
             409,
-            "conflict",
-            f"call_id {existing.call_id!r} already exists with a different run_id or spec",
+            CALL_ID_TAKEN,
+            f"call_id {existing.call_id!r} already exists and was created by another principal; "
+            "a request is only ever returned to the principal that created it",
+        )
+    if existing.spec_hash != digest:
+        differ = spec_differences(
+            {"run_id": existing.run_id, "spec": existing.spec}, {"run_id": run_id, "spec": spec}
+        )
+        raise ServiceError(
+            409,
+            CALL_ID_TAKEN,
+            f"call_id {existing.call_id!r} already exists with a different {', '.join(differ) or 'content'}",
         )
     return existing
 
@@ -329,28 +370,72 @@ def _responder(actor: Actor, on_behalf_of: dict[str, Any] | None) -> dict[str, A
     return {"name": actor.name, "email": actor.email, "principal": actor.name, "via_delegate": False}
 
 
-def _check_may_respond(
-    session: Session, row: ApprovalRequest, actor: Actor, user_info: dict[str, Any]
-) -> None:
-    """Enforce the no-self-response rule and the request's approval policy (403 + audit on refusal)."""
+# At most this many refusals are written to one request's audit trail: enough to see who tried,
+# too few for a stream of refused answers to flood the table.
+MAX_AUDITED_REFUSALS = 20
+
+
+def _may_respond(
+    session: Session, row: ApprovalRequest, actor: Actor, on_behalf_of: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The ``user_info`` of a permitted answer; a 403, audited, when ``actor`` may not answer ``row``.
+
+    Refused: roles that may not answer; the principal that created the request (whichever of its
+    keys it uses); and whoever the request's approval policy refuses (approvers, self-approval).
+    """
     _check_open(row)
+    try:
+        user_info = _responder(actor, on_behalf_of)
+    except ServiceError as exc:
+        if exc.status != 403:
+            raise
+        _refuse(session, row, actor, exc.message, on_behalf_of=None)
     reason: str | None = None
-    if actor.key_id is not None and row.created_by_key_id == actor.key_id:
-        reason = "the key that created this request cannot respond to it"
+    if row.created_by is not None and row.created_by == actor.name:
+        reason = f"principal {actor.name!r} created this request and cannot respond to it"
     else:
         policy = ApprovalPolicy.from_state(row.spec.get("state"), row.extra_approvers or ())
         reason = policy.refusal_reason(name=user_info["name"], email=user_info["email"])
     if reason is not None:
+        _refuse(session, row, actor, reason, user_info["name"] if user_info["via_delegate"] else None)
+    return user_info
+
+
+def _check_owner(session: Session, row: ApprovalRequest, actor: Actor, action: str) -> None:
+    """Only the principal that created a request, or an admin, may cancel or escalate it (403, audited)."""
+    _check_open(row)
+    if actor.role != "admin" and row.created_by != actor.name:
+        _refuse(
+            session,
+            row,
+            actor,
+            f"only the principal that created this request, or an admin, may {action} it",
+            on_behalf_of=None,
+        )
+
+
+def _refuse(
+    session: Session, row: ApprovalRequest, actor: Actor, reason: str, on_behalf_of: str | None
+) -> NoReturn:
+    """Audit a refusal (bounded per request) and answer 403 with ``reason``."""
+    refused = session.scalar(
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(AuditEvent.request_id == row.id, AuditEvent.event == "refused")
+    )
+    if (refused or 0) < MAX_AUDITED_REFUSALS:
+        last = (refused or 0) + 1 == MAX_AUDITED_REFUSALS
         _audit(
             session,
             row,
             "refused",
             actor=actor,
-            on_behalf_of=user_info["name"] if user_info["via_delegate"] else None,
+            on_behalf_of=on_behalf_of,
             comment=reason,
+            metadata={"further_refusals_not_audited": True} if last else None,
         )
         session.commit()
-        raise ServiceError(403, "forbidden", reason)
+    raise ServiceError(403, "forbidden", reason)
 
 
 def _check_open(row: ApprovalRequest) -> None:
@@ -371,8 +456,7 @@ def respond_function_call(
     """Approve or reject a pending function call."""
     check_clean([comment, reject_option_name, on_behalf_of], "body")
     row = get_request(session, kind=FUNCTION_CALL, call_id=call_id)
-    user_info = _responder(actor, on_behalf_of)
-    _check_may_respond(session, row, actor, user_info)
+    user_info = _may_respond(session, row, actor, on_behalf_of)
     if reject_option_name is not None:
         if approved:
             raise ServiceError(
@@ -426,8 +510,7 @@ def respond_human_contact(
     """Answer a pending human contact."""
     check_clean([response, response_option_name, on_behalf_of], "body")
     row = get_request(session, kind=HUMAN_CONTACT, call_id=call_id)
-    user_info = _responder(actor, on_behalf_of)
-    _check_may_respond(session, row, actor, user_info)
+    user_info = _may_respond(session, row, actor, on_behalf_of)
     if response_option_name is not None:
         names = [o.get("name") for o in row.spec.get("response_options") or []]
         if response_option_name not in names:
@@ -463,7 +546,7 @@ def escalate(
     """Record an escalation; its e-mail recipients become allowed approvers too."""
     check_clean(escalation, "body")
     row = get_request(session, kind=kind, call_id=call_id)
-    _check_open(row)
+    _check_owner(session, row, actor, "escalate")
     recipients = [r.get("address") for r in escalation.get("additional_recipients") or []]
     email_channel = (escalation.get("channel") or {}).get("email") or {}
     if email_channel.get("address"):
@@ -491,7 +574,7 @@ def cancel(
     """Cancel a pending request; ``reason="timeout"`` is recorded as *expired*."""
     check_clean(comment, "body.comment")
     row = get_request(session, kind=kind, call_id=call_id)
-    _check_open(row)
+    _check_owner(session, row, actor, "cancel")
     now = utcnow()
     row.state = "cancelled"
     row.cancelled_at = now

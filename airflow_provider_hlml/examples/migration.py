@@ -8,7 +8,6 @@ does not apply it twice. Only the standard library is used.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sqlite3
@@ -17,6 +16,8 @@ from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+
+from airflow_provider_hlml.analysis.code import code_digest as sql_digest
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,6 @@ _SEED_USERS = (
     ("grace", "grace@example.com"),
     ("linus", "linus@example.org"),
 )
-
-
-def sql_digest(sql: str) -> str:
-    """SHA-256 of a script without its surrounding whitespace: the identity an approval must name.
-
-    (Templated fields lose their trailing newline when rendered, so whitespace at the ends does
-    not count.)
-    """
-    return hashlib.sha256(sql.strip().encode("utf-8")).hexdigest()
 
 
 def database_path(database: str | None = None) -> Path:
@@ -106,9 +98,21 @@ def apply_migration(
     digest = sql_digest(sql)
     context = approval.get("context") or {}
     approved_code = context.get("code") if isinstance(context, Mapping) else None
-    approved_digest = (context.get("sha256") if isinstance(context, Mapping) else None) or (
-        sql_digest(approved_code) if isinstance(approved_code, str) else None
-    )
+    if not isinstance(approved_code, str):
+        raise PermissionError(
+            f"the approval {approval.get('call_id')} shows no code to the reviewer; refusing to run "
+            f"migration {migration_id}"
+        )
+    # What the reviewer approved is the code the request showed: its digest is computed here, and
+    # a digest sent next to it must agree with it (a request carrying one script's digest beside
+    # another script's text is refused, whichever of the two matches).
+    approved_digest = sql_digest(approved_code)
+    sent_digest = context.get("sha256")
+    if sent_digest is not None and sent_digest != approved_digest:
+        raise PermissionError(
+            f"the approval {approval.get('call_id')} is inconsistent: it showed code with sha256 "
+            f"{approved_digest} but names sha256 {sent_digest}; refusing to run migration {migration_id}"
+        )
     if approved_digest != digest:
         raise PermissionError(
             f"the approval {approval.get('call_id')} was for a different script "

@@ -298,11 +298,25 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         )
 
     def ensure_request(self, context: Context) -> GateFunctionCall:
-        """Find this try's request on the server, or create it (and call the notifiers)."""
+        """Create this try's request, or take the existing one only if it is exactly this request.
+
+        Call ids are predictable, so another key could create a request under this gate's id
+        first (with harmless-looking content) and wait for the gate to adopt it. A gate only waits
+        on a request that its own agent principal created with the spec it would send: the
+        approvals service refuses anything else (409 ``call_id_taken``), and the spec is compared
+        here as well for servers that do not (the HumanLayer cloud).
+        """
+        from airflow_provider_hlml.hooks.humanlayer import HumanLayerConflictError
+
         request = self.build_request(context)
-        call, created = self.hook.get_or_create_function_call(request)
+        try:
+            call, created = self.hook.get_or_create_function_call(request)
+        except HumanLayerConflictError as exc:
+            raise AirflowFailException(
+                f"Approval request {request.call_id} cannot be used by this gate: {exc}"
+            ) from None
         if not created:
-            self.check_origin(call, request)
+            self.check_same_request(call, request)
         url = approval_url(call.call_id)
         if created:
             self.log.info("Asked for approval: request %s, decide at %s", call.call_id, url)
@@ -313,26 +327,30 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         return call
 
     @staticmethod
-    def check_origin(call: GateFunctionCall, request: Any) -> None:
-        """Refuse a request with this gate's id that another task instance or deployment made.
+    def check_same_request(call: GateFunctionCall, request: Any) -> None:
+        """Refuse an existing request that is not the one this gate would have sent.
 
-        Two deployments sharing one approvals backend derive the same ids for the same DAG, run and
-        task unless ``[hlml] deployment_id`` tells them apart; taking over the other one's request
-        would let a decision meant for it through this gate.
+        Compared: the run id and the whole spec (subject, body, context, options, approvers,
+        requester, the Airflow task instance and deployment), so a decision is never taken from a
+        request that showed the reviewer something else, nor from another task instance's or
+        another deployment's request. A server that does not keep ``state`` is compared on the rest.
         """
-        theirs = ((call.spec.state or {}).get("hlml") or {}).get("airflow")
-        if not isinstance(theirs, Mapping):
-            return  # not recorded (a server that drops ``state``): nothing to compare
-        ours = request.spec.state["hlml"]["airflow"]
-        keys = ["dag_id", "run_id", "task_id", "map_index", "try_number"]
-        keys += [k for k in ("deployment_id", "ti_url") if theirs.get(k) and ours.get(k)]
-        differ = [k for k in keys if theirs.get(k) != ours.get(k)]
+        from airflow_provider_hlml.utils.wire import spec_differences
+
+        theirs = {"run_id": call.run_id, "spec": call.spec.model_dump(mode="json")}
+        ours = {"run_id": request.run_id, "spec": request.spec.model_dump(mode="json")}
+        if theirs["spec"].get("state") is None:
+            ours["spec"]["state"] = None
+        differ = spec_differences(theirs, ours)
         if differ:
+            hint = (
+                " Deployments sharing an approvals backend need distinct [hlml] deployment_id values."
+                if any(d.startswith("spec.state.hlml.airflow") for d in differ)
+                else ""
+            )
             raise AirflowFailException(
-                f"Approval request {call.call_id} already exists but was made by another task instance "
-                f"or Airflow deployment ({', '.join(f'{k}={theirs.get(k)!r}' for k in differ)}; here "
-                f"{', '.join(f'{k}={ours.get(k)!r}' for k in differ)}). Deployments sharing an approvals "
-                "backend need distinct [hlml] deployment_id values."
+                f"Approval request {call.call_id} already exists but is not the request this gate "
+                f"would send: it differs in {', '.join(differ)}. A gate only waits on its own request." + hint
             )
 
     def deadline_of(self, call: GateFunctionCall, escalated: bool) -> datetime | None:
@@ -631,12 +649,13 @@ class _CodeExecutionApprovalSensor(HumanApprovalSensor):
         self.urgency_from_risk = urgency_from_risk
 
     def request_context(self, context: Context) -> dict[str, Any]:
-        from airflow_provider_hlml.analysis.code import analyze_code
+        from airflow_provider_hlml.analysis.code import analyze_code, code_digest
 
         analysis = analyze_code(self.code, self.language)
         return {
             **super().request_context(context),
             "code": self.code,
+            "sha256": code_digest(self.code),
             "language": analysis.language,
             "environment": self.environment,
             "risk_level": analysis.risk_level,

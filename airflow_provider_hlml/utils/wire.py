@@ -12,7 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-__all__ = ["GateFunctionCall", "GateFunctionCallStatus", "UserInfo"]
+__all__ = ["CALL_ID_TAKEN", "GateFunctionCall", "GateFunctionCallStatus", "UserInfo", "spec_differences"]
+
+# The approvals service's 409 error code when a call id already holds another request, or one
+# created by another principal: a gate never adopts such a request.
+CALL_ID_TAKEN = "call_id_taken"
 
 
 class UserInfo(BaseModel):
@@ -22,6 +26,21 @@ class UserInfo(BaseModel):
     email: str | None = None
     principal: str | None = None
     via_delegate: str | bool | None = None
+
+
+def spec_differences(old: Any, new: Any, path: str = "", depth: int = 4) -> list[str]:
+    """Dotted paths (up to ``depth`` levels) where two JSON documents differ, e.g. ``spec.kwargs.context``."""
+    if old == new:
+        return []
+    if depth and isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted({*old, *new}, key=str):
+            if old.get(key) != new.get(key):
+                out += spec_differences(
+                    old.get(key), new.get(key), f"{path}.{key}" if path else str(key), depth - 1
+                )
+        return out
+    return [path or "value"]
 
 
 def _build() -> dict[str, Any]:

@@ -6,6 +6,7 @@ SDK with her own key, listing the pending requests of the DAG as a person's clie
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
@@ -244,6 +245,13 @@ class TestCodeExecutionApproval:
         assert "email_verified" not in columns(database)
 
 
+REAL_DIGEST = hashlib.sha256(
+    b"ALTER TABLE users ADD COLUMN email_verified BOOLEAN NOT NULL DEFAULT 0;\n"
+    b"UPDATE users SET email_verified = 1 WHERE email LIKE '%@example.com';\n"
+    b"CREATE INDEX IF NOT EXISTS ix_users_email_verified ON users (email_verified);"
+).hexdigest()
+
+
 class TestApplyMigrationGuards:
     """The migration task re-checks the approval it is given (no servers needed)."""
 
@@ -262,6 +270,12 @@ class TestApplyMigrationGuards:
                 {"approved": True, "call_id": "c1", "context": {"code": "DROP TABLE users;"}},
                 "different script",
             ),
+            # What a squatted request showed: harmless code next to the real script's digest.
+            (
+                {"approved": True, "call_id": "c1", "context": {"code": "SELECT 1", "sha256": REAL_DIGEST}},
+                "inconsistent",
+            ),
+            ({"approved": True, "call_id": "c1", "context": {"sha256": REAL_DIGEST}}, "shows no code"),
         ],
     )
     def test_refuses(self, database: Path, approval: Any, message: str) -> None:

@@ -118,5 +118,4 @@ def require_roles(*roles: str) -> Callable[[Actor], Awaitable[Actor]]:
 
 
 CreatorActor = Annotated[Actor, Depends(require_roles("agent", "admin"))]
-ResponderActor = Annotated[Actor, Depends(require_roles("reviewer", "admin", "delegate"))]
 ManagerActor = Annotated[Actor, Depends(require_roles("agent", "admin", "delegate"))]

@@ -213,7 +213,7 @@ class TestCallIds:
 
 
 class TestRequestOrigin:
-    """A request with this gate's id made elsewhere is refused, not taken over."""
+    """A request under this gate's id that is not exactly the gate's own request is refused, not taken over."""
 
     def _pair(self, faulty_conn: str, **theirs: Any) -> tuple[Any, Any]:
         from airflow_provider_hlml.utils.wire import GateFunctionCall
@@ -226,7 +226,7 @@ class TestRequestOrigin:
 
     def test_own_request_is_taken(self, faulty_conn: str) -> None:
         existing, request = self._pair(faulty_conn)
-        HumanApprovalSensor.check_origin(existing, request)
+        HumanApprovalSensor.check_same_request(existing, request)
 
     def test_request_of_another_deployment_is_refused(self, faulty_conn: str) -> None:
         from airflow.sdk.exceptions import AirflowFailException
@@ -234,20 +234,29 @@ class TestRequestOrigin:
         existing, request = self._pair(
             faulty_conn, ti_url="https://staging.example.com/dags/dag/runs/manual__1"
         )
-        with pytest.raises(AirflowFailException, match=r"ti_url='https://staging.example.com.*deployment_id"):
-            HumanApprovalSensor.check_origin(existing, request)
+        with pytest.raises(AirflowFailException, match=r"spec\.state\.hlml\.airflow.*deployment_id"):
+            HumanApprovalSensor.check_same_request(existing, request)
 
     def test_request_of_another_try_is_refused(self, faulty_conn: str) -> None:
         from airflow.sdk.exceptions import AirflowFailException
 
         existing, request = self._pair(faulty_conn, try_number=7)
-        with pytest.raises(AirflowFailException, match="try_number=7"):
-            HumanApprovalSensor.check_origin(existing, request)
+        with pytest.raises(AirflowFailException, match=r"differs in spec\.state\.hlml\.airflow"):
+            HumanApprovalSensor.check_same_request(existing, request)
 
-    def test_request_without_recorded_origin_is_taken(self, faulty_conn: str) -> None:
+    def test_request_showing_other_content_is_refused(self, faulty_conn: str) -> None:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        existing, request = self._pair(faulty_conn)
+        existing.spec.kwargs["context"] = {"code": "SELECT 1"}
+        existing.spec.kwargs["subject"] = "Harmless"
+        with pytest.raises(AirflowFailException, match=r"spec\.kwargs\.context\.code, spec\.kwargs\.subject"):
+            HumanApprovalSensor.check_same_request(existing, request)
+
+    def test_request_without_recorded_origin_is_compared_on_the_rest(self, faulty_conn: str) -> None:
         existing, request = self._pair(faulty_conn)
         existing.spec.state = None
-        HumanApprovalSensor.check_origin(existing, request)
+        HumanApprovalSensor.check_same_request(existing, request)
 
 
 class TestFactories:

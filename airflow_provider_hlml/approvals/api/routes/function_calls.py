@@ -13,7 +13,6 @@ from airflow_provider_hlml.approvals.api.deps import (
     CreatorActor,
     CurrentActor,
     ManagerActor,
-    ResponderActor,
     SessionDep,
     StateDep,
 )
@@ -127,7 +126,7 @@ async def get_function_call(
 
 @router.post("/agent/function_calls/{call_id}/respond", response_model=FunctionCallPublic)
 def respond_to_function_call(
-    call_id: str, body: FunctionCallRespond, session: SessionDep, state: StateDep, actor: ResponderActor
+    call_id: str, body: FunctionCallRespond, session: SessionDep, state: StateDep, actor: CurrentActor
 ) -> Any:
     """Approve or reject. Delegates name the person they act for in ``user_info``."""
     row = store.respond_function_call(

@@ -13,7 +13,6 @@ from airflow_provider_hlml.approvals.api.deps import (
     CreatorActor,
     CurrentActor,
     ManagerActor,
-    ResponderActor,
     SessionDep,
     StateDep,
 )
@@ -107,7 +106,7 @@ async def get_human_contact(
 
 @router.post("/agent/human_contacts/{call_id}/respond", response_model=HumanContactPublic)
 def respond_to_human_contact(
-    call_id: str, body: HumanContactRespond, session: SessionDep, state: StateDep, actor: ResponderActor
+    call_id: str, body: HumanContactRespond, session: SessionDep, state: StateDep, actor: CurrentActor
 ) -> Any:
     """Answer a human contact. Delegates name the person they act for in ``user_info``."""
     row = store.respond_human_contact(
