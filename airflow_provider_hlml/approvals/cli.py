@@ -147,6 +147,45 @@ def migrate(database_url: str) -> None:
     click.echo(f"database at revision {current}")
 
 
+@main.group("db")
+def db_commands() -> None:
+    """Database administration, run as the owner of the tables."""
+
+
+@db_commands.command("grant")
+@click.argument("role")
+@_database_option
+def db_grant(role: str, database_url: str) -> None:
+    """Let the existing PostgreSQL role ROLE run the service, and nothing more.
+
+    Run it as the owner of the tables, after 'migrate'; then serve with a database URL that logs in
+    as ROLE. ROLE gets SELECT and INSERT, UPDATE on the columns the service changes, USAGE on the
+    id sequences, and no DELETE, no TRUNCATE, no UPDATE of the audit trail. Not owning the tables,
+    it cannot disable the audit triggers either. A role that owns the tables is refused.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from airflow_provider_hlml.approvals import db
+
+    if make_url(db.normalize_url(database_url)).get_backend_name() != "postgresql":
+        raise click.ClickException(
+            "'db grant' is for PostgreSQL: SQLite has no database roles, so the permissions of the "
+            "database file (and its -wal and -shm files) are the boundary; make them writable only by "
+            "the service's user"
+        )
+    _require_migrated(database_url)
+    try:
+        statements = db.grant_service_role(database_url, role)
+    except db.GrantError as exc:
+        raise click.ClickException(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise click.ClickException(f"cannot grant: {exc.__class__.__name__}: {exc.args[0]}") from None
+    for statement in statements:
+        click.echo(f"{statement};")
+    click.echo(f"role {role!r} can now run the service")
+
+
 @main.group()
 def keys() -> None:
     """Create, list and revoke API keys."""

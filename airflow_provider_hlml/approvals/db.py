@@ -87,3 +87,126 @@ def schema_status(database_url: str) -> tuple[str | None, str]:
     finally:
         engine.dispose()
     return current, head
+
+
+class GrantError(Exception):
+    """The role cannot be made the service's role (it does not exist, or it owns the tables)."""
+
+
+#: Columns the service never changes; every other column of these tables it may UPDATE. The audit
+#: trail (``audit_events``) is append-only and gets no UPDATE at all.
+IMMUTABLE_COLUMNS: dict[str, frozenset[str]] = {
+    "principals": frozenset({"id", "name", "created_at"}),
+    "api_keys": frozenset({"id", "principal_id", "key_hash", "display_prefix", "created_at"}),
+    "approval_requests": frozenset(
+        {"id", "kind", "call_id", "run_id", "fn", "spec", "spec_hash", "requested_at"}
+        | {"created_by_key_id", "created_by"}
+    ),
+}
+APPEND_ONLY_TABLES = ("audit_events",)
+
+
+def grant_service_role(database_url: str, role: str) -> list[str]:
+    """Give ``role`` exactly what the service needs on PostgreSQL; return the statements run.
+
+    SELECT and INSERT on the service's tables, UPDATE only on the columns the service changes,
+    nothing but SELECT and INSERT on ``audit_events``, USAGE on the id sequences, SELECT on
+    ``alembic_version``; never DELETE or TRUNCATE. Whatever the role held on these tables before
+    is revoked first, so running it again gives the same result. A role that owns the tables or
+    their schema (or is a superuser, or a member of the owner) is refused: it could disable the
+    triggers or drop the tables.
+
+    :param database_url: the database, connected as the owner of the tables.
+    :param role: an existing PostgreSQL role (a name, quoted before use, never interpolated raw).
+    """
+    from sqlalchemy import text
+
+    from airflow_provider_hlml.approvals.models import Base
+
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        if engine.dialect.name != "postgresql":
+            raise GrantError(f"database roles are a PostgreSQL feature, not {engine.dialect.name}'s")
+        quote = engine.dialect.identifier_preparer.quote_identifier
+        with engine.begin() as conn:
+            schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+            _check_not_owner(conn, role=role, schema=schema)
+            tables = {
+                name: f"{quote(schema)}.{quote(name)}" for name in (*Base.metadata.tables, "alembic_version")
+            }
+            grantee = quote(role)
+            statements = [f"REVOKE ALL ON TABLE {', '.join(tables.values())} FROM {grantee}"]
+            sequences = []
+            for name in Base.metadata.tables:
+                seq = conn.execute(
+                    text(
+                        "SELECT n.nspname, c.relname FROM pg_class c "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE c.oid = to_regclass(pg_get_serial_sequence(:table, 'id'))"
+                    ),
+                    {"table": f"{quote(schema)}.{quote(name)}"},
+                ).first()
+                if seq is not None:
+                    sequences.append(f"{quote(seq[0])}.{quote(seq[1])}")
+            if sequences:
+                statements.append(f"REVOKE ALL ON SEQUENCE {', '.join(sequences)} FROM {grantee}")
+            statements.append(f"GRANT USAGE ON SCHEMA {quote(schema)} TO {grantee}")
+            statements.append(f"GRANT SELECT ON TABLE {tables['alembic_version']} TO {grantee}")
+            for name, table in Base.metadata.tables.items():
+                statements.append(f"GRANT SELECT, INSERT ON TABLE {tables[name]} TO {grantee}")
+                if name in APPEND_ONLY_TABLES:
+                    continue
+                immutable = IMMUTABLE_COLUMNS.get(name, frozenset({"id"}))
+                columns = [quote(c.name) for c in table.columns if c.name not in immutable]
+                if columns:
+                    statements.append(
+                        f"GRANT UPDATE ({', '.join(columns)}) ON TABLE {tables[name]} TO {grantee}"
+                    )
+            if sequences:
+                statements.append(f"GRANT USAGE ON SEQUENCE {', '.join(sequences)} TO {grantee}")
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+        return statements
+    finally:
+        engine.dispose()
+
+
+def _check_not_owner(conn: Any, *, role: str, schema: str) -> None:
+    from sqlalchemy import text
+
+    from airflow_provider_hlml.approvals.models import Base
+
+    found = conn.execute(text("SELECT rolsuper FROM pg_roles WHERE rolname = :role"), {"role": role}).first()
+    if found is None:
+        raise GrantError(
+            f"role {role!r} does not exist: create it first (CREATE ROLE ... LOGIN PASSWORD ...)"
+        )
+    if found[0]:
+        raise GrantError(f"role {role!r} is a superuser: it can disable the audit triggers")
+    table_owners = dict(
+        conn.execute(
+            text(
+                "SELECT tablename, tableowner FROM pg_tables "
+                "WHERE schemaname = :schema AND tablename = ANY(:tables)"
+            ),
+            {"schema": schema, "tables": list(Base.metadata.tables)},
+        ).all()
+    )
+    if missing := set(Base.metadata.tables) - set(table_owners):
+        raise GrantError(
+            f"tables {sorted(missing)} are missing from schema {schema!r}: run 'hlml-approvals migrate' first"
+        )
+    schema_owner = conn.execute(
+        text("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = :schema"), {"schema": schema}
+    ).scalar_one()
+    # The schema's owner can drop the tables; a table's owner can also disable its triggers.
+    owners = {f"table {t}": owner for t, owner in sorted(table_owners.items())}
+    owners[f"schema {schema}"] = schema_owner
+    for what, owner in owners.items():
+        if conn.execute(
+            text("SELECT pg_has_role(:role, :owner, 'MEMBER')"), {"role": role, "owner": owner}
+        ).scalar():
+            raise GrantError(
+                f"role {role!r} owns {what} (or is a member of its owner {owner!r}), so it could disable "
+                "the audit triggers or drop the tables: grant to a role that owns nothing"
+            )

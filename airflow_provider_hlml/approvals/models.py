@@ -103,6 +103,9 @@ class ApprovalRequest(Base):
         Index("ix_approval_requests_kind_state_requested_at", "kind", "state", "requested_at"),
         Index("ix_approval_requests_updated_at", "updated_at"),
         Index("ix_approval_requests_run_id", "run_id"),
+        # Ids are never reused, so a new request never inherits an old request's audit trail
+        # (PostgreSQL sequences never reuse a value; SQLite needs AUTOINCREMENT).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -137,6 +140,7 @@ class AuditEvent(Base):
     """One entry of a request's append-only audit trail (never updated or deleted)."""
 
     __tablename__ = "audit_events"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     request_id: Mapped[int] = mapped_column(ForeignKey("approval_requests.id"), index=True)

@@ -337,11 +337,13 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         """
         from airflow_provider_hlml.utils.wire import spec_differences
 
-        theirs = {"run_id": call.run_id, "spec": call.spec.model_dump(mode="json")}
-        ours = {"run_id": request.run_id, "spec": request.spec.model_dump(mode="json")}
-        if theirs["spec"].get("state") is None:
-            ours["spec"]["state"] = None
-        differ = spec_differences(theirs, ours)
+        their_spec: dict[str, Any] = call.spec.model_dump(mode="json")
+        our_spec: dict[str, Any] = request.spec.model_dump(mode="json")
+        if their_spec.get("state") is None:
+            our_spec["state"] = None
+        differ = spec_differences(
+            {"run_id": call.run_id, "spec": their_spec}, {"run_id": request.run_id, "spec": our_spec}
+        )
         if differ:
             hint = (
                 " Deployments sharing an approvals backend need distinct [hlml] deployment_id values."

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from airflow_provider_hlml.approvals import db, store
 from airflow_provider_hlml.approvals.cli import main
@@ -146,3 +150,158 @@ class TestCli:
             check=True,
         )
         assert json.loads(proc.stdout) == []
+
+
+# What deciding, cancelling and escalating change; a request's identity and spec stay as created.
+MUTABLE_REQUEST_COLUMNS: tuple[str, ...] = (
+    "state",
+    "version",
+    "updated_at",
+    "responded_at",
+    "approved",
+    "comment",
+)
+MUTABLE_REQUEST_COLUMNS += ("reject_option_name", "response", "response_option_name", "user_info")
+MUTABLE_REQUEST_COLUMNS += ("cancelled_at", "cancel_reason", "extra_approvers")
+
+
+class TestDbGrant:
+    """``db grant ROLE``: the owner lets a role that owns nothing run the service."""
+
+    def test_sqlite_has_no_roles(self, database_url: str) -> None:
+        result = run("db", "grant", "hlml_app", "--database-url", database_url, ok=False)
+        assert result.exit_code == 1
+        assert "for PostgreSQL" in result.output
+        assert "permissions of the database file" in result.output
+
+    @pytest.fixture
+    def pg(self, postgres_database_url: str) -> Iterator[PgCluster]:
+        cluster = PgCluster(postgres_database_url)
+        try:
+            yield cluster
+        finally:
+            cluster.drop()
+
+    @pytest.mark.postgres
+    def test_refuses_owners_superusers_and_unknown_roles(self, pg: PgCluster) -> None:
+        owner = pg.role("owner")
+        url = pg.database(owner=owner)
+        assert (
+            "run 'hlml-approvals migrate' first"
+            in run("db", "grant", owner, "--database-url", url, ok=False).output
+        )
+        run("migrate", "--database-url", url)
+        member = pg.role("member")
+        pg.admin(f"GRANT {pg.quote(owner)} TO {pg.quote(member)}")
+        for role, message in (
+            (owner, "owns table"),
+            (member, f"member of its owner '{owner}'"),
+            ("postgres", "is a superuser"),
+            (f"nobody-{uuid.uuid4().hex[:6]}", "does not exist"),
+        ):
+            result = run("db", "grant", role, "--database-url", url, ok=False)
+            assert result.exit_code == 1
+            assert message in result.output, result.output
+
+    @pytest.mark.postgres
+    def test_grants_exactly_what_the_service_needs(self, pg: PgCluster) -> None:
+        owner = pg.role("owner")
+        url = pg.database(owner=owner)
+        run("migrate", "--database-url", url)
+        app = pg.role('app"; DROP TABLE audit_events; --')  # quoted as an identifier, never run
+        pg.admin(f"GRANT DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO {pg.quote(app)}", url=url)
+        assert "DELETE" in pg.privileges(url, app)["audit_events"]
+        for _ in range(2):  # revokes what the role had, and gives the same result when run again
+            assert "can now run the service" in run("db", "grant", app, "--database-url", url).output
+        privileges = pg.privileges(url, app)
+        assert privileges == {
+            "alembic_version": {"SELECT"},
+            "principals": {"SELECT", "INSERT", "UPDATE (email)", "UPDATE (role)"},
+            "api_keys": {"SELECT", "INSERT", "UPDATE (revoked_at)"},
+            "approval_requests": {"SELECT", "INSERT"} | {f"UPDATE ({c})" for c in MUTABLE_REQUEST_COLUMNS},
+            "audit_events": {"SELECT", "INSERT"},
+            "sequences": {"USAGE"},
+        }
+
+
+class PgCluster:
+    """Roles and databases made on the test PostgreSQL server, all dropped by ``drop()``."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.engine = db.make_engine(server_url, pool_size=1).execution_options(isolation_level="AUTOCOMMIT")
+        self.roles: list[str] = []
+        self.databases: list[str] = []
+
+    def admin(self, statement: str, *, url: str | None = None) -> None:
+        """Run ``statement`` on the server's database, or as the user of ``url`` in its database."""
+        if url is None:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql(statement)
+            return
+        engine = db.make_engine(url, pool_size=1)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(statement)
+        finally:
+            engine.dispose()
+
+    @staticmethod
+    def quote(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    def role(self, prefix: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.admin(f"CREATE ROLE {self.quote(name)} LOGIN")
+        self.roles.append(name)
+        return name
+
+    def database(self, *, owner: str) -> str:
+        name = f"hlml_grant_{uuid.uuid4().hex[:10]}"
+        self.admin(f"CREATE DATABASE {self.quote(name)} OWNER {self.quote(owner)}")
+        self.databases.append(name)
+        return (
+            make_url(self.server_url).set(database=name, username=owner).render_as_string(hide_password=False)
+        )
+
+    def privileges(self, url: str, role: str) -> dict[str, set[str]]:
+        engine = db.make_engine(url, pool_size=1)
+        try:
+            with engine.connect() as conn:
+                tables = conn.execute(
+                    text(
+                        "SELECT table_name, privilege_type FROM information_schema.role_table_grants "
+                        "WHERE grantee = :role"
+                    ),
+                    {"role": role},
+                ).all()
+                columns = conn.execute(
+                    text(
+                        "SELECT table_name, privilege_type, column_name FROM information_schema.column_privileges "
+                        "WHERE grantee = :role AND privilege_type = 'UPDATE'"
+                    ),
+                    {"role": role},
+                ).all()
+                sequences = conn.execute(
+                    text(
+                        "SELECT DISTINCT p.privilege_type FROM pg_class c, "
+                        "aclexplode(c.relacl) p WHERE c.relkind = 'S' AND p.grantee = to_regrole(:quoted)"
+                    ),
+                    {"quoted": self.quote(role)},
+                ).all()
+        finally:
+            engine.dispose()
+        found: dict[str, set[str]] = {}
+        for table, privilege in tables:
+            found.setdefault(table, set()).add(privilege)
+        for table, privilege, column in columns:
+            found.setdefault(table, set()).add(f"{privilege} ({column})")
+        found["sequences"] = {privilege for (privilege,) in sequences}
+        return found
+
+    def drop(self) -> None:
+        for name in self.databases:
+            self.admin(f"DROP DATABASE IF EXISTS {self.quote(name)} WITH (FORCE)")
+        for name in self.roles:
+            self.admin(f"DROP ROLE IF EXISTS {self.quote(name)}")
+        self.engine.dispose()

@@ -80,6 +80,58 @@ class TestMigrations:
         finally:
             engine.dispose()
 
+    def test_guard_triggers_are_installed(self, empty_database_url: str) -> None:
+        db.migrate(empty_database_url)
+        engine = db.make_engine(empty_database_url, pool_size=1)
+        try:
+            with engine.connect() as conn:
+                if engine.dialect.name == "sqlite":
+                    query = "SELECT tbl_name, name FROM sqlite_master WHERE type = 'trigger'"
+                else:
+                    query = (
+                        "SELECT tgrelid::regclass::text, tgname FROM pg_trigger "
+                        "WHERE NOT tgisinternal AND tgenabled <> 'D'"
+                    )
+                triggers = {tuple(row) for row in conn.execute(text(query))}
+        finally:
+            engine.dispose()
+        expected = {("approval_requests", "approval_requests_no_delete")}
+        if engine.dialect.name == "sqlite":
+            expected |= {
+                ("audit_events", "audit_events_no_update"),
+                ("audit_events", "audit_events_no_delete"),
+            }
+        else:
+            expected |= {
+                ("audit_events", "audit_events_append_only"),
+                ("audit_events", "audit_events_no_truncate"),
+                ("approval_requests", "approval_requests_no_truncate"),
+            }
+        assert triggers == expected
+
+    def test_sqlite_autoincrement_matches_the_models(self) -> None:
+        # Autogenerate does not compare table options, so check AUTOINCREMENT (ids never reused) here.
+        from sqlalchemy.dialects import sqlite
+        from sqlalchemy.schema import CreateTable
+
+        url = _sqlite_url()
+        db.migrate(url)
+        engine = db.make_engine(url, pool_size=1)
+        try:
+            with engine.connect() as conn:
+                ddl: dict[str, str] = dict(
+                    conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'table'")).all()
+                )
+        finally:
+            engine.dispose()
+        for name, table in Base.metadata.tables.items():
+            in_models = "AUTOINCREMENT" in str(CreateTable(table).compile(dialect=sqlite.dialect()))
+            assert ("AUTOINCREMENT" in ddl[name]) == in_models, name
+        assert {name for name in Base.metadata.tables if "AUTOINCREMENT" in ddl[name]} == {
+            "approval_requests",
+            "audit_events",
+        }
+
     def test_downgrade_to_base_and_back(self) -> None:
         url = _sqlite_url()
         db.migrate(url)

@@ -33,7 +33,9 @@ from tests.fixtures.airflow_stack import (
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 DOCKERFILE = REPO_ROOT / "Dockerfile"
-ONE_SHOT = {"airflow-init", "postgres-init"}
+ONE_SHOT = {"airflow-init", "postgres-init", "approvals-migrate"}
+# The approvals service logs in as this role, which owns nothing (docs/deployment.md, "Database roles").
+APPROVALS_APP_ROLE = "hlml_approvals_app"
 # Set by the compose file for the container runtime, not Airflow settings.
 CONTAINER_ONLY = {"DUMB_INIT_SETSID"}
 
@@ -128,6 +130,25 @@ class TestComposeMatchesNativeStack:
         assert backend.startswith("postgresql://"), "MLflow must use the PostgreSQL backend"
         artifacts = mlflow_command[mlflow_command.index("--artifacts-destination") + 1]
         assert any(v.endswith(f":{artifacts}") for v in services["mlflow"]["volumes"]), "artifact volume"
+
+    def test_approvals_service_runs_as_a_role_that_owns_nothing(self, compose: dict[str, Any]) -> None:
+        services = compose["services"]
+        serve_url = services["humanlayer"]["environment"]["HLML_APPROVALS_DATABASE_URL"]
+        migrate_url = services["approvals-migrate"]["environment"]["HLML_APPROVALS_DATABASE_URL"]
+        assert serve_url.startswith(f"postgresql://{APPROVALS_APP_ROLE}@postgres/")
+        assert "POSTGRES_PASSWORD" not in serve_url, "the service must not know the owner's password"
+        assert migrate_url.startswith("postgresql://${POSTGRES_USER:-airflow}:")
+        # The owner migrates and grants; the service waits for it; postgres-init makes the role.
+        script = services["approvals-migrate"]["command"][-1]
+        assert script == f"hlml-approvals migrate && hlml-approvals db grant {APPROVALS_APP_ROLE}"
+        assert "approvals-migrate" in services["humanlayer"]["depends_on"]
+        assert "postgres-init" in services["approvals-migrate"]["depends_on"]
+        init = services["postgres-init"]["command"][-1]
+        assert f"CREATE ROLE {APPROVALS_APP_ROLE}" in init
+        passfile = serve_url.split("passfile=", 1)[1]
+        assert f"pgpass={passfile}" in init
+        mounts = [v.split(":")[1] for v in services["humanlayer"]["volumes"]]
+        assert passfile.rsplit("/", 1)[0] in mounts
 
     def test_long_running_services_have_health_checks(self, compose: dict[str, Any]) -> None:
         for name, service in compose["services"].items():
