@@ -75,6 +75,7 @@ def create_key(session: Session, *, name: str, role: str, email: str | None = No
     """Create a key for principal ``name`` (created if new); return it in clear text once."""
     if role not in ROLES:
         raise ServiceError(422, "invalid_role", f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    check_clean({"name": name, "email": email}, "principal")
     if not name.strip():
         raise ServiceError(422, "invalid_name", "name must not be empty")
     principal = session.scalar(select(Principal).where(Principal.name == name))

@@ -142,6 +142,19 @@ class TestCli:
         )
         assert "no function call" in run("show", "nope", "--database-url", database_url, ok=False).output
 
+    def test_a_name_that_is_not_text_is_refused(self, database_url: str) -> None:
+        """An argv byte that is not UTF-8 reaches Python as a lone surrogate: never written."""
+        proc = subprocess.run(
+            [str(VENV_BIN / "hlml-approvals"), "keys", "create", "--role", "reviewer", "--name", b"eve\xff"],
+            capture_output=True,
+            env={"HLML_APPROVALS_DATABASE_URL": database_url, "PATH": "/usr/bin:/bin"},
+            check=False,
+        )
+        assert proc.returncode != 0
+        assert b"surrogate" in proc.stderr + proc.stdout
+        listed = json.loads(run("keys", "list", "--json", "--database-url", database_url).output)
+        assert all(k["principal"] != "eve\udcff" for k in listed)
+
     def test_console_script(self, database_url: str) -> None:
         proc = subprocess.run(
             [str(VENV_BIN / "hlml-approvals"), "list", "--json", "--database-url", database_url],
