@@ -95,7 +95,10 @@ class TestMigrations:
                 triggers = {tuple(row) for row in conn.execute(text(query))}
         finally:
             engine.dispose()
-        expected = {("approval_requests", "approval_requests_no_delete")}
+        expected = {
+            ("approval_requests", "approval_requests_no_delete"),
+            ("approval_requests", "approval_requests_identity_fixed"),
+        }
         if engine.dialect.name == "sqlite":
             expected |= {
                 ("audit_events", "audit_events_no_update"),

@@ -30,6 +30,7 @@ from tests.security.conftest import call_body
 
 NEVER_DELETED = "never deleted"
 APPEND_ONLY = "append-only"
+IDENTITY_FIXED = "identity and spec of an approval request never change"
 
 
 def _sqlite_url() -> str:
@@ -113,6 +114,9 @@ class TestSqliteAuditIntegrity:
                 (f"DELETE FROM approval_requests WHERE id = {request_id}", NEVER_DELETED),
                 ("DELETE FROM audit_events", APPEND_ONLY),
                 ("UPDATE audit_events SET event = 'forged'", APPEND_ONLY),
+                (f"UPDATE approval_requests SET id = id + 1000 WHERE id = {request_id}", IDENTITY_FIXED),
+                ("UPDATE approval_requests SET spec = '{}'", IDENTITY_FIXED),
+                ("UPDATE approval_requests SET call_id = 'other'", IDENTITY_FIXED),
             ):
                 with pytest.raises(sqlite3.DatabaseError, match=match):
                     conn.execute(statement)
@@ -171,6 +175,8 @@ class TestPostgresAuditIntegrity:
         _refused(url, "TRUNCATE principals, api_keys CASCADE", "is refused")
         _refused(url, "DELETE FROM approval_requests", NEVER_DELETED)
         _refused(url, "DELETE FROM audit_events", APPEND_ONLY)
+        _refused(url, "UPDATE approval_requests SET id = id + 1000", IDENTITY_FIXED)
+        _refused(url, "UPDATE approval_requests SET spec = '{}'", IDENTITY_FIXED)
         assert _counts(url) == (1, 1)
         assert [event for _, event in _audit_of(url, call_id)] == ["created"]
 

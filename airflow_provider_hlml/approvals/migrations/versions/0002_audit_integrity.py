@@ -9,6 +9,9 @@ Create Date: 2026-12-02
 - Both databases: a ``BEFORE DELETE`` trigger refuses deleting ``approval_requests`` rows, so no
   request loses its audit trail (a plain ``sqlite3`` session has foreign keys off, and the foreign
   key of ``audit_events`` would not stop it there). Requests are cancelled, never deleted.
+- Both databases: a ``BEFORE UPDATE OF id, kind, call_id, ...`` trigger refuses changing what a
+  request is (its id, call id, run id, spec and creator), so it can neither be detached from its
+  audit trail nor shown differently after it was approved.
 - SQLite: ``approval_requests`` and ``audit_events`` are rebuilt with ``AUTOINCREMENT``, so an id is
   never handed out twice (without it SQLite reuses the largest id once its row is gone, and a new
   request would show the old request's events). PostgreSQL sequences never hand out a value twice
@@ -31,6 +34,10 @@ branch_labels = None
 depends_on = None
 
 _REQUEST_NOT_DELETED = "approval requests are never deleted (cancel them instead)"
+_IDENTITY_FIXED = "the identity and spec of an approval request never change"
+# What a request is: changing any of these would detach it from its audit trail or change what
+# the reviewer approved. Deciding, cancelling and escalating change other columns only.
+_IDENTITY_COLUMNS = "id, kind, call_id, run_id, fn, spec, spec_hash, requested_at, created_by_key_id, created_by"
 _AUDIT_APPEND_ONLY = "audit_events is append-only"
 
 
@@ -42,6 +49,11 @@ def upgrade() -> None:
             op.execute(
                 "CREATE TRIGGER IF NOT EXISTS approval_requests_no_delete BEFORE DELETE ON approval_requests "
                 f"BEGIN SELECT RAISE(ABORT, '{_REQUEST_NOT_DELETED}'); END"
+            )
+            op.execute(
+                "CREATE TRIGGER IF NOT EXISTS approval_requests_identity_fixed "
+                f"BEFORE UPDATE OF {_IDENTITY_COLUMNS} ON approval_requests "
+                f"BEGIN SELECT RAISE(ABORT, '{_IDENTITY_FIXED}'); END"
             )
     elif _dialect() == "postgresql":
         op.execute(
@@ -62,16 +74,27 @@ def upgrade() -> None:
             "CREATE TRIGGER approval_requests_no_delete BEFORE DELETE ON approval_requests "
             "FOR EACH ROW EXECUTE FUNCTION hlml_refuse_request_delete()"
         )
+        op.execute(
+            "CREATE OR REPLACE FUNCTION hlml_refuse_identity_change() RETURNS trigger AS $$ "
+            f"BEGIN RAISE EXCEPTION '{_IDENTITY_FIXED}'; END; $$ LANGUAGE plpgsql"
+        )
+        op.execute(
+            f"CREATE TRIGGER approval_requests_identity_fixed BEFORE UPDATE OF {_IDENTITY_COLUMNS} "
+            "ON approval_requests FOR EACH ROW EXECUTE FUNCTION hlml_refuse_identity_change()"
+        )
 
 
 def downgrade() -> None:
     if _dialect() == "sqlite":
         with _sqlite_foreign_keys_off():
             op.execute("DROP TRIGGER IF EXISTS approval_requests_no_delete")
+            op.execute("DROP TRIGGER IF EXISTS approval_requests_identity_fixed")
             _rebuild_sqlite_tables(autoincrement=False)
             _create_sqlite_audit_triggers()
     elif _dialect() == "postgresql":
         op.execute("DROP TRIGGER IF EXISTS approval_requests_no_delete ON approval_requests")
+        op.execute("DROP TRIGGER IF EXISTS approval_requests_identity_fixed ON approval_requests")
+        op.execute("DROP FUNCTION IF EXISTS hlml_refuse_identity_change()")
         for table in ("audit_events", "approval_requests"):
             op.execute(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}")
         op.execute("DROP FUNCTION IF EXISTS hlml_refuse_request_delete()")
