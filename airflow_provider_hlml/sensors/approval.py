@@ -41,6 +41,7 @@ APPROVAL_TYPES = ("code_execution", "content_publishing", "workflow_decision", "
 URGENCIES = ("low", "medium", "high", "critical")
 ON_TIMEOUT = ("fail", "skip", "approve", "reject", "escalate")
 ON_REJECT = ("fail", "skip")
+DEPLOYMENT_HINT = " Deployments sharing an approvals backend need distinct [hlml] deployment_id values."
 
 
 def _seconds(value: timedelta | float | None, name: str) -> float | None:
@@ -314,6 +315,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         except HumanLayerConflictError as exc:
             raise AirflowFailException(
                 f"Approval request {request.call_id} cannot be used by this gate: {exc}"
+                + (DEPLOYMENT_HINT if "spec.state.hlml.airflow" in str(exc) else "")
             ) from None
         if not created:
             self.check_same_request(call, request)
@@ -345,11 +347,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             {"run_id": call.run_id, "spec": their_spec}, {"run_id": request.run_id, "spec": our_spec}
         )
         if differ:
-            hint = (
-                " Deployments sharing an approvals backend need distinct [hlml] deployment_id values."
-                if any(d.startswith("spec.state.hlml.airflow") for d in differ)
-                else ""
-            )
+            hint = DEPLOYMENT_HINT if any(d.startswith("spec.state.hlml.airflow") for d in differ) else ""
             raise AirflowFailException(
                 f"Approval request {call.call_id} already exists but is not the request this gate "
                 f"would send: it differs in {', '.join(differ)}. A gate only waits on its own request." + hint
