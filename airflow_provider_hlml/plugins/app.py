@@ -36,6 +36,7 @@ from airflow_provider_hlml.plugins.auth import (
     require_same_origin,
     require_user,
 )
+from airflow_provider_hlml.plugins.links import safe_link
 from airflow_provider_hlml.plugins.mlflow_client import MLflowReader, MLflowTarget, MLflowUnavailable
 from airflow_provider_hlml.plugins.settings import DashboardSettings, airflow_base_path
 
@@ -305,6 +306,7 @@ def create_dashboard_app(
     templates.globals.update(charts=charts)
     templates.filters["pct"] = lambda v: "-" if v is None else f"{100 * float(v):.0f}%"
     templates.filters["duration"] = _format_duration
+    templates.filters["safe_link"] = safe_link
 
     app = FastAPI(
         title="HLML dashboard",
@@ -315,6 +317,8 @@ def create_dashboard_app(
         redoc_url=None,
         openapi_url=None,
         dependencies=[Depends(require_user)],
+        # No trailing-slash redirects: Starlette would build their Location from the Host header.
+        redirect_slashes=False,
     )
     app.state.data = data
 

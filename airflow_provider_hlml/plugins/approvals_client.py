@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -51,6 +52,13 @@ def _error_message(response: httpx.Response) -> str:
         if detail is not None:
             return str(detail)[:300]
     return str(body)[:300]
+
+
+def _segment(value: str) -> str:
+    """``value`` as one path segment: a call id can never reach another route of the backend."""
+    segment = quote(value, safe="")
+    # "." and ".." would be read as dot-segments, moving the request up the path.
+    return segment.replace(".", "%2E") if segment in (".", "..") else segment
 
 
 def _items(body: Any, key: str) -> list[dict[str, Any]]:
@@ -143,14 +151,14 @@ class ApprovalsClient:
         return _items(body, "function_calls")
 
     async def get_call(self, call_id: str) -> dict[str, Any]:
-        body = await self._request("GET", f"/function_calls/{call_id}")
+        body = await self._request("GET", f"/function_calls/{_segment(call_id)}")
         if not isinstance(body, dict):
             raise ApprovalsUnavailable("approvals backend sent a malformed function call")
         return body
 
     async def audit(self, call_id: str) -> list[dict[str, Any]]:
         try:
-            body = await self._request("GET", f"/function_calls/{call_id}/audit")
+            body = await self._request("GET", f"/function_calls/{_segment(call_id)}/audit")
         except ApprovalsRequestError as exc:
             if exc.status_code in (404, 405):
                 return []
@@ -187,5 +195,5 @@ class ApprovalsClient:
             "slack_message_ts": None,
             "user_info": dict(user_info),
         }
-        result = await self._request("POST", f"/agent/function_calls/{call_id}/respond", json=body)
+        result = await self._request("POST", f"/agent/function_calls/{_segment(call_id)}/respond", json=body)
         return result if isinstance(result, dict) else {}

@@ -50,11 +50,7 @@ def normalize_call(call: dict[str, Any], *, airflow_base_path: str) -> dict[str,
     kind = call_status(status)
     raw_user = status.get("user_info")
     user_info: dict[str, Any] = raw_user if isinstance(raw_user, dict) else {}
-    ti_url = airflow.get("ti_url")
-    if not ti_url and airflow.get("dag_id") and airflow.get("run_id") and airflow.get("task_id"):
-        from airflow_provider_hlml.plugins.airflow_data import ui_path
-
-        ti_url = ui_path(airflow_base_path, airflow["dag_id"], airflow["run_id"], airflow["task_id"])
+    dag_id, dag_run_id, task_id = (_text(airflow.get(k)) for k in ("dag_id", "run_id", "task_id"))
     reject_options = [
         {"name": o.get("name"), "title": o.get("title") or o.get("name"), "description": o.get("description")}
         for o in spec.get("reject_options") or []
@@ -86,12 +82,32 @@ def normalize_call(call: dict[str, Any], *, airflow_base_path: str) -> dict[str,
         "approvers": [a for a in approvers if isinstance(a, str)],
         "requester": policy.get("requester"),
         "allow_self_approval": bool(policy.get("allow_self_approval", False)),
-        "dag_id": airflow.get("dag_id"),
-        "dag_run_id": airflow.get("run_id"),
-        "task_id": airflow.get("task_id"),
+        "dag_id": dag_id,
+        "dag_run_id": dag_run_id,
+        "task_id": task_id,
         "try_number": airflow.get("try_number"),
-        "ti_url": ti_url,
+        # The request's own ``ti_url`` is whatever its creator wrote: the link is built from ids.
+        "ti_url": task_instance_path(
+            airflow_base_path, dag_id, dag_run_id, task_id, airflow.get("map_index")
+        ),
     }
+
+
+def _text(value: Any) -> str | None:
+    """``value`` when it is a non-empty string (request data may hold anything), else None."""
+    return value if isinstance(value, str) and value else None
+
+
+def task_instance_path(
+    base_path: str, dag_id: str | None, run_id: str | None, task_id: str | None, map_index: Any
+) -> str | None:
+    """The Airflow UI path of a gate's task instance, from its ids; None without all three ids."""
+    from airflow_provider_hlml.plugins.airflow_data import ui_path
+
+    if not (dag_id and run_id and task_id):
+        return None
+    index = map_index if isinstance(map_index, int) and not isinstance(map_index, bool) else None
+    return ui_path(base_path, dag_id, run_id, task_id, index)
 
 
 def decision_block_reason(item: dict[str, Any], identity: Identity, *, may_edit_dag: bool) -> str | None:

@@ -37,6 +37,30 @@ def _decode_kwargs(raw: Mapping[str, Any]) -> dict[str, Any]:
         return {k: BaseSerialization.deserialize(v) for k, v in raw.items()}
 
 
+#: Largest map index a task instance can have (the column is a 32-bit integer).
+MAX_MAP_INDEX = 2**31 - 1
+
+
+def _gate_location(state: Any) -> dict[str, Any] | None:
+    """``dag_id``, ``run_id``, ``task_id`` and ``map_index`` of the gate that made a request, if any.
+
+    ``spec.state`` is whatever the request's creator wrote: every level is checked before use.
+    """
+    hlml = state.get("hlml") if isinstance(state, Mapping) else None
+    where = hlml.get("airflow") if isinstance(hlml, Mapping) else None
+    if not isinstance(where, Mapping):
+        return None
+    ids = {k: where.get(k) for k in ("dag_id", "run_id", "task_id")}
+    if not all(isinstance(v, str) and v for v in ids.values()):
+        return None
+    map_index = where.get("map_index", -1)
+    if not isinstance(map_index, int) or isinstance(map_index, bool):
+        map_index = -1
+    if not -1 <= map_index <= MAX_MAP_INDEX:
+        return None
+    return {**ids, "map_index": map_index}
+
+
 def wake_gate(call_body: Mapping[str, Any]) -> str:
     """
     Submit the decision in ``call_body`` to the gate deferred on it; returns what happened.
@@ -55,10 +79,10 @@ def wake_gate(call_body: Mapping[str, Any]) -> str:
     from airflow_provider_hlml.utils.wire import GateFunctionCall
 
     call = GateFunctionCall.model_validate(dict(call_body))
-    where = ((call.spec.state or {}).get("hlml") or {}).get("airflow") or {}
-    if not all(isinstance(where.get(k), str) for k in ("dag_id", "run_id", "task_id")):
+    where = _gate_location(call.spec.state)
+    if where is None:
         return NOT_A_GATE
-    map_index = where.get("map_index", -1)
+    map_index = where["map_index"]
     with create_session() as session:
         ti = session.scalar(
             select(TaskInstance)
@@ -66,7 +90,7 @@ def wake_gate(call_body: Mapping[str, Any]) -> str:
                 TaskInstance.dag_id == where["dag_id"],
                 TaskInstance.run_id == where["run_id"],
                 TaskInstance.task_id == where["task_id"],
-                TaskInstance.map_index == (map_index if isinstance(map_index, int) else -1),
+                TaskInstance.map_index == map_index,
             )
             .with_for_update()
         )

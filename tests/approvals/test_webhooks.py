@@ -14,7 +14,13 @@ from typing import Any
 import httpx
 import pytest
 
-from airflow_provider_hlml.approvals.webhooks import SIGNATURE_HEADER, signature, verify_signature
+from airflow_provider_hlml.approvals.webhooks import (
+    REPLAY_WINDOW_SECONDS,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    signature,
+    verify_signature,
+)
 from tests.fixtures.approvals import ApprovalsService, make_keys
 from tests.fixtures.processes import free_port
 
@@ -132,9 +138,15 @@ class TestWebhooks:
         assert payload["event"]["status"]["approved"] is True
         assert payload["event"]["status"]["comment"] == "ship it"
         assert payload["event"]["status"]["user_info"]["email"] == "alice@example.com"
-        assert headers[SIGNATURE_HEADER.lower()] == signature(SECRET, body)
-        assert verify_signature(SECRET, body, headers[SIGNATURE_HEADER.lower()])
-        assert not verify_signature("another secret", body, headers[SIGNATURE_HEADER.lower()])
+        sent_sig, sent_at = headers[SIGNATURE_HEADER.lower()], headers[TIMESTAMP_HEADER.lower()]
+        assert abs(int(sent_at) - time.time()) < 60
+        assert sent_sig == signature(SECRET, body, sent_at)
+        assert sent_sig.startswith("v1=")
+        assert verify_signature(SECRET, body, sent_sig, sent_at)
+        assert not verify_signature("another secret", body, sent_sig, sent_at)
+        assert not verify_signature(SECRET, body, sent_sig, str(int(sent_at) + 1))
+        stale = int(sent_at) + REPLAY_WINDOW_SECONDS + 5
+        assert not verify_signature(SECRET, body, sent_sig, sent_at, now=stale)
         # No key of any kind travels in a webhook.
         for key in (hooked_service.agent_key, hooked_service.reviewer_key, SECRET):
             assert key not in body.decode()
@@ -156,6 +168,11 @@ class TestWebhooks:
         received = receiver.wait_for(3)
         assert len(received) == 3  # two 503s, then delivered
         assert {json.loads(b)["event"]["call_id"] for _, b in received} == {"wh-retry"}
+        # Every attempt is signed when it is sent.
+        for headers, body in received:
+            assert verify_signature(
+                SECRET, body, headers[SIGNATURE_HEADER.lower()], headers[TIMESTAMP_HEADER.lower()]
+            )
 
     def test_slow_receiver_does_not_delay_the_decision(
         self, hooked_service: ApprovalsService, receiver: Receiver

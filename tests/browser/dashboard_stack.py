@@ -108,8 +108,13 @@ class DashboardServer:
         subject: str = "Promote churn-model v3",
         context: dict[str, Any] | None = None,
         requester: str | None = None,
+        ti_url: str | None = None,
+        map_index: int = -1,
     ) -> dict[str, Any]:
-        """A pending request shaped like the HumanApprovalSensor's, created with the agent key."""
+        """A pending request shaped like the HumanApprovalSensor's, created with the agent key.
+
+        ``ti_url`` is whatever the agent writes there (the dashboard must not trust it).
+        """
         body = {
             "run_id": f"airflow-{dag_id}",
             "call_id": call_id,
@@ -136,9 +141,9 @@ class DashboardServer:
                             "dag_id": dag_id,
                             "run_id": "manual__1",
                             "task_id": "approve",
-                            "map_index": -1,
+                            "map_index": map_index,
                             "try_number": 1,
-                            "ti_url": None,
+                            "ti_url": ti_url,
                         },
                     }
                 },

@@ -20,7 +20,7 @@ import httpx
 import pendulum
 import pytest
 
-from airflow_provider_hlml.approvals.webhooks import SIGNATURE_HEADER, signature
+from airflow_provider_hlml.approvals.webhooks import SIGNATURE_HEADER, signed_headers
 from airflow_provider_hlml.plugins import wake
 from airflow_provider_hlml.sensors.approval import HumanApprovalSensor
 from airflow_provider_hlml.triggers.approval import HumanApprovalTrigger
@@ -216,7 +216,7 @@ def _post(url: str, payload: Any, secret: str | None = SECRET) -> httpx.Response
     raw = json.dumps(payload).encode()
     headers = {"Content-Type": "application/json"}
     if secret:
-        headers[SIGNATURE_HEADER] = signature(secret, raw)
+        headers.update(signed_headers(secret, raw))
     return httpx.post(url, content=raw, headers=headers, timeout=30)
 
 
@@ -254,9 +254,7 @@ class TestWebhookRoute:
 
     def test_non_json_body(self, webhook_url: str) -> None:
         raw = b"not json"
-        resp = httpx.post(
-            webhook_url, content=raw, headers={SIGNATURE_HEADER: signature(SECRET, raw)}, timeout=30
-        )
+        resp = httpx.post(webhook_url, content=raw, headers=signed_headers(SECRET, raw), timeout=30)
         assert resp.status_code == 422
         assert resp.json()["error"]["message"] == "body: not JSON"
 

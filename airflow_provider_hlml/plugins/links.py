@@ -1,0 +1,54 @@
+"""The one rule for URLs the dashboard renders as links.
+
+Every ``href`` a page builds from data (approval requests, Airflow runs, MLflow) goes through
+:func:`safe_link`, registered as the ``safe_link`` Jinja filter and used by the ``link`` macro of
+``_macros.html``. A URL that fails the rule is shown as text, never as a link: a request created
+with an agent key must not be able to put ``javascript:`` (or any other active scheme) in front
+of a reviewer's click.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+#: Schemes an absolute link may have.
+LINK_SCHEMES = frozenset({"http", "https"})
+#: Longer URLs are not links (no page of ours or of MLflow needs more).
+MAX_LINK_LENGTH = 4096
+
+
+def _printable_ascii(url: str) -> bool:
+    # Browsers drop tabs, newlines and other control characters inside a URL before reading its
+    # scheme ("java\tscript:" is "javascript:"), so any of them, or any non-ASCII character, makes
+    # the whole value suspect; the URLs we build are percent-encoded ASCII anyway.
+    return all("!" <= ch <= "~" for ch in url)
+
+
+def safe_link(url: object) -> str | None:
+    """
+    ``url`` when it may be an ``href`` of the dashboard, else None.
+
+    Allowed: an absolute ``http``/``https`` URL with a host (``scheme://host...``), or a path of
+    this site that starts with a single ``/``. Refused: every other scheme (``javascript:``,
+    ``data:``, ``vbscript:``, in any case), scheme-relative ``//host`` and ``/\\host`` (browsers
+    read both as another host), relative paths, whitespace, control and non-ASCII characters,
+    backslashes, credentials in the host part, and non-strings.
+
+    :param url: the value a view model carries.
+    """
+    if not isinstance(url, str) or not url or len(url) > MAX_LINK_LENGTH:
+        return None
+    if not _printable_ascii(url) or "\\" in url:
+        return None
+    if url.startswith("/"):
+        return None if url.startswith("//") else url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in LINK_SCHEMES or not url[len(scheme) :].startswith("://"):
+        return None
+    if not parts.hostname or "@" in parts.netloc:
+        return None
+    return url
