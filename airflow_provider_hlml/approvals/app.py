@@ -62,6 +62,8 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
         openapi_url=f"{prefix}/openapi.json",
         docs_url=f"{prefix}/docs",
         redoc_url=None,
+        # Starlette's trailing-slash redirect builds its Location from the Host header.
+        redirect_slashes=False,
     )
     app.state.approvals = state
     install_error_handlers(app)

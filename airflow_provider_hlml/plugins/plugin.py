@@ -44,8 +44,6 @@ def build_fastapi_apps() -> tuple[dict[str, Any], ...]:
     if approvals_app is not None:
         from airflow_provider_hlml.plugins.wake import wake_listener
 
-        # Mounted here, its trailing-slash redirects would take their host from the Host header.
-        approvals_app.router.redirect_slashes = False
         # Decisions recorded here reach the waiting gate at once, not at the triggerer's next turn.
         approvals_app.state.approvals.publisher.add_listener(wake_listener)
         apps.append(

@@ -133,3 +133,16 @@ def test_openapi_and_docs_hold_no_data(approvals_service: ApprovalsService) -> N
     health = httpx.get(approvals_service.root_url + "/healthz")
     assert health.status_code == 200
     assert set(health.json()) <= {"status", "long_poll_waiters"}
+
+
+@pytest.mark.parametrize(
+    "path", ["/function_calls/", "/agent/function_calls/pending/", "/metrics/approvals/"]
+)
+def test_no_redirect_takes_its_host_from_the_request(approvals_service: ApprovalsService, path: str) -> None:
+    resp = httpx.get(
+        approvals_service.base_url + path,
+        headers={"Host": "evil.example", "Authorization": f"Bearer {approvals_service.agent_key}"},
+        follow_redirects=False,
+    )
+    assert resp.status_code == 404, resp.headers
+    assert "location" not in resp.headers
