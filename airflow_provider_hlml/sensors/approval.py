@@ -317,8 +317,8 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
                 f"Approval request {request.call_id} cannot be used by this gate: {exc}"
                 + (DEPLOYMENT_HINT if "spec.state.hlml.airflow" in str(exc) else "")
             ) from None
-        if not created:
-            self.check_same_request(call, request)
+        # Also when "created": a server may answer a create with a request it already had.
+        self.check_same_request(call, request)
         url = approval_url(call.call_id)
         if created:
             self.log.info("Asked for approval: request %s, decide at %s", call.call_id, url)

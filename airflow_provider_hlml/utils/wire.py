@@ -12,11 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-__all__ = ["CALL_ID_TAKEN", "GateFunctionCall", "GateFunctionCallStatus", "UserInfo", "spec_differences"]
+__all__ = [
+    "CALL_ID_TAKEN",
+    "REPLAYED_HEADER",
+    "GateFunctionCall",
+    "GateFunctionCallStatus",
+    "UserInfo",
+    "spec_differences",
+]
 
 # The approvals service's 409 error code when a call id already holds another request, or one
 # created by another principal: a gate never adopts such a request.
 CALL_ID_TAKEN = "call_id_taken"
+# Set (to "true") on the approvals service's answer to a create that returned an existing request.
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 class UserInfo(BaseModel):

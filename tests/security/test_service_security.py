@@ -129,8 +129,12 @@ class TestSquatting:
         other_key_same_agent = Api(service, make_key(service, "airflow", "agent"))
         call_id = new_call_id("idempotent")
         body = call_body(call_id, state=policy_state(approvers=["alice@example.com"]))
-        assert agent.post("/function_calls", json=body).status_code == 201
-        assert other_key_same_agent.post("/function_calls", json=body).status_code == 200
+        first = agent.post("/function_calls", json=body)
+        assert first.status_code == 201
+        assert "Idempotent-Replayed" not in first.headers
+        again = other_key_same_agent.post("/function_calls", json=body)
+        assert again.status_code == 200
+        assert again.headers["Idempotent-Replayed"] == "true"
 
         changed = call_body(call_id, state=policy_state(approvers=["mallory@example.com"]))
         changed["spec"]["kwargs"]["subject"] = "Something else"

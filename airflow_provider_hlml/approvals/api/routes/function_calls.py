@@ -32,6 +32,7 @@ from airflow_provider_hlml.approvals.schemas import (
     FunctionCallRespond,
 )
 from airflow_provider_hlml.approvals.webhooks import FUNCTION_CALL_COMPLETED
+from airflow_provider_hlml.utils.wire import REPLAYED_HEADER
 
 KIND = store.FUNCTION_CALL
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -67,6 +68,7 @@ def create_function_call(
     )
     if not created:
         response.status_code = 200
+        response.headers[REPLAYED_HEADER] = "true"
     return public_model(row)
 
 

@@ -32,6 +32,7 @@ from airflow_provider_hlml.approvals.schemas import (
     HumanContactRespond,
 )
 from airflow_provider_hlml.approvals.webhooks import HUMAN_CONTACT_COMPLETED
+from airflow_provider_hlml.utils.wire import REPLAYED_HEADER
 
 KIND = store.HUMAN_CONTACT
 router = APIRouter(tags=["human contacts"], responses=ERRORS)
@@ -54,6 +55,7 @@ def create_human_contact(
     )
     if not created:
         response.status_code = 200
+        response.headers[REPLAYED_HEADER] = "true"
     return public_model(row)
 
 
