@@ -99,6 +99,18 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Bearer token",
                         "schema": {"type": ["string", "null"], "format": "password"},
                     },
+                    "timeout": {
+                        "label": "HTTP timeout (seconds)",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                        "description": "Per request of a task; default MLflow's MLFLOW_HTTP_REQUEST_TIMEOUT "
+                        "(120). The Test button waits at most 4 s.",
+                    },
+                    "max_retries": {
+                        "label": "HTTP retries",
+                        "schema": {"type": ["integer", "null"], "minimum": 0, "maximum": 10},
+                        "description": "Retries of a failed request in a task; default MLflow's "
+                        "MLFLOW_HTTP_REQUEST_MAX_RETRIES (7). The Test button retries once.",
+                    },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "extra"],

@@ -222,8 +222,11 @@ def monitor_churn_model(
     """
     import mlflow.pyfunc
 
+    from airflow_provider_hlml.operators.mlflow import quiet_skops_module_scan
+
     batch = generate_churn_data(batch_size, seed)
-    model = mlflow.pyfunc.load_model(model_uri)
+    with quiet_skops_module_scan():
+        model = mlflow.pyfunc.load_model(model_uri)
     started = time.perf_counter()
     predicted = model.predict(batch[list(FEATURES)].astype("float64"))
     latency_ms = (time.perf_counter() - started) * 1000

@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from airflow_provider_hlml.utils.wire import GateFunctionCall
 
 DEFAULT_TIMEOUT = 30.0
+#: ``test_connection`` waits at most this long (the connection form's "Test" answers within 10 s).
+TEST_CONNECTION_TIMEOUT = 5.0
 ENV_API_BASE = "HUMANLAYER_API_BASE"
 ENV_API_KEY = "HUMANLAYER_API_KEY"
 ENV_RUN_ID_PREFIX = "HUMANLAYER_RUN_ID_PREFIX"
@@ -41,14 +43,18 @@ class HumanLayerError(AirflowException):
     :param message: the full, secret-free message.
     :param conn_id: the Airflow connection id in use.
     :param status_code: the HTTP status, when the server answered (kept as ``http_status``).
+    :param code: the ``error.code`` of the server's answer, when it gave one.
     """
 
     retryable = False
 
-    def __init__(self, message: str, *, conn_id: str, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, conn_id: str, status_code: int | None = None, code: str | None = None
+    ) -> None:
         super().__init__(_redact(message))
         self.conn_id = conn_id
         self.http_status = status_code
+        self.code = code
 
 
 class HumanLayerConnectionError(HumanLayerError):
@@ -203,6 +209,17 @@ def _error_detail(body: str) -> str:
     return json.dumps(data)[:300]
 
 
+def _error_code(body: str) -> str | None:
+    """The ``error.code`` of an approvals-service error body, if any."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    err = data.get("error") if isinstance(data, dict) else None
+    code = err.get("code") if isinstance(err, dict) else None
+    return code if isinstance(code, str) else None
+
+
 def _raise_for_status(settings: HumanLayerSettings, method: str, path: str, status: int, body: str) -> None:
     if status < 400:
         return
@@ -229,7 +246,9 @@ def _raise_for_status(settings: HumanLayerSettings, method: str, path: str, stat
             status_code=status,
         )
     if status == 409:
-        raise HumanLayerConflictError(f"{what}{suffix}.", conn_id=conn_id, status_code=status)
+        raise HumanLayerConflictError(
+            f"{what}{suffix}.", conn_id=conn_id, status_code=status, code=_error_code(body)
+        )
     if status == 429 or status >= 500:
         raise HumanLayerUnavailableError(
             f"{what}{suffix}. The server is overloaded or failing; retrying may help.",
@@ -368,6 +387,12 @@ class HumanLayerHook(BaseHook):
         return self.client
 
     def _request(self, method: str, path: str, *, json_body: Any = None, expect_json: bool = True) -> Any:
+        return self._send(method, path, json_body=json_body, expect_json=expect_json)[1]
+
+    def _send(
+        self, method: str, path: str, *, json_body: Any = None, expect_json: bool = True
+    ) -> tuple[requests.Response, Any]:
+        """``(response, parsed JSON body)`` of a call; raises :class:`HumanLayerError` on failure."""
         import requests
 
         settings = self.settings
@@ -388,8 +413,8 @@ class HumanLayerHook(BaseHook):
             ) from None
         _raise_for_status(settings, method, path, resp.status_code, resp.text)
         if not expect_json:
-            return None
-        return _parse_json(settings, method, path, resp.status_code, resp.text)
+            return resp, None
+        return resp, _parse_json(settings, method, path, resp.status_code, resp.text)
 
     # --------------------------------------------------------------- sync calls
     def create_function_call(self, call: FunctionCall) -> GateFunctionCall:
@@ -415,20 +440,29 @@ class HumanLayerHook(BaseHook):
 
     def get_or_create_function_call(self, call: FunctionCall) -> tuple[GateFunctionCall, bool]:
         """
-        Return the request with ``call.call_id``, creating it only if the server has none.
+        Create the request, or return the existing one with ``call.call_id``.
 
-        :param call: the request to create when missing.
+        The approvals service returns an existing request (200, ``Idempotent-Replayed: true``)
+        only to the principal that created it and only when its run id and spec are the ones
+        sent; anything else is a 409 that names the difference, raised here as
+        :class:`HumanLayerConflictError`. A server that answers 409 for any existing id (the
+        HumanLayer cloud) gets the request read back instead. Either way the caller must compare
+        what comes back with what it sent
+        (:func:`~airflow_provider_hlml.utils.wire.spec_differences`).
+
+        :param call: the request to create.
         :return: ``(function_call, created)``.
         """
+        from airflow_provider_hlml.utils import wire
+
         try:
+            resp, data = self._send("POST", "/function_calls", json_body=call.model_dump(mode="json"))
+        except HumanLayerConflictError as exc:
+            if exc.code == wire.CALL_ID_TAKEN:
+                raise
             return self.get_function_call(call.call_id), False
-        except HumanLayerNotFoundError:
-            pass
-        try:
-            return self.create_function_call(call), True
-        except HumanLayerConflictError:
-            # Someone else created it between the read and the write.
-            return self.get_function_call(call.call_id), False
+        replayed = resp.headers.get(wire.REPLAYED_HEADER, "").lower() == "true"
+        return wire.GateFunctionCall.model_validate(data), not replayed
 
     def respond(
         self, call_id: str, status: FunctionCallStatus, user_info: dict[str, Any] | None = None
@@ -510,9 +544,21 @@ class HumanLayerHook(BaseHook):
         return result
 
     def test_connection(self) -> tuple[bool, str]:
-        """Airflow UI "Test" button: ``(ok, message)`` without any secret in the message."""
+        """
+        Airflow UI "Test" button: ``(ok, message)`` without any secret in the message.
+
+        Probes with a timeout of at most ``TEST_CONNECTION_TIMEOUT`` seconds (the connection's
+        ``timeout`` extra if smaller), so the answer comes within 10 s even from a host that drops
+        packets; errors name the connection, its base URL and what to check.
+        """
         try:
-            info = self.health()
+            settings = self.settings
+            probe = type(self)(self.humanlayer_conn_id)
+            # A cached_property holds the value in the instance dict: the probe's own, bounded one.
+            probe.__dict__["settings"] = replace(
+                settings, timeout=min(settings.timeout, TEST_CONNECTION_TIMEOUT)
+            )
+            info = probe.health()
         except HumanLayerError as exc:
             return False, str(exc)
         except Exception as exc:

@@ -9,6 +9,14 @@ Credentials
     header to the requests made there. Every call through :attr:`MLflowHook.client` runs inside
     that scope.
 
+HTTP timeout and retries
+    MLflow retries a failed request ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` times (default 7, with
+    exponential backoff: about four minutes against a server that is down) and waits up to
+    ``MLFLOW_HTTP_REQUEST_TIMEOUT`` seconds (default 120) per request. The connection's extras
+    ``timeout`` and ``max_retries`` set them for this connection's calls only (environment
+    variables set for the duration of each call and restored afterwards); when absent, MLflow's
+    own settings apply. :meth:`MLflowHook.test_connection` always answers within about 10 s.
+
 Fluent API
     ``mlflow.start_run()`` & co. use the process-global tracking URI. :meth:`MLflowHook.fluent`
     sets it (and the registry URI) for the duration of a block, under a process lock, and then
@@ -21,6 +29,7 @@ import base64
 import contextlib
 import contextvars
 import functools
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -44,6 +53,17 @@ class MLflowConnectionError(AirflowException):
 _ACTIVE_AUTH: contextvars.ContextVar[str | None] = contextvars.ContextVar("hlml_mlflow_auth", default=None)
 _PROVIDER_LOCK = threading.Lock()
 _provider_registered = False
+# MLflow's HTTP settings, read by ``mlflow.utils.rest_utils.http_request`` on every request.
+ENV_TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+ENV_MAX_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+ENV_BACKOFF_FACTOR = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+#: ``test_connection`` (the connection form's "Test" button) waits at most this per request ...
+TEST_CONNECTION_TIMEOUT = 4
+#: ... and retries this often, without backoff: two attempts stay under 10 s even when the host
+#: drops packets instead of refusing the connection.
+TEST_CONNECTION_MAX_RETRIES = 1
+# MLflow refuses more retries than this (``_MLFLOW_HTTP_REQUEST_MAX_RETRIES_LIMIT``).
+_MAX_RETRIES_LIMIT = 10
 # The fluent API's tracking URI is process-global: one ``fluent()`` block at a time.
 _FLUENT_LOCK = threading.RLock()
 # Process state of MLflow's fluent API that ``fluent()`` sets aside and restores.
@@ -92,6 +112,48 @@ def redact_uri(uri: str) -> str:
 
 
 @dataclass(frozen=True)
+class HttpLimits:
+    """
+    Per-request timeout and retry count of MLflow's HTTP client; ``None`` keeps MLflow's setting.
+
+    :param timeout: seconds per request (``MLFLOW_HTTP_REQUEST_TIMEOUT``).
+    :param max_retries: retries after a failed request (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``).
+    :param backoff_factor: exponential backoff factor (``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``).
+    """
+
+    timeout: int | None = None
+    max_retries: int | None = None
+    backoff_factor: int | None = None
+
+    def environment(self) -> dict[str, str]:
+        """The MLflow environment variables these limits set."""
+        values = {
+            ENV_TIMEOUT: self.timeout,
+            ENV_MAX_RETRIES: self.max_retries,
+            ENV_BACKOFF_FACTOR: self.backoff_factor,
+        }
+        return {key: str(value) for key, value in values.items() if value is not None}
+
+
+@contextlib.contextmanager
+def _scoped_environment(values: dict[str, str]) -> Iterator[None]:
+    """Set ``values`` in ``os.environ`` for the block and restore what was there before."""
+    if not values:
+        yield
+        return
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@dataclass(frozen=True)
 class MLflowConnectionSettings:
     """What a connection (or the ``MLFLOW_TRACKING_URI`` fallback) resolves to."""
 
@@ -101,6 +163,7 @@ class MLflowConnectionSettings:
     ui_url: str | None
     authorization: str | None
     from_env: bool
+    http_limits: HttpLimits = HttpLimits()
 
 
 def _mask(secret: str | None) -> None:
@@ -117,6 +180,35 @@ def _connection_extra(conn: Any, key: str) -> Any:
     extra = conn.extra_dejson or {}
     value = extra.get(key, extra.get(f"extra__mlflow__{key}"))
     return value if value not in ("", None) else None
+
+
+def _http_limits_of(conn: Any, conn_id: str) -> HttpLimits:
+    """The extras ``timeout`` (seconds, rounded up) and ``max_retries`` (0-10), checked."""
+    timeout_raw = _connection_extra(conn, "timeout")
+    retries_raw = _connection_extra(conn, "max_retries")
+    timeout = retries = None
+    if timeout_raw is not None:
+        try:
+            seconds = float(timeout_raw)
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if not seconds > 0 or math.isinf(seconds):
+            raise MLflowConnectionError(
+                f"MLflow connection {conn_id!r}: extra 'timeout' must be a positive number of seconds, "
+                f"got {timeout_raw!r}."
+            )
+        timeout = max(1, math.ceil(seconds))  # MLflow reads an integer
+    if retries_raw is not None:
+        try:
+            retries = int(str(retries_raw))
+        except ValueError:
+            retries = -1
+        if not 0 <= retries <= _MAX_RETRIES_LIMIT:
+            raise MLflowConnectionError(
+                f"MLflow connection {conn_id!r}: extra 'max_retries' must be a whole number from 0 "
+                f"to {_MAX_RETRIES_LIMIT}, got {retries_raw!r}."
+            )
+    return HttpLimits(timeout=timeout, max_retries=retries)
 
 
 def _tracking_uri_of(conn: Any) -> str:
@@ -157,6 +249,21 @@ def _is_unreachable(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__ or cause.__context__
     return False
+
+
+def _network_cause(exc: BaseException) -> str:
+    """The name of the network error behind ``exc`` (``ConnectionError``, ``ReadTimeout``, ...)."""
+    import requests
+
+    name = type(exc).__name__
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, requests.exceptions.RequestException):
+            name = type(cause).__name__
+        cause = cause.__cause__ or cause.__context__
+    return name
 
 
 def _http_status(exc: BaseException) -> int | None:
@@ -207,8 +314,12 @@ class MLflowHook(BaseHook):
 
     The connection (type ``mlflow``) holds the tracking URI in *host*, optional basic-auth
     credentials in *login* / *password*, and in *extra*: ``registry_uri``, ``ui_url`` (base URL
-    of the MLflow UI for links) and ``token`` (bearer token). When the connection does not exist,
-    ``MLFLOW_TRACKING_URI`` is used (with MLflow's own credential environment variables).
+    of the MLflow UI for links), ``token`` (bearer token), ``timeout`` (seconds per HTTP request)
+    and ``max_retries`` (retries of a failed request, 0-10). Without ``timeout`` / ``max_retries``
+    MLflow's ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (120 s) and ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` (7,
+    with backoff: minutes against a server that is down) apply to task work;
+    :meth:`test_connection` always uses at most 4 s and one retry. When the connection does not
+    exist, ``MLFLOW_TRACKING_URI`` is used (with MLflow's own environment variables).
 
     :param mlflow_conn_id: id of the MLflow connection.
     """
@@ -221,6 +332,8 @@ class MLflowHook(BaseHook):
     def __init__(self, mlflow_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mlflow_conn_id = mlflow_conn_id
+        # Set by ``test_connection`` for its bounded probe; else the connection's limits apply.
+        self._limits_override: HttpLimits | None = None
 
     # -- connection ---------------------------------------------------------------------------
     @cached_property
@@ -267,6 +380,7 @@ class MLflowHook(BaseHook):
             ui_url=_connection_extra(conn, "ui_url"),
             authorization=authorization,
             from_env=False,
+            http_limits=_http_limits_of(conn, self.mlflow_conn_id),
         )
 
     @property
@@ -298,11 +412,16 @@ class MLflowHook(BaseHook):
 
     @contextlib.contextmanager
     def authenticated(self) -> Iterator[None]:
-        """Send this connection's credentials with every MLflow request made in this context."""
+        """
+        Send this connection's credentials with every MLflow request made in this context, with
+        the connection's timeout / retries (if configured) as MLflow's HTTP settings.
+        """
         _register_auth_header_provider()
+        limits = self._limits_override or self.settings.http_limits
         token = _ACTIVE_AUTH.set(self.settings.authorization)
         try:
-            yield
+            with _scoped_environment(limits.environment()):
+                yield
         finally:
             _ACTIVE_AUTH.reset(token)
 
@@ -363,12 +482,39 @@ class MLflowHook(BaseHook):
                 f"{self.describe()}: permission denied (HTTP 403) for this user on that resource."
             )
         if _is_unreachable(exc):
-            return MLflowConnectionError(
-                f"{self.describe()} is unreachable after MLflow's retries "
-                f"(MLFLOW_HTTP_REQUEST_MAX_RETRIES): check the host/port and that the server runs. "
-                f"Cause: {type(exc).__name__}"
-            )
+            return MLflowConnectionError(self._unreachable_message(exc))
         return exc
+
+    def _unreachable_message(self, exc: BaseException) -> str:
+        """What failed, how long MLflow tried, and which setting controls that."""
+        from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+
+        override = self._limits_override
+        limits = override or self.settings.http_limits
+        timeout = limits.timeout if limits.timeout is not None else MLFLOW_HTTP_REQUEST_TIMEOUT.get()
+        retries = (
+            limits.max_retries if limits.max_retries is not None else MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()
+        )
+        tried = f"{retries + 1} attempt{'s' if retries else ''} of up to {timeout} s each"
+        if override is not None:
+            control = (
+                "the connection test always answers within about 10 s; tasks use the connection's "
+                f"extras 'timeout' and 'max_retries', else {ENV_TIMEOUT} and {ENV_MAX_RETRIES}"
+            )
+        else:
+            configured = self.settings.http_limits
+            control = "retries: the connection's extra 'max_retries'" + (
+                ""
+                if configured.max_retries is not None
+                else f" (not set: {ENV_MAX_RETRIES}={retries} applies)"
+            )
+            control += "; per-request timeout: extra 'timeout'" + (
+                "" if configured.timeout is not None else f" (not set: {ENV_TIMEOUT}={timeout} applies)"
+            )
+        return (
+            f"{self.describe()} is unreachable ({_network_cause(exc)} after {tried}). Check the host "
+            f"and port of the connection and that the MLflow server runs. {control[:1].upper()}{control[1:]}."
+        )
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` (e.g. a fluent MLflow function) with credentials and error translation."""
@@ -383,11 +529,28 @@ class MLflowHook(BaseHook):
 
     # -- operations ---------------------------------------------------------------------------
     def test_connection(self) -> tuple[bool, str]:
-        """Search one experiment to check reachability and credentials."""
+        """
+        Search one experiment to check reachability and credentials, within about 10 s.
+
+        Waits at most ``TEST_CONNECTION_TIMEOUT`` s per request (less if the connection's
+        ``timeout`` is smaller) with one retry and no backoff, whatever MLflow's settings.
+        """
+        try:
+            configured = self.settings.http_limits
+        except Exception as exc:
+            return False, str(exc)
+        timeout = min(configured.timeout or TEST_CONNECTION_TIMEOUT, TEST_CONNECTION_TIMEOUT)
+        retries = min(
+            TEST_CONNECTION_MAX_RETRIES if configured.max_retries is None else configured.max_retries,
+            TEST_CONNECTION_MAX_RETRIES,
+        )
+        self._limits_override = HttpLimits(timeout=timeout, max_retries=retries, backoff_factor=0)
         try:
             self.client.search_experiments(max_results=1)
         except Exception as exc:
             return False, str(self.translate_error(exc))
+        finally:
+            self._limits_override = None
         return True, f"Connected to {self.describe()}."
 
     def get_or_create_experiment(

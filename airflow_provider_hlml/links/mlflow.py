@@ -26,7 +26,17 @@ class MLflowRunLink(BaseOperatorLink):
             context["ti"].xcom_push(key=MLFLOW_RUN_URL_XCOM_KEY, value=url)
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        """The run's URL, or ``""`` when the task stopped before its MLflow run started."""
         from airflow.sdk.execution_time.xcom import XCom
 
-        url = XCom.get_value(ti_key=ti_key, key=MLFLOW_RUN_URL_XCOM_KEY)
+        # ``XCom.get_value`` logs an error-level "XCom not found" for a task that failed before
+        # ``persist``; that reads like a second problem. ``get_all`` answers "nothing" quietly.
+        stored = XCom.get_all(
+            key=MLFLOW_RUN_URL_XCOM_KEY, dag_id=ti_key.dag_id, task_id=ti_key.task_id, run_id=ti_key.run_id
+        )
+        if not stored:
+            return ""
+        url = (
+            stored[0] if ti_key.map_index < 0 else XCom.get_value(ti_key=ti_key, key=MLFLOW_RUN_URL_XCOM_KEY)
+        )
         return str(url) if url else ""

@@ -29,6 +29,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_hlml import audit
 from airflow_provider_hlml.hooks.mlflow import MLflowHook
 from airflow_provider_hlml.links.mlflow import MLflowRunLink
+from airflow_provider_hlml.utils.thresholds import METRIC_ALIASES, THRESHOLD_KEYS, parse_thresholds
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,20 +42,6 @@ _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAM_VALUE = 6000
 _MAX_TAG_VALUE = 8000
-
-#: Short names accepted in ``thresholds`` for MLflow's default-evaluator metric names.
-METRIC_ALIASES = {
-    "accuracy": "accuracy_score",
-    "f1": "f1_score",
-    "precision": "precision_score",
-    "recall": "recall_score",
-    "auc": "roc_auc",
-    "mse": "mean_squared_error",
-    "rmse": "root_mean_squared_error",
-    "mae": "mean_absolute_error",
-    "r2": "r2_score",
-}
-_THRESHOLD_KEYS = ("threshold", "min_absolute_change", "min_relative_change", "greater_is_better")
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,6 +194,27 @@ def _is_sklearn_model(model: Any) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def quiet_skops_module_scan() -> Iterator[None]:
+    """
+    Silence the deprecation warnings skops provokes while saving or loading a model, only those.
+
+    For objects without ``__module__`` (scipy ufuncs: on its first import skops names every
+    public one; later, those inside an estimator) skops' ``whichmodule`` calls ``getattr`` on
+    every module in ``sys.modules``; Airflow's deprecated-alias modules answer each lookup with a
+    ``DeprecatedImportWarning`` (about 1,160 log lines per task). The filter is limited to that
+    category raised from skops' lookup, for the duration of the save or load.
+    """
+    try:
+        from airflow.utils.deprecation_tools import DeprecatedImportWarning
+    except ImportError:  # pragma: no cover - worker without airflow-core
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecatedImportWarning, module=r"skops\.io\._utils")
+        yield
+
+
 def log_model(
     model: Any,
     name: str = "model",
@@ -245,19 +253,20 @@ def log_model(
     if _is_sklearn_model(model):
         import mlflow.sklearn
 
-        if skops_trusted_types is None:
-            skops_trusted_types = _own_sklearn_types(model)
         requirements = (
             None if infer_requirements else mlflow.sklearn.get_default_pip_requirements(include_skops=True)
         )
-        info = mlflow.sklearn.log_model(
-            sk_model=model,
-            name=name,
-            signature=signature,
-            input_example=input_example,
-            skops_trusted_types=skops_trusted_types,
-            pip_requirements=requirements,
-        )
+        with quiet_skops_module_scan():
+            if skops_trusted_types is None:
+                skops_trusted_types = _own_sklearn_types(model)
+            info = mlflow.sklearn.log_model(
+                sk_model=model,
+                name=name,
+                signature=signature,
+                input_example=input_example,
+                skops_trusted_types=skops_trusted_types,
+                pip_requirements=requirements,
+            )
     else:
         if isinstance(model, mlflow.pyfunc.PythonModel):
             python_model = model
@@ -680,39 +689,6 @@ class MLflowTrainOperator(BaseOperator):
 # --------------------------------------------------------------------------------------------
 # Validate
 # --------------------------------------------------------------------------------------------
-def _parse_thresholds(thresholds: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    if not isinstance(thresholds, Mapping) or not thresholds:
-        raise ValueError("thresholds must be a non-empty mapping of metric name -> threshold spec")
-    parsed: dict[str, dict[str, Any]] = {}
-    for name, spec in thresholds.items():
-        if isinstance(spec, int | float) and not isinstance(spec, bool):
-            spec = {"threshold": spec}
-        if not isinstance(spec, Mapping):
-            raise ValueError(f"thresholds[{name!r}] must be a mapping or a number, got {type(spec).__name__}")
-        unknown = set(spec) - set(_THRESHOLD_KEYS)
-        if unknown:
-            raise ValueError(
-                f"thresholds[{name!r}] has unknown keys {sorted(unknown)}; allowed: {list(_THRESHOLD_KEYS)}"
-            )
-        entry = {
-            "threshold": spec.get("threshold"),
-            "min_absolute_change": spec.get("min_absolute_change"),
-            "min_relative_change": spec.get("min_relative_change"),
-            "greater_is_better": bool(spec.get("greater_is_better", True)),
-        }
-        if all(entry[k] is None for k in _THRESHOLD_KEYS[:3]):
-            raise ValueError(
-                f"thresholds[{name!r}] needs threshold, min_absolute_change or min_relative_change"
-            )
-        for key in _THRESHOLD_KEYS[:3]:
-            if entry[key] is not None and (
-                isinstance(entry[key], bool) or not isinstance(entry[key], int | float)
-            ):
-                raise ValueError(f"thresholds[{name!r}][{key!r}] must be a number")
-        parsed[str(name)] = entry
-    return parsed
-
-
 def _split_models_uri(model_uri: str) -> tuple[str, str] | None:
     """``models:/name/version`` -> (name, version); other URIs -> None."""
     if not model_uri.startswith("models:/"):
@@ -746,7 +722,9 @@ class MLflowValidateOperator(BaseOperator):
     :param target: label column in ``data``.
     :param thresholds: ``{metric: {"threshold", "min_absolute_change", "min_relative_change",
         "greater_is_better"}}``; a plain number means ``{"threshold": n}``. Short names such as
-        ``accuracy``, ``f1``, ``rmse`` map to MLflow's metric names.
+        ``accuracy``, ``f1``, ``rmse`` map to MLflow's metric names. Checked when the DAG is
+        defined, with the workflow spec's rules (``utils.thresholds``): an unknown metric for
+        ``model_type`` or a fraction outside [0, 1] raises ``ThresholdsError`` there.
     :param model_type: ``classifier`` or ``regressor``.
     :param model_name: registered model name (found from ``models:/`` URIs when omitted).
     :param baseline_alias: alias of the champion to compare against.
@@ -784,7 +762,7 @@ class MLflowValidateOperator(BaseOperator):
         self.data_callable: Callable[..., pd.DataFrame] | None = data if callable(data) else None
         self.data = None if callable(data) else data
         self.target = target
-        self.thresholds = _parse_thresholds(thresholds)
+        self.thresholds = parse_thresholds(thresholds, model_type, owner=f"task {self.task_id!r}")
         self.model_type = model_type
         self.model_name = model_name
         self.baseline_alias = baseline_alias
@@ -907,14 +885,16 @@ class MLflowValidateOperator(BaseOperator):
     def _evaluate(self, model_uri: str, frame: pd.DataFrame) -> Any:
         import mlflow
 
-        return mlflow.models.evaluate(
-            model=model_uri,
-            data=frame,
-            targets=self.target,
-            model_type=self.model_type,
-            evaluators=["default"],
-            evaluator_config={"default": {"log_model_explainability": False}},
-        )
+        # Loading a scikit-learn model goes through skops (see ``quiet_skops_module_scan``).
+        with quiet_skops_module_scan():
+            return mlflow.models.evaluate(
+                model=model_uri,
+                data=frame,
+                targets=self.target,
+                model_type=self.model_type,
+                evaluators=["default"],
+                evaluator_config={"default": {"log_model_explainability": False}},
+            )
 
     def _check(
         self, candidate: Any, baseline: Any, metric_threshold: type, baseline_reason: str | None
@@ -936,7 +916,7 @@ class MLflowValidateOperator(BaseOperator):
                     f"no @{self.baseline_alias} to compare with ({baseline_reason or 'first model'}): "
                     "only the absolute threshold applies"
                 )
-            if all(effective[k] is None for k in _THRESHOLD_KEYS[:3]):
+            if all(effective[k] is None for k in THRESHOLD_KEYS[:3]):
                 passed = candidate_value is not None
                 if candidate_value is None:
                     notes.append(f"metric {key!r} missing from the evaluation")

@@ -31,6 +31,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from airflow_provider_hlml.utils.thresholds import threshold_problems
+
 __all__ = [
     "STAGE_TYPES",
     "CallableConfig",
@@ -46,25 +48,6 @@ __all__ = [
 ]
 
 STAGE_TYPES: tuple[str, ...] = ("data_prep", "training", "validation", "deployment", "monitoring", "custom")
-
-#: Metrics whose value is a fraction: a threshold outside [0, 1] can never be met.
-BOUNDED_METRICS: frozenset[str] = frozenset(
-    {
-        "accuracy",
-        "accuracy_score",
-        "precision",
-        "precision_score",
-        "recall",
-        "recall_score",
-        "f1",
-        "f1_score",
-        "roc_auc",
-        "precision_recall_auc",
-        "balanced_accuracy",
-        "r2",
-        "r2_score",
-    }
-)
 
 SCHEDULE_PRESETS: frozenset[str] = frozenset(
     {"@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually"}
@@ -262,6 +245,9 @@ class TrainingConfig(_Strict):
 class MetricThresholdSpec(_Strict):
     """One metric's acceptance rule; a bare number in YAML means ``{"threshold": number}``.
 
+    Its values are checked, with the metric name, by :class:`ValidationConfig` through
+    :func:`~airflow_provider_hlml.utils.thresholds.threshold_problems` (the operator's rules).
+
     :param threshold: the value the candidate must reach (at least, or at most when
         ``greater_is_better`` is false).
     :param min_absolute_change: how much better than the champion the candidate must be, absolute.
@@ -270,8 +256,8 @@ class MetricThresholdSpec(_Strict):
     """
 
     threshold: float | None = None
-    min_absolute_change: float | None = Field(default=None, gt=0)
-    min_relative_change: float | None = Field(default=None, gt=0)
+    min_absolute_change: float | None = None
+    min_relative_change: float | None = None
     greater_is_better: bool = True
 
     @model_validator(mode="before")
@@ -281,12 +267,6 @@ class MetricThresholdSpec(_Strict):
             return {"threshold": value}
         return value
 
-    @model_validator(mode="after")
-    def _something_to_check(self) -> MetricThresholdSpec:
-        if self.threshold is None and self.min_absolute_change is None and self.min_relative_change is None:
-            raise ValueError("set at least one of threshold, min_absolute_change, min_relative_change")
-        return self
-
 
 class ValidationConfig(_Strict):
     """Config of a ``validation`` stage (an ``MLflowValidateOperator``).
@@ -294,8 +274,9 @@ class ValidationConfig(_Strict):
     :param dataset: evaluation data: import path of a callable returning a pandas DataFrame, or a
         ``.csv`` / ``.parquet`` file (relative paths are relative to the spec file).
     :param target: the label column.
-    :param thresholds: metric name -> rule; fractional metrics (accuracy, precision, ...) must use
-        thresholds between 0 and 1.
+    :param thresholds: metric name -> rule; each metric must be one MLflow's default evaluator
+        reports for ``model_type`` (``accuracy``, ``f1``, ``rmse``, ... or MLflow's own names), and
+        fractional metrics (accuracy, precision, ...) must use thresholds between 0 and 1.
     :param model_type: ``classifier`` or ``regressor``.
     :param baseline_alias: registered-model alias of the champion whose metrics the report shows
         next to the candidate's (and which ``min_*_change`` rules compare with).
@@ -324,11 +305,9 @@ class ValidationConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _fractions_between_0_and_1(self) -> ValidationConfig:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
-        for metric, rule in self.thresholds.items():
-            if metric in BOUNDED_METRICS and rule.threshold is not None and not 0 <= rule.threshold <= 1:
-                problems.append((("thresholds", metric), "must be between 0 and 1"))
+    def _thresholds_can_pass(self) -> ValidationConfig:
+        rules = {metric: rule.model_dump() for metric, rule in self.thresholds.items()}
+        problems = threshold_problems(rules, self.model_type)
         if problems:
             _raise("ValidationConfig", problems, self.thresholds)
         return self

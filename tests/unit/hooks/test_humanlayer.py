@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -201,6 +202,41 @@ class TestHumanLayerHook:
         assert "'hl_down'" in str(err.value)
         assert "cannot reach the server" in str(err.value)
         assert err.value.retryable is True
+
+    def test_connection_test_answers_within_10s_from_a_hanging_server(
+        self, faulty_server: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        faulty_server.hang_seconds = 12.0
+        faulty_server.inject("timeout")
+        _set_conn(
+            monkeypatch,
+            "hl_slow",
+            host=faulty_server.base_url,
+            password=faulty_server.api_key,
+            extra={"timeout": 60},  # what tasks wait; the Test button must not
+        )
+        hook = HumanLayerHook("hl_slow")
+        started = time.monotonic()
+        ok, message = hook.test_connection()
+        assert time.monotonic() - started < 10
+        assert ok is False
+        assert f"HumanLayer connection 'hl_slow' ({faulty_server.base_url})" in message
+        assert "timed out after 5s" in message
+        assert "Check that the server is up" in message
+        assert faulty_server.api_key not in message
+        assert hook.settings.timeout == 60  # the hook's own settings are untouched
+
+    def test_connection_test_of_a_closed_port_names_host_and_what_to_check(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        url = f"http://127.0.0.1:{free_port()}/humanlayer/v1"
+        _set_conn(monkeypatch, "hl_closed", host=url, password="k" * 12)
+        started = time.monotonic()
+        ok, message = HumanLayerHook("hl_closed").test_connection()
+        assert time.monotonic() - started < 10
+        assert ok is False
+        assert f"HumanLayer connection 'hl_closed' ({url}): cannot reach the server" in message
+        assert "Check the base URL (host) of the connection" in message
 
     def test_non_json_answer(self, faulty_server: Any, faulty_conn: str) -> None:
         faulty_server.inject("nonjson")

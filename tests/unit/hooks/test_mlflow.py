@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -135,9 +136,98 @@ class TestMLflowHook:
         assert url in message
         assert "unreachable" in message
         assert PASSWORD not in message
+        # No extras: the message names MLflow's own setting and its value.
+        assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES=0" in message
         ok, text = hook.test_connection()
         assert not ok
         assert "'mlflow_down'" in text
+
+    def test_connection_test_answers_within_10s_whatever_mlflows_retries(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # MLflow's defaults: 7 retries with backoff 2 took about four minutes against a closed port.
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
+        port = free_port()  # nobody listens there
+        _set_conn(
+            monkeypatch, "mlflow_closed", host=f"http://u:{PASSWORD}@127.0.0.1:{port}", extra={"timeout": 60}
+        )
+        started = time.monotonic()
+        ok, message = MLflowHook("mlflow_closed").test_connection()
+        elapsed = time.monotonic() - started
+        assert not ok
+        assert elapsed < 10, elapsed
+        assert f"MLflow connection 'mlflow_closed' (http://127.0.0.1:{port}) is unreachable" in message
+        assert "ConnectionError after 2 attempts of up to 4 s each" in message
+        assert "Check the host and port" in message
+        assert PASSWORD not in message
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
+        assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+
+    def test_unreachable_mlflow_fails_a_task_call_within_15s_with_the_connections_limits(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "2")
+        port = free_port()
+        _set_conn(
+            monkeypatch,
+            "mlflow_bounded",
+            host=f"http://127.0.0.1:{port}",
+            login="u",
+            password=PASSWORD,
+            extra={"timeout": 2.5, "max_retries": "1"},
+        )
+        hook = MLflowHook("mlflow_bounded")
+        started = time.monotonic()
+        with pytest.raises(MLflowConnectionError) as info:
+            hook.get_or_create_experiment("anything")
+        assert time.monotonic() - started < 15
+        message = str(info.value)
+        assert f"'mlflow_bounded' (http://127.0.0.1:{port}) is unreachable" in message
+        assert "2 attempts of up to 3 s each" in message
+        assert "extra 'max_retries'" in message
+        assert PASSWORD not in message
+        # The limits applied to that call only.
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
+        assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+
+    def test_timeout_and_retry_extras_are_scoped_to_the_connections_calls(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+        _set_conn(
+            monkeypatch, "mlflow_limits", host="http://mlflow:5000", extra={"timeout": 10, "max_retries": 2}
+        )
+        _set_conn(monkeypatch, "mlflow_plain", host="http://mlflow:5000")
+        with MLflowHook("mlflow_limits").authenticated():
+            assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"
+            assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+        assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
+        with MLflowHook("mlflow_plain").authenticated():  # no extras: MLflow's settings
+            assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+            assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
+
+    @pytest.mark.parametrize(
+        ("extra", "error"),
+        [
+            ({"timeout": "soon"}, "extra 'timeout' must be a positive number of seconds, got 'soon'"),
+            ({"timeout": 0}, "extra 'timeout' must be a positive number"),
+            ({"max_retries": 11}, "extra 'max_retries' must be a whole number from 0 to 10, got 11"),
+            ({"max_retries": "1.5"}, "extra 'max_retries' must be a whole number"),
+        ],
+    )
+    def test_bad_timeout_or_retry_extras_name_the_field(
+        self, monkeypatch: pytest.MonkeyPatch, extra: dict[str, object], error: str
+    ) -> None:
+        _set_conn(monkeypatch, "mlflow_badextra", host="http://mlflow:5000", extra=extra)
+        with pytest.raises(MLflowConnectionError, match=f"'mlflow_badextra': {error}"):
+            _ = MLflowHook("mlflow_badextra").settings
+        ok, message = MLflowHook("mlflow_badextra").test_connection()
+        assert not ok
+        assert "'mlflow_badextra'" in message
 
     def test_basic_auth_is_sent_without_touching_the_environment(
         self, auth_server: _AuthServer, monkeypatch: pytest.MonkeyPatch

@@ -21,6 +21,7 @@ from airflow_provider_hlml.operators.mlflow import (
     ModelPromoteOperator,
     TrainResult,
 )
+from airflow_provider_hlml.utils.thresholds import ThresholdsError
 from tests.unit.operators.dagrun_helpers import churn_frame, run_dag, task_states, xcom_value
 
 START = pendulum.datetime(2024, 1, 1, tz="UTC")
@@ -131,6 +132,32 @@ class TestMLflowTrainOperator:
         # the fluent tracking URI did not leak out of the task
         assert mlflow.get_tracking_uri() != mlflow_server.url
         assert "MLFLOW_TRACKING_URI" not in os.environ
+
+    def test_task_log_is_short_and_free_of_deprecation_noise(
+        self, hook: MLflowHook, capfd: pytest.CaptureFixture[str]
+    ) -> None:
+        from airflow.sdk import DAG
+        from airflow.utils.deprecation_tools import DeprecatedImportWarning
+
+        with DAG(_uid("train_log"), schedule=None, start_date=START) as dag:
+            MLflowTrainOperator(
+                task_id="train",
+                python_callable=train_logreg,
+                experiment_name="{{ dag.dag_id }}",
+                registered_model_name=_uid("churn_log"),
+            )
+        capfd.readouterr()
+        with warnings.catch_warnings(record=True) as caught:
+            # "always": a warning already shown by an earlier test in this process shows again.
+            warnings.simplefilter("always")
+            dag_run = run_dag(dag)
+        out, err = capfd.readouterr()
+        assert task_states(dag_run) == {"train": "success"}
+        deprecated = [w for w in caught if issubclass(w.category, DeprecatedImportWarning)]
+        assert deprecated == [], f"{len(deprecated)} warnings, first: {deprecated[:1]}"
+        log_lines = (out + err).splitlines()
+        assert not [line for line in log_lines if "DeprecatedImportWarning" in line]
+        assert len(log_lines) < 200, "\n".join(log_lines[:50])
 
     def test_run_conf_overrides_params(self, hook: MLflowHook) -> None:
         from airflow.sdk import DAG
@@ -461,7 +488,10 @@ class TestMLflowValidateOperator:
         assert xcom_value(dag_run, "validate_fail", "validation_report")["passed"] is False
 
     def test_bad_thresholds_are_refused_at_definition(self) -> None:
-        with pytest.raises(ValueError, match=r"thresholds\['accuracy'\] has unknown keys \['treshold'\]"):
+        with pytest.raises(
+            ThresholdsError,
+            match=r"thresholds\.accuracy\.treshold: unknown key \(did you mean 'threshold'\?\)",
+        ):
             MLflowValidateOperator(
                 task_id="v",
                 model_uri="models:/m/1",
@@ -469,24 +499,94 @@ class TestMLflowValidateOperator:
                 target="y",
                 thresholds={"accuracy": {"treshold": 1}},
             )
-        with pytest.raises(ValueError, match="needs threshold"):
+        with pytest.raises(ValueError, match="set at least one of threshold"):
             MLflowValidateOperator(
                 task_id="v", model_uri="models:/m/1", data="x.csv", target="y", thresholds={"accuracy": {}}
             )
         with pytest.raises(ValueError, match="on_fail"):
             MLflowValidateOperator(
-                task_id="v", model_uri="m", data="x.csv", target="y", thresholds={"a": 1}, on_fail="ignore"
+                task_id="v", model_uri="m", data="x.csv", target="y", thresholds={"f1": 1}, on_fail="ignore"
             )
+
+    def test_impossible_thresholds_fail_when_the_dag_is_defined(self) -> None:
+        from airflow.sdk import DAG
+
+        with DAG(_uid("validate_defined"), schedule=None, start_date=START):
+            with pytest.raises(ThresholdsError) as out_of_range:
+                MLflowValidateOperator(
+                    task_id="validate",
+                    model_uri="models:/m/1",
+                    data="x.csv",
+                    target="y",
+                    thresholds={"accuracy": 1.5},
+                    on_fail="continue",
+                )
+            with pytest.raises(ThresholdsError) as typo:
+                MLflowValidateOperator(
+                    task_id="validate_typo",
+                    model_uri="models:/m/1",
+                    data="x.csv",
+                    target="y",
+                    thresholds={"acuracy": 0.8},
+                )
+            with pytest.raises(ThresholdsError) as wrong_type:
+                MLflowValidateOperator(
+                    task_id="validate_type",
+                    model_uri="models:/m/1",
+                    data="x.csv",
+                    target="y",
+                    thresholds={"rmse": 0.3, "f1": {"min_relative_change": 2}},
+                )
+        # The workflow spec's style: one line per problem, "<owner>: <field>: <message>".
+        assert str(out_of_range.value) == (
+            "invalid thresholds of task 'validate' (1 problem):\n"
+            "task 'validate': thresholds.accuracy: must be between 0 and 1"
+        )
+        assert typo.value.problems == [
+            ("thresholds.acuracy", "not a metric of a classifier (did you mean 'accuracy'?)")
+        ]
+        assert [loc for loc, _ in wrong_type.value.problems] == [
+            "thresholds.rmse",
+            "thresholds.f1.min_relative_change",
+        ]
+        assert "'rmse' is reported for model_type 'regressor'" in str(wrong_type.value)
+
+    def test_thresholds_are_normalised_for_mlflow(self) -> None:
+        op = MLflowValidateOperator(
+            task_id="v",
+            model_uri="m",
+            data="x.csv",
+            target="y",
+            model_type="regressor",
+            thresholds={
+                "rmse": {"threshold": 1, "greater_is_better": False},
+                "r2": {"min_relative_change": 0},
+            },
+        )
+        assert op.thresholds == {
+            "rmse": {
+                "threshold": 1.0,
+                "min_absolute_change": None,
+                "min_relative_change": None,
+                "greater_is_better": False,
+            },
+            "r2": {
+                "threshold": None,
+                "min_absolute_change": None,
+                "min_relative_change": 0.0,
+                "greater_is_better": True,
+            },
+        }
 
     def test_data_errors_name_the_problem(self, tmp_path: Any) -> None:
         path = _write_validation_csv(tmp_path)
         op = MLflowValidateOperator(
-            task_id="v", model_uri="m", data=path, target="label", thresholds={"a": 1}
+            task_id="v", model_uri="m", data=path, target="label", thresholds={"f1": 1}
         )
         with pytest.raises(ValueError, match="target column 'label' is not in the validation data"):
             op._load_data({})  # type: ignore[arg-type]
         op = MLflowValidateOperator(
-            task_id="v2", model_uri="m", data=str(tmp_path / "missing.csv"), target="y", thresholds={"a": 1}
+            task_id="v2", model_uri="m", data=str(tmp_path / "missing.csv"), target="y", thresholds={"f1": 1}
         )
         with pytest.raises(FileNotFoundError, match=r"missing\.csv"):
             op._load_data({})  # type: ignore[arg-type]
@@ -836,6 +936,52 @@ def _sklearn_model_zoo() -> dict[str, Any]:
             np.log1p, kw_args={"cls": LogisticRegression, "fitted": LogisticRegression().fit(x, y)}
         ),
     }
+
+
+_SKOPS_IMPORT_PROBE = """
+import sys, warnings
+import airflow.sdk, airflow.models  # the deprecated-alias modules a worker has loaded
+from airflow.utils.deprecation_tools import DeprecatedImportWarning
+from airflow_provider_hlml.operators.mlflow import quiet_skops_module_scan
+
+def count(quiet):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if quiet:
+            with quiet_skops_module_scan():
+                import skops.io
+        else:
+            import skops.io
+    return sum(issubclass(w.category, DeprecatedImportWarning) for w in caught)
+
+print(count(sys.argv[1] == "quiet"))
+"""
+
+
+class TestQuietSkopsModuleScan:
+    def test_first_skops_import_in_a_task_process_is_silent(self) -> None:
+        # skops names every scipy ufunc on its first import, probing each loaded module: in a
+        # fresh process (as each task gets) that was about 1,160 DeprecatedImportWarnings.
+        import subprocess
+        import sys
+
+        def probe(quiet: bool) -> int:
+            argv = [sys.executable, "-c", _SKOPS_IMPORT_PROBE, "quiet" if quiet else "plain"]
+            done = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=300)
+            return int(done.stdout.strip().splitlines()[-1])
+
+        assert probe(quiet=False) > 100  # the noise is real without the filter ...
+        assert probe(quiet=True) == 0  # ... and gone with it
+
+    def test_filter_is_scoped_to_the_block(self) -> None:
+        from airflow.utils.deprecation_tools import DeprecatedImportWarning
+
+        from airflow_provider_hlml.operators.mlflow import quiet_skops_module_scan
+
+        before = list(warnings.filters)
+        with quiet_skops_module_scan():
+            assert warnings.filters[0][2] is DeprecatedImportWarning
+        assert warnings.filters == before
 
 
 class TestOwnSklearnTypes:

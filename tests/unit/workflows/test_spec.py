@@ -200,7 +200,25 @@ BROKEN_SPECS: list[tuple[str, Any, str, str]] = [
         "negative_relative_change",
         lambda d: d["stages"][2]["config"]["thresholds"].update(accuracy={"min_relative_change": -0.1}),
         "stages[2].config.thresholds.accuracy.min_relative_change",
-        "greater than 0",
+        "must be between 0 and 1",
+    ),
+    (
+        "misspelled_metric",
+        lambda d: d["stages"][2]["config"]["thresholds"].update(acuracy=0.8),
+        "stages[2].config.thresholds.acuracy",
+        "not a metric of a classifier (did you mean 'accuracy'?)",
+    ),
+    (
+        "regression_metric_for_a_classifier",
+        lambda d: d["stages"][2]["config"]["thresholds"].update(rmse={"threshold": 0.3}),
+        "stages[2].config.thresholds.rmse",
+        "'rmse' is reported for model_type 'regressor'",
+    ),
+    (
+        "zero_absolute_change",
+        lambda d: d["stages"][2]["config"]["thresholds"].update(f1={"min_absolute_change": 0}),
+        "stages[2].config.thresholds.f1.min_absolute_change",
+        "must be greater than 0",
     ),
     (
         "dataset_neither_file_nor_callable",
@@ -330,6 +348,21 @@ class TestBrokenSpecs:
         assert text.endswith(
             f"{tmp_path / 'spec.yaml'}: stages[2].config.thresholds.accuracy: must be between 0 and 1"
         )
+
+    def test_spec_and_operator_share_one_threshold_validation(self, tmp_path: Path) -> None:
+        from airflow_provider_hlml.operators.mlflow import MLflowValidateOperator
+        from airflow_provider_hlml.utils.thresholds import ThresholdsError
+
+        thresholds = {"accuracy": 1.5, "acuracy": 0.8, "f1": {"min_relative_change": -0.1}}
+        data = good_spec()
+        data["stages"][2]["config"]["thresholds"] = thresholds
+        _, spec_problems = problems_of(tmp_path, data)
+        with pytest.raises(ThresholdsError) as err:
+            MLflowValidateOperator(
+                task_id="validate", model_uri="models:/m/1", data="x.csv", target="y", thresholds=thresholds
+            )
+        prefix = "stages[2].config."
+        assert [(loc.removeprefix(prefix), msg) for loc, msg in spec_problems] == err.value.problems
 
     def test_several_problems_reported_together(self, tmp_path: Path) -> None:
         data = good_spec()
