@@ -141,7 +141,9 @@ class TestAirflowCli:
         assert data["widgets"] == [
             "extra__humanlayer__run_id_prefix",
             "extra__humanlayer__timeout",
+            "extra__mlflow__max_retries",
             "extra__mlflow__registry_uri",
+            "extra__mlflow__timeout",
             "extra__mlflow__token",
             "extra__mlflow__ui_url",
         ]
