@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import subprocess
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,3 +230,17 @@ def start_dashboard_server(
         proc.stop()
         raise
     return DashboardServer(url=url, home=home, keys=keys, passwords=passwords, process=proc)
+
+
+def gate_dag_source(dag_id: str) -> str:
+    """A DAGs-folder file with one DAG ``dag_id`` whose task ``approve`` stands in for a gate."""
+    return textwrap.dedent(
+        f"""
+        import pendulum
+        from airflow.sdk import DAG
+        from airflow.providers.standard.operators.empty import EmptyOperator
+
+        with DAG("{dag_id}", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False):
+            EmptyOperator(task_id="approve")
+        """
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,23 +17,13 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from tests.browser.dashboard_stack import DashboardServer, start_dashboard_server
+from tests.browser.dashboard_stack import DashboardServer, gate_dag_source, start_dashboard_server
 from tests.fixtures.airflow_stack import MetadataDatabases
 from tests.fixtures.processes import free_port
 
 pytestmark = pytest.mark.integration
 
 DAG_ID = "hlml_dashboard_gate"
-GATE_DAG = textwrap.dedent(
-    f"""
-    import pendulum
-    from airflow.sdk import DAG
-    from airflow.providers.standard.operators.empty import EmptyOperator
-
-    with DAG("{DAG_ID}", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False):
-        EmptyOperator(task_id="approve")
-    """
-)
 VALIDATION_CONTEXT = {
     "model_name": "churn-model",
     "model_version": "3",
@@ -57,7 +46,7 @@ VALIDATION_CONTEXT = {
 def server(metadata_databases: MetadataDatabases) -> Iterator[DashboardServer]:
     workdir = Path(tempfile.mkdtemp(prefix="hlml-dashboard-api-"))
     (workdir / "dags").mkdir()
-    (workdir / "dags" / "gate_dag.py").write_text(GATE_DAG)
+    (workdir / "dags" / "gate_dag.py").write_text(gate_dag_source(DAG_ID))
     sqlite_db = metadata_databases.sqlite(workdir / "airflow.db")
     # MLflow is pointed at a closed port: the pages must still work and say so.
     dead_mlflow = f'{{"conn_type": "mlflow", "host": "http://127.0.0.1:{free_port()}"}}'

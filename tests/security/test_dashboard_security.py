@@ -18,7 +18,6 @@ import select
 import shutil
 import socket
 import tempfile
-import textwrap
 import threading
 import time
 import uuid
@@ -30,23 +29,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.browser.dashboard_stack import DashboardServer, start_dashboard_server
+from tests.browser.dashboard_stack import DashboardServer, gate_dag_source, start_dashboard_server
 from tests.fixtures.airflow_stack import MetadataDatabases
 from tests.fixtures.processes import free_port, skip_or_fail
 
 pytestmark = pytest.mark.integration
 
 DAG_ID = "hlml_security_gate"
-GATE_DAG = textwrap.dedent(
-    f"""
-    import pendulum
-    from airflow.sdk import DAG
-    from airflow.providers.standard.operators.empty import EmptyOperator
-
-    with DAG("{DAG_ID}", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False):
-        EmptyOperator(task_id="approve")
-    """
-)
 #: What ``DashboardServer.create_gate_request`` puts in ``spec.state.hlml.airflow``.
 GATE_RUN_ID = "manual__1"
 GATE_TASK_ID = "approve"
@@ -100,7 +89,7 @@ def server(metadata_databases: MetadataDatabases, mlflow_server: Any) -> Iterato
     _seed_mlflow(mlflow_server.url)
     workdir = Path(tempfile.mkdtemp(prefix="hlml-security-"))
     (workdir / "dags").mkdir()
-    (workdir / "dags" / "gate_dag.py").write_text(GATE_DAG)
+    (workdir / "dags" / "gate_dag.py").write_text(gate_dag_source(DAG_ID))
     mlflow_conn = {"conn_type": "mlflow", "host": mlflow_server.url, "extra": {"ui_url": HOSTILE_MLFLOW_UI}}
     srv = start_dashboard_server(
         workdir,
