@@ -30,12 +30,27 @@ AIRFLOW_IDENTITY_TAGS = (
 )
 
 # --- Run lifecycle ------------------------------------------------------------------------------
-#: Which stage wrote the run: ``train`` | ``validate`` | ``workflow``.
+#: Which stage wrote the run: ``train`` | ``validate`` | ``monitoring`` | ``workflow``.
 HLML_STAGE = "hlml.stage"
 #: On a retry's run: the MLflow run id of the failed or killed attempt before it.
 RETRY_OF_RUN_ID = "hlml.retry_of_run_id"
 #: On a FAILED / KILLED run: the exception type and message (secrets masked).
 RUN_ERROR = "hlml.error"
+#: Experiment tag: the DAG whose training task created the experiment.
+EXPERIMENT_CREATED_BY_DAG = "hlml.created_by_dag"
+
+# --- Validation runs ------------------------------------------------------------------------------
+#: The model URI the validation evaluated.
+CANDIDATE_MODEL_URI = "hlml.candidate_model_uri"
+#: ``true`` | ``false``: whether every threshold was met.
+VALIDATION_PASSED = "hlml.validation_passed"
+
+# --- Monitoring runs ------------------------------------------------------------------------------
+#: The registered model and version a monitoring run measured.
+MONITORED_MODEL_NAME = "hlml.model_name"
+MONITORED_MODEL_VERSION = "hlml.model_version"
+#: The MLflow run that trained the monitored version.
+MONITORED_SOURCE_RUN_ID = "hlml.source_run_id"
 
 # --- Model-version audit tags written by ModelPromoteOperator -----------------------------------
 APPROVED_BY = "hlml.approved_by"
@@ -51,6 +66,8 @@ PROMOTED_BY_RUN_ID = "hlml.promoted_by_run_id"
 PROMOTED_BY_TASK_ID = "hlml.promoted_by_task_id"
 ROLLED_BACK_AT = "hlml.rolled_back_at"
 ROLLED_BACK_TO = "hlml.rolled_back_to"
+#: On the version a rollback replaced: the Airflow run id of the rollback.
+ROLLED_BACK_BY_RUN_ID = PROMOTED_BY_RUN_ID + ".rollback"
 #: Empty value = the alias or stage had no holder before this promotion.
 NO_PREVIOUS_VERSION = ""
 

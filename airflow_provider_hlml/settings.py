@@ -1,4 +1,9 @@
-"""Every ``[hlml]`` option of the Airflow configuration, read from here only."""
+"""Every ``[hlml]`` option of the Airflow configuration, read from here only.
+
+One function per option declared in :mod:`airflow_provider_hlml.get_provider_info` (``config``),
+each reading ``airflow.sdk.conf`` when called, so a changed environment variable
+(``AIRFLOW__HLML__<OPTION>``) applies at once. The fallbacks below are the declared defaults.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,85 @@ from airflow.sdk import conf
 
 SECTION = "hlml"
 
+DEFAULT_HUMANLAYER_CONN_ID = "humanlayer_default"
+DEFAULT_MLFLOW_CONN_ID = "mlflow_default"
+DEFAULT_POLL_INTERVAL = 5.0
+DEFAULT_LONG_POLL_SECONDS = 25
+DEFAULT_DASHBOARD_REFRESH_SECONDS = 30
+DEFAULT_WORKFLOW_LOGGING_EXPERIMENT = "hlml-workflow-executions"
+
+
+def _text(option: str, default: str = "") -> str:
+    """The option's value stripped of surrounding whitespace; ``default`` when unset or blank."""
+    return (conf.get(SECTION, option, fallback=default) or "").strip() or default
+
 
 def humanlayer_conn_id() -> str:
     """``[hlml] humanlayer_conn_id``: the HumanLayer connection gates use unless given one."""
-    return conf.get(SECTION, "humanlayer_conn_id", fallback="humanlayer_default") or "humanlayer_default"
+    return _text("humanlayer_conn_id", DEFAULT_HUMANLAYER_CONN_ID)
 
 
 def mlflow_conn_id() -> str:
     """``[hlml] mlflow_conn_id``: the MLflow connection stages use unless given one."""
-    return conf.get(SECTION, "mlflow_conn_id", fallback="mlflow_default") or "mlflow_default"
+    return _text("mlflow_conn_id", DEFAULT_MLFLOW_CONN_ID)
+
+
+def poll_interval() -> float:
+    """``[hlml] poll_interval``: seconds between status reads of a waiting approval gate."""
+    return conf.getfloat(SECTION, "poll_interval", fallback=DEFAULT_POLL_INTERVAL)
+
+
+def long_poll_seconds() -> int:
+    """``[hlml] long_poll_seconds``: seconds a status read may wait on a long-polling server."""
+    return conf.getint(SECTION, "long_poll_seconds", fallback=DEFAULT_LONG_POLL_SECONDS)
+
+
+def deployment_id() -> str:
+    """``[hlml] deployment_id``: name of this deployment in every approval request id ("" = none)."""
+    return _text("deployment_id")
+
+
+def approval_url_template() -> str:
+    """``[hlml] approval_url_template``: reviewer page URL with ``{call_id}`` ("" = the dashboard)."""
+    return _text("approval_url_template")
+
+
+def approvals_enabled() -> bool:
+    """``[hlml] approvals_enabled``: mount the built-in approvals service in the API server."""
+    return conf.getboolean(SECTION, "approvals_enabled", fallback=True)
+
+
+def approvals_database_url() -> str:
+    """``[hlml] approvals_database_url``: the built-in service's SQLAlchemy URL ("" = the default file)."""
+    return _text("approvals_database_url")
+
+
+def approvals_delegate_key() -> str:
+    """``[hlml] approvals_delegate_key``: the dashboard's delegate API key ("" = deciding is off)."""
+    return conf.get(SECTION, "approvals_delegate_key", fallback="") or ""
+
+
+def webhook_secret() -> str:
+    """``[hlml] webhook_secret``: secret the approvals service signs its webhooks with ("" = none)."""
+    return conf.get(SECTION, "webhook_secret", fallback="") or ""
+
+
+def dashboard_refresh_seconds() -> int:
+    """``[hlml] dashboard_refresh_seconds``: auto-refresh interval of the pages (0 = off).
+
+    :raises ValueError: when negative.
+    """
+    refresh = conf.getint(SECTION, "dashboard_refresh_seconds", fallback=DEFAULT_DASHBOARD_REFRESH_SECONDS)
+    if refresh < 0:
+        raise ValueError(f"[{SECTION}] dashboard_refresh_seconds must be >= 0, got {refresh}")
+    return refresh
+
+
+def workflow_logging_enabled() -> bool:
+    """``[hlml] workflow_logging_enabled``: log finished HLML DAG runs to MLflow."""
+    return conf.getboolean(SECTION, "workflow_logging_enabled", fallback=True)
+
+
+def workflow_logging_experiment() -> str:
+    """``[hlml] workflow_logging_experiment``: MLflow experiment receiving workflow records."""
+    return _text("workflow_logging_experiment", DEFAULT_WORKFLOW_LOGGING_EXPERIMENT)

@@ -341,14 +341,16 @@ def show(call_id: str, database_url: str, as_json: bool) -> None:
 
 def _respond(
     call_id: str,
-    *,
     approved: bool,
     comment: str | None,
     option: str | None,
+    /,
+    *,
     principal: str | None,
     database_url: str,
     as_json: bool,
 ) -> None:
+    """Decide ``call_id`` (approve, or reject with ``option``) as ``principal``, and print it."""
     from airflow_provider_hlml.approvals import store
 
     with _session(database_url) as session:
@@ -383,15 +385,7 @@ def approve(
     call_id: str, comment: str | None, principal: str | None, database_url: str, as_json: bool
 ) -> None:
     """Approve a pending function call."""
-    _respond(
-        call_id,
-        approved=True,
-        comment=comment,
-        option=None,
-        principal=principal,
-        database_url=database_url,
-        as_json=as_json,
-    )
+    _respond(call_id, True, comment, None, principal=principal, database_url=database_url, as_json=as_json)
 
 
 @main.command()
@@ -405,15 +399,7 @@ def reject(
     call_id: str, comment: str, option: str | None, principal: str | None, database_url: str, as_json: bool
 ) -> None:
     """Reject a pending function call."""
-    _respond(
-        call_id,
-        approved=False,
-        comment=comment,
-        option=option,
-        principal=principal,
-        database_url=database_url,
-        as_json=as_json,
-    )
+    _respond(call_id, False, comment, option, principal=principal, database_url=database_url, as_json=as_json)
 
 
 if __name__ == "__main__":  # pragma: no cover

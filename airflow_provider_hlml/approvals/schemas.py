@@ -18,6 +18,8 @@ from humanlayer.core.models import (
 )
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
+from airflow_provider_hlml.gate.wire import UserInfo
+
 # Call ids appear in URL paths: no slashes, whitespace or URL delimiters.
 CallId = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^/\s?#%\\]+$")]
 RunId = Annotated[str, Field(min_length=1, max_length=256)]
@@ -119,15 +121,6 @@ class CancelRequest(BaseModel):
 # ---- responses ------------------------------------------------------------------------------
 
 
-class UserInfo(BaseModel):
-    """Who answered: the person, and the key's principal (a delegate when ``via_delegate``)."""
-
-    name: str | None = None
-    email: str | None = None
-    principal: str | None = None
-    via_delegate: bool = False
-
-
 class FunctionCallStatusPublic(BaseModel):
     requested_at: IsoDatetime | None = None
     responded_at: IsoDatetime | None = None
@@ -136,6 +129,7 @@ class FunctionCallStatusPublic(BaseModel):
     reject_option_name: str | None = None
     slack_message_ts: str | None = None
     user_info: UserInfo | None = None
+    extra_approvers: list[str] = Field(default_factory=list)
     cancelled_at: IsoDatetime | None = None
     cancel_reason: str | None = None
 
@@ -153,6 +147,7 @@ class HumanContactStatusPublic(BaseModel):
     response: str | None = None
     response_option_name: str | None = None
     user_info: UserInfo | None = None
+    extra_approvers: list[str] = Field(default_factory=list)
     cancelled_at: IsoDatetime | None = None
     cancel_reason: str | None = None
 

@@ -30,8 +30,8 @@ from airflow_provider_hlml.approvals.models import (
     Principal,
     utcnow,
 )
-from airflow_provider_hlml.approvals.policy import ApprovalPolicy
-from airflow_provider_hlml.utils.wire import CALL_ID_TAKEN, spec_differences
+from airflow_provider_hlml.gate.policy import ApprovalPolicy, Responder
+from airflow_provider_hlml.gate.wire import CALL_ID_TAKEN, UserInfo, spec_differences
 
 KEY_PREFIX = "hl_"
 CLI_PRINCIPAL = "cli-admin"
@@ -395,8 +395,8 @@ def _may_respond(
     if row.created_by is not None and row.created_by == actor.name:
         reason = f"principal {actor.name!r} created this request and cannot respond to it"
     else:
-        policy = ApprovalPolicy.from_state(row.spec.get("state"), row.extra_approvers or ())
-        reason = policy.refusal_reason(name=user_info["name"], email=user_info["email"])
+        policy = ApprovalPolicy.from_state(row.spec.get("state"), row.extra_approvers)
+        reason = policy.explain(Responder.of(UserInfo.model_validate(user_info)))
     if reason is not None:
         _refuse(session, row, actor, reason, user_info["name"] if user_info["via_delegate"] else None)
     return user_info
@@ -455,48 +455,29 @@ def respond_function_call(
     on_behalf_of: dict[str, Any] | None = None,
 ) -> ApprovalRequest:
     """Approve or reject a pending function call."""
-    check_clean([comment, reject_option_name, on_behalf_of], "body")
-    row = get_request(session, kind=FUNCTION_CALL, call_id=call_id)
-    user_info = _may_respond(session, row, actor, on_behalf_of)
-    if reject_option_name is not None:
-        if approved:
-            raise ServiceError(
-                422, "validation_error", "body.reject_option_name: only a rejection can name a reject option"
-            )
-        names = [o.get("name") for o in row.spec.get("reject_options") or []]
-        if reject_option_name not in names:
-            raise ServiceError(
-                422,
-                "validation_error",
-                f"body.reject_option_name: {reject_option_name!r} is not one of this call's reject options "
-                f"{names}",
-            )
+    row, user_info = _to_answer(
+        session, FUNCTION_CALL, call_id, actor, on_behalf_of, [comment, reject_option_name]
+    )
+    if reject_option_name is not None and approved:
+        raise ServiceError(
+            422, "validation_error", "body.reject_option_name: only a rejection can name a reject option"
+        )
+    _check_option(reject_option_name, row.spec.get("reject_options"), "reject_option_name", "call's reject")
     if not approved and not (comment and comment.strip()):
         # The SDK's as_completed() requires a comment on every rejection.
         comment = f"Rejected ({reject_option_name})" if reject_option_name else "Rejected"
-    now = utcnow()
-    row.state = "approved" if approved else "rejected"
     row.approved = approved
     row.comment = comment
     row.reject_option_name = reject_option_name
-    row.responded_at = now
-    row.updated_at = now
-    row.user_info = user_info
-    _audit(
+    return _record_response(
         session,
         row,
-        "responded",
+        state="approved" if approved else "rejected",
         actor=actor,
-        on_behalf_of=user_info["name"] if user_info["via_delegate"] else None,
+        user_info=user_info,
         comment=comment,
-        metadata={
-            "approved": approved,
-            "reject_option_name": reject_option_name,
-            "email": user_info["email"],
-        },
+        metadata={"approved": approved, "reject_option_name": reject_option_name},
     )
-    _commit_change(session, row)
-    return row
 
 
 def respond_human_contact(
@@ -509,22 +490,63 @@ def respond_human_contact(
     on_behalf_of: dict[str, Any] | None = None,
 ) -> ApprovalRequest:
     """Answer a pending human contact."""
-    check_clean([response, response_option_name, on_behalf_of], "body")
-    row = get_request(session, kind=HUMAN_CONTACT, call_id=call_id)
-    user_info = _may_respond(session, row, actor, on_behalf_of)
-    if response_option_name is not None:
-        names = [o.get("name") for o in row.spec.get("response_options") or []]
-        if response_option_name not in names:
-            raise ServiceError(
-                422,
-                "validation_error",
-                f"body.response_option_name: {response_option_name!r} is not one of this contact's "
-                f"response options {names}",
-            )
-    now = utcnow()
-    row.state = "responded"
+    row, user_info = _to_answer(
+        session, HUMAN_CONTACT, call_id, actor, on_behalf_of, [response, response_option_name]
+    )
+    _check_option(
+        response_option_name, row.spec.get("response_options"), "response_option_name", "contact's response"
+    )
     row.response = response
     row.response_option_name = response_option_name
+    return _record_response(
+        session,
+        row,
+        state="responded",
+        actor=actor,
+        user_info=user_info,
+        comment=response,
+        metadata={"response_option_name": response_option_name},
+    )
+
+
+def _to_answer(
+    session: Session,
+    kind: str,
+    call_id: str,
+    actor: Actor,
+    on_behalf_of: dict[str, Any] | None,
+    texts: list[Any],
+) -> tuple[ApprovalRequest, dict[str, Any]]:
+    """The request ``actor`` answers (with ``texts``) and the ``user_info`` of a permitted answer."""
+    check_clean([*texts, on_behalf_of], "body")
+    row = get_request(session, kind=kind, call_id=call_id)
+    return row, _may_respond(session, row, actor, on_behalf_of)
+
+
+def _check_option(name: str | None, options: Any, field: str, what: str) -> None:
+    """A 422 unless ``name`` is None or the name of one of ``options``."""
+    if name is None:
+        return
+    names = [o.get("name") for o in options or []]
+    if name not in names:
+        raise ServiceError(
+            422, "validation_error", f"body.{field}: {name!r} is not one of this {what} options {names}"
+        )
+
+
+def _record_response(
+    session: Session,
+    row: ApprovalRequest,
+    *,
+    state: str,
+    actor: Actor,
+    user_info: dict[str, Any],
+    comment: str | None,
+    metadata: dict[str, Any],
+) -> ApprovalRequest:
+    """Close ``row`` as answered by ``user_info``, audit the answer and commit."""
+    now = utcnow()
+    row.state = state
     row.responded_at = now
     row.updated_at = now
     row.user_info = user_info
@@ -534,8 +556,8 @@ def respond_human_contact(
         "responded",
         actor=actor,
         on_behalf_of=user_info["name"] if user_info["via_delegate"] else None,
-        comment=response,
-        metadata={"response_option_name": response_option_name, "email": user_info["email"]},
+        comment=comment,
+        metadata={**metadata, "email": user_info["email"]},
     )
     _commit_change(session, row)
     return row

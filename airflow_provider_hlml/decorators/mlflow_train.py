@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.bases.decorator import DecoratedOperator, task_decorator_factory
 
-from airflow_provider_hlml.operators.mlflow import MLflowTrainOperator, _invoke
+from airflow_provider_hlml.operators.mlflow_runs import call_with_supported_kwargs
+from airflow_provider_hlml.operators.train import MLflowTrainOperator
 
 if TYPE_CHECKING:
     from airflow.sdk.bases.decorator import TaskDecorator
@@ -56,7 +57,7 @@ class _MLflowTrainDecoratedOperator(DecoratedOperator, MLflowTrainOperator):
     def _call_python_callable(self, offered: Mapping[str, Any]) -> Any:
         placeholders = set(getattr(self, "_runtime_placeholders", ()))
         required = {k: v for k, v in self.op_kwargs.items() if k not in placeholders}
-        return _invoke(self.python_callable, offered, required, args=list(self.op_args))
+        return call_with_supported_kwargs(self.python_callable, offered, required, args=list(self.op_args))
 
 
 def mlflow_train_task(
@@ -69,7 +70,8 @@ def mlflow_train_task(
 
     Accepts the operator's arguments (``experiment_name``, ``run_name``, ``params``, ``tags``,
     ``autolog``, ``registered_model_name``, ``mlflow_conn_id``, ...). The XCom return value is
-    the operator's dict (``run_id``, ``experiment_id``, ``model_uri``, ``metrics``, ...).
+    the operator's :class:`~airflow_provider_hlml.contracts.TrainResult` (``mlflow_run_id``,
+    ``experiment_id``, ``model_uri``, ``metrics``, ...).
 
     :param python_callable: the function to decorate.
     :param multiple_outputs: push each key of the result as its own XCom too.

@@ -9,15 +9,7 @@ client would.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from typing import Any
-
-
-def _airflow_identity(call: Mapping[str, Any]) -> Mapping[str, Any]:
-    state = (call.get("spec") or {}).get("state") or {}
-    hlml = state.get("hlml") if isinstance(state, Mapping) else None
-    airflow = hlml.get("airflow") if isinstance(hlml, Mapping) else None
-    return airflow if isinstance(airflow, Mapping) else {}
 
 
 def pending_calls(
@@ -38,12 +30,14 @@ def pending_calls(
     HumanLayerException.raise_for_status(response)
     body = response.json()
     calls = body if isinstance(body, list) else body.get("items") or body.get("function_calls") or []
+    from airflow_provider_hlml.gate.state import GateLocation, GateState
+
     selected = []
     for call in calls:
-        identity = _airflow_identity(call)
-        if dag_id is not None and identity.get("dag_id") != dag_id:
+        where = GateState.from_state((call.get("spec") or {}).get("state")).airflow or GateLocation()
+        if dag_id is not None and where.dag_id != dag_id:
             continue
-        if run_id is not None and identity.get("run_id") != run_id:
+        if run_id is not None and where.run_id != run_id:
             continue
         selected.append(call)
     return selected

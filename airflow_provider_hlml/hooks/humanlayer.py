@@ -10,11 +10,12 @@ import weakref
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from airflow.exceptions import AirflowNotFoundException
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException
+
+from airflow_provider_hlml.utils.http import error_code, error_detail, redact_url
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from humanlayer import HumanLayer
     from humanlayer.core.models import Escalation, FunctionCall, FunctionCallStatus
 
-    from airflow_provider_hlml.utils.wire import GateFunctionCall
+    from airflow_provider_hlml.gate.wire import GateFunctionCall
 
 DEFAULT_TIMEOUT = 30.0
 #: ``test_connection`` waits at most this long (the connection form's "Test" answers within 10 s).
@@ -93,17 +94,6 @@ def _redact(text: str) -> str:
     return str(redact(text))
 
 
-def _display_url(url: str) -> str:
-    """The URL without any user:password part, for messages."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc = f"{netloc}:{parts.port}"
-        parts = parts._replace(netloc=netloc)
-    return urlunsplit(parts)
-
-
 @dataclass(frozen=True)
 class HumanLayerSettings:
     """
@@ -127,25 +117,38 @@ class HumanLayerSettings:
     @property
     def where(self) -> str:
         if self.source == "environment":
-            return f"HumanLayer connection '{self.conn_id}' (not defined; using {ENV_API_BASE}/{ENV_API_KEY}: {_display_url(self.base_url)})"
-        return f"HumanLayer connection '{self.conn_id}' ({_display_url(self.base_url)})"
+            return f"HumanLayer connection '{self.conn_id}' (not defined; using {ENV_API_BASE}/{ENV_API_KEY}: {redact_url(self.base_url)})"
+        return f"HumanLayer connection '{self.conn_id}' ({redact_url(self.base_url)})"
 
 
-def _settings_from_connection(conn: Any, conn_id: str, extra: dict[str, Any]) -> HumanLayerSettings:
+def connection_base_url(conn: Any) -> str | None:
+    """
+    The API base URL a ``humanlayer`` connection names, or ``None`` when its host is empty.
+
+    The host is the full base URL; a bare host name gets the connection's schema (default
+    ``https``) and port. The hook and the dashboard both read connections through this.
+
+    :param conn: an Airflow connection.
+    """
     host = (conn.host or "").strip()
-    if host and "://" not in host:
+    if not host:
+        return None
+    if "://" not in host:
         scheme = (conn.schema or "https").strip() or "https"
         host = f"{scheme}://{host}"
         if conn.port:
             host = f"{host}:{conn.port}"
-    base_url = (host or os.environ.get(ENV_API_BASE) or CLOUD_API_BASE).rstrip("/")
-    api_key = conn.password or os.environ.get(ENV_API_KEY) or ""
-    if not api_key:
-        raise HumanLayerConnectionError(
-            f"HumanLayer connection '{conn_id}' has no API key: set the connection's password "
-            f"(API key) field, or {ENV_API_KEY}.",
-            conn_id=conn_id,
-        )
+    return host.rstrip("/") or None
+
+
+def connection_timeout(conn_id: str, extra: dict[str, Any]) -> float:
+    """
+    The ``timeout`` extra of a ``humanlayer`` connection in seconds (``DEFAULT_TIMEOUT`` when unset).
+
+    :param conn_id: the connection id, named in the error.
+    :param extra: the connection's extra fields.
+    :raises HumanLayerConnectionError: when it is not a positive number.
+    """
     timeout_raw = extra.get("timeout")
     try:
         timeout = float(timeout_raw) if timeout_raw not in (None, "") else DEFAULT_TIMEOUT
@@ -160,12 +163,24 @@ def _settings_from_connection(conn: Any, conn_id: str, extra: dict[str, Any]) ->
             f"HumanLayer connection '{conn_id}': extra field 'timeout' must be positive, got {timeout}.",
             conn_id=conn_id,
         )
+    return timeout
+
+
+def _settings_from_connection(conn: Any, conn_id: str, extra: dict[str, Any]) -> HumanLayerSettings:
+    base_url = (connection_base_url(conn) or os.environ.get(ENV_API_BASE) or CLOUD_API_BASE).rstrip("/")
+    api_key = conn.password or os.environ.get(ENV_API_KEY) or ""
+    if not api_key:
+        raise HumanLayerConnectionError(
+            f"HumanLayer connection '{conn_id}' has no API key: set the connection's password "
+            f"(API key) field, or {ENV_API_KEY}.",
+            conn_id=conn_id,
+        )
     return HumanLayerSettings(
         conn_id=conn_id,
         base_url=base_url,
         api_key=api_key,
         run_id_prefix=extra.get("run_id_prefix") or None,
-        timeout=timeout,
+        timeout=connection_timeout(conn_id, extra),
         source="connection",
     )
 
@@ -191,71 +206,31 @@ def _settings_from_environment(conn_id: str) -> HumanLayerSettings:
     )
 
 
-def _error_detail(body: str) -> str:
-    """The message inside a HumanLayer or FastAPI error body, else the start of the body."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body.strip()[:200]
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:300]
-        if "detail" in data:
-            detail = data["detail"]
-            if isinstance(detail, dict) and detail.get("message"):
-                return str(detail["message"])[:300]
-            return json.dumps(detail)[:300] if not isinstance(detail, str) else detail[:300]
-    return json.dumps(data)[:300]
-
-
-def _error_code(body: str) -> str | None:
-    """The ``error.code`` of an approvals-service error body, if any."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    err = data.get("error") if isinstance(data, dict) else None
-    code = err.get("code") if isinstance(err, dict) else None
-    return code if isinstance(code, str) else None
+#: The error raised for an HTTP status, and what the message tells the user to check.
+_STATUS_ERRORS: dict[int, tuple[type[HumanLayerError], str]] = {
+    401: (HumanLayerAuthError, " Check the API key (password) of the connection."),
+    403: (HumanLayerAuthError, " The API key is valid but not allowed to do this; check its role."),
+    404: (
+        HumanLayerNotFoundError,
+        " Check the base URL (host) of the connection, or that the request exists.",
+    ),
+    409: (HumanLayerConflictError, ""),
+}
+_UNAVAILABLE_HINT = " The server is overloaded or failing; retrying may help."
 
 
 def _raise_for_status(settings: HumanLayerSettings, method: str, path: str, status: int, body: str) -> None:
     if status < 400:
         return
-    what = f"{settings.where}: {method} {path} answered {status}"
-    detail = _error_detail(body)
+    detail = error_detail(body)
     suffix = f" ({detail})" if detail else ""
-    conn_id = settings.conn_id
-    if status == 401:
-        raise HumanLayerAuthError(
-            f"{what}{suffix}. Check the API key (password) of the connection.",
-            conn_id=conn_id,
-            status_code=status,
-        )
-    if status == 403:
-        raise HumanLayerAuthError(
-            f"{what}{suffix}. The API key is valid but not allowed to do this; check its role.",
-            conn_id=conn_id,
-            status_code=status,
-        )
-    if status == 404:
-        raise HumanLayerNotFoundError(
-            f"{what}{suffix}. Check the base URL (host) of the connection, or that the request exists.",
-            conn_id=conn_id,
-            status_code=status,
-        )
-    if status == 409:
-        raise HumanLayerConflictError(
-            f"{what}{suffix}.", conn_id=conn_id, status_code=status, code=_error_code(body)
-        )
+    message = f"{settings.where}: {method} {path} answered {status}{suffix}."
+    error_cls: type[HumanLayerError]
     if status == 429 or status >= 500:
-        raise HumanLayerUnavailableError(
-            f"{what}{suffix}. The server is overloaded or failing; retrying may help.",
-            conn_id=conn_id,
-            status_code=status,
-        )
-    raise HumanLayerRequestError(f"{what}{suffix}.", conn_id=conn_id, status_code=status)
+        error_cls, hint = HumanLayerUnavailableError, _UNAVAILABLE_HINT
+    else:
+        error_cls, hint = _STATUS_ERRORS.get(status, (HumanLayerRequestError, ""))
+    raise error_cls(message + hint, conn_id=settings.conn_id, status_code=status, code=error_code(body))
 
 
 def _parse_json(settings: HumanLayerSettings, method: str, path: str, status: int, body: str) -> Any:
@@ -423,7 +398,7 @@ class HumanLayerHook(BaseHook):
 
         :param call: the request; ``status`` should be ``None``.
         """
-        from airflow_provider_hlml.utils.wire import GateFunctionCall
+        from airflow_provider_hlml.gate.wire import GateFunctionCall
 
         data = self._request("POST", "/function_calls", json_body=call.model_dump(mode="json"))
         return GateFunctionCall.model_validate(data)
@@ -434,7 +409,7 @@ class HumanLayerHook(BaseHook):
 
         :param call_id: HumanLayer call id.
         """
-        from airflow_provider_hlml.utils.wire import GateFunctionCall
+        from airflow_provider_hlml.gate.wire import GateFunctionCall
 
         return GateFunctionCall.model_validate(self._request("GET", f"/function_calls/{call_id}"))
 
@@ -448,12 +423,12 @@ class HumanLayerHook(BaseHook):
         :class:`HumanLayerConflictError`. A server that answers 409 for any existing id (the
         HumanLayer cloud) gets the request read back instead. Either way the caller must compare
         what comes back with what it sent
-        (:func:`~airflow_provider_hlml.utils.wire.spec_differences`).
+        (:func:`~airflow_provider_hlml.gate.wire.spec_differences`).
 
         :param call: the request to create.
         :return: ``(function_call, created)``.
         """
-        from airflow_provider_hlml.utils import wire
+        from airflow_provider_hlml.gate import wire
 
         try:
             resp, data = self._send("POST", "/function_calls", json_body=call.model_dump(mode="json"))
@@ -474,7 +449,7 @@ class HumanLayerHook(BaseHook):
         :param status: the decision (``approved``, ``comment``, ``reject_option_name``).
         :param user_info: ``{"name", "email"}`` of the person a delegate key acts for.
         """
-        from airflow_provider_hlml.utils.wire import GateFunctionCall
+        from airflow_provider_hlml.gate.wire import GateFunctionCall
 
         body: dict[str, Any] = status.model_dump(mode="json")
         if user_info is not None:
@@ -489,7 +464,7 @@ class HumanLayerHook(BaseHook):
         :param call_id: HumanLayer call id.
         :param escalation: message, additional recipients and channel.
         """
-        from airflow_provider_hlml.utils.wire import GateFunctionCall
+        from airflow_provider_hlml.gate.wire import GateFunctionCall
 
         data = self._request(
             "POST",
@@ -506,7 +481,7 @@ class HumanLayerHook(BaseHook):
         :param reason: ``"timeout"``, ``"killed"`` or ``"cancelled"``.
         :param comment: free text recorded in the audit trail.
         """
-        from airflow_provider_hlml.utils.wire import GateFunctionCall
+        from airflow_provider_hlml.gate.wire import GateFunctionCall
 
         data = self._request(
             "POST",
@@ -532,7 +507,7 @@ class HumanLayerHook(BaseHook):
         proves the key was accepted (a wrong key answers 401).
         """
         settings = self.settings
-        result: dict[str, Any] = {"base_url": _display_url(settings.base_url), "source": settings.source}
+        result: dict[str, Any] = {"base_url": redact_url(settings.base_url), "source": settings.source}
         try:
             self._request("GET", "/function_calls/hlml-connection-test-does-not-exist")
         except HumanLayerNotFoundError as exc:
@@ -584,7 +559,7 @@ class HumanLayerHook(BaseHook):
         :param call_id: HumanLayer call id.
         :param wait: seconds the server may hold the answer until the request changes (max 30).
         """
-        from airflow_provider_hlml.utils.wire import GateFunctionCall
+        from airflow_provider_hlml.gate.wire import GateFunctionCall
 
         params = None
         if wait is not None and wait > 0:
@@ -602,7 +577,7 @@ class HumanLayerHook(BaseHook):
         :param status: the decision.
         :param user_info: person a delegate key acts for.
         """
-        from airflow_provider_hlml.utils.wire import GateFunctionCall
+        from airflow_provider_hlml.gate.wire import GateFunctionCall
 
         body: dict[str, Any] = status.model_dump(mode="json")
         if user_info is not None:
@@ -620,7 +595,7 @@ class HumanLayerHook(BaseHook):
         :param reason: ``"timeout"``, ``"killed"`` or ``"cancelled"``.
         :param comment: free text recorded in the audit trail.
         """
-        from airflow_provider_hlml.utils.wire import GateFunctionCall
+        from airflow_provider_hlml.gate.wire import GateFunctionCall
 
         data = await self._arequest(
             "POST",

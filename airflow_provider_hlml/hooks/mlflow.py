@@ -21,32 +21,49 @@ Fluent API
     ``mlflow.start_run()`` & co. use the process-global tracking URI. :meth:`MLflowHook.fluent`
     sets it (and the registry URI) for the duration of a block, under a process lock, and then
     restores the previous values and environment exactly.
+
+Registry
+    Promotion and rollback work on the model registry lives here (:meth:`MLflowHook.alias_holder`,
+    :meth:`~MLflowHook.set_alias_with_tags`, :meth:`~MLflowHook.alias_rollback_target`,
+    :meth:`~MLflowHook.tag_rollback`, ...), with the tag names of :mod:`airflow_provider_hlml.audit`;
+    ``ModelPromoteOperator`` adds the Airflow side (the approval binding, failing the task).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import contextvars
 import functools
+import hashlib
 import math
 import os
+import tempfile
 import threading
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from airflow.exceptions import AirflowException, AirflowNotFoundException
 from airflow.sdk import BaseHook
 
+from airflow_provider_hlml import audit
+from airflow_provider_hlml.utils.http import redact_url
+
 if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
 
 
 class MLflowConnectionError(AirflowException):
     """The MLflow connection is missing, unreachable or refuses the credentials."""
+
+
+class RegistryStateError(AirflowException):
+    """The model registry is not in a state the requested change can start from."""
 
 
 # The Authorization header value of the hook whose ``authenticated()`` block is running.
@@ -66,6 +83,10 @@ TEST_CONNECTION_MAX_RETRIES = 1
 _MAX_RETRIES_LIMIT = 10
 # The fluent API's tracking URI is process-global: one ``fluent()`` block at a time.
 _FLUENT_LOCK = threading.RLock()
+# Promotions of one model in this process, one at a time (the file lock covers other processes).
+_PROMOTION_LOCK = threading.Lock()
+# What the registry answers for an alias that is not set.
+_NO_ALIAS_ERRORS = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 # Process state of MLflow's fluent API that ``fluent()`` sets aside and restores.
 _FLUENT_ENV_VARS = (
     "MLFLOW_TRACKING_URI",
@@ -100,15 +121,8 @@ def _register_auth_header_provider() -> None:
         _provider_registered = True
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` without any ``user:password@`` part, safe for messages."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    if not parts.netloc or "@" not in parts.netloc:
-        return uri
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+#: ``uri`` without any ``user:password@`` part, safe for messages (one redactor: :mod:`.utils.http`).
+redact_uri = redact_url
 
 
 @dataclass(frozen=True)
@@ -226,6 +240,39 @@ def _tracking_uri_of(conn: Any) -> str:
     return uri.rstrip("/")
 
 
+def mlflow_connection_settings(conn: Any, conn_id: str) -> MLflowConnectionSettings:
+    """
+    Parse one ``mlflow`` connection: the one reading of its host, credentials and extras (also
+    the legacy ``extra__mlflow__*`` keys) that the hook and the dashboard share. Secrets are
+    registered with Airflow's masker.
+
+    :param conn: the Airflow connection.
+    :param conn_id: its id, named in errors.
+    :raises MLflowConnectionError: when it has no host or an invalid ``timeout`` / ``max_retries``.
+    """
+    from airflow_provider_hlml.utils.http import authorization_header
+
+    tracking_uri = _tracking_uri_of(conn)
+    if not tracking_uri:
+        raise MLflowConnectionError(
+            f"MLflow connection {conn_id!r} has no host: set it to the tracking URI "
+            "(e.g. http://mlflow:5000)."
+        )
+    token = _connection_extra(conn, "token")
+    authorization = authorization_header(conn.login, conn.password, token)
+    for secret in (conn.password, token, authorization):
+        _mask(secret)
+    return MLflowConnectionSettings(
+        conn_id=conn_id,
+        tracking_uri=tracking_uri,
+        registry_uri=_connection_extra(conn, "registry_uri"),
+        ui_url=_connection_extra(conn, "ui_url"),
+        authorization=authorization,
+        from_env=False,
+        http_limits=_http_limits_of(conn, conn_id),
+    )
+
+
 def _is_unreachable(exc: BaseException) -> bool:
     text = str(exc)
     markers = (
@@ -296,14 +343,7 @@ class _AuthenticatedClient:
 
         @functools.wraps(attr)
         def call(*args: Any, **kwargs: Any) -> Any:
-            with hook.authenticated():
-                try:
-                    return attr(*args, **kwargs)
-                except Exception as exc:
-                    translated = hook.translate_error(exc)
-                    if translated is exc:
-                        raise
-                    raise translated from None
+            return hook.call(attr, *args, **kwargs)
 
         return call
 
@@ -357,31 +397,7 @@ class MLflowHook(BaseHook):
                 authorization=None,
                 from_env=True,
             )
-        tracking_uri = _tracking_uri_of(conn)
-        if not tracking_uri:
-            raise MLflowConnectionError(
-                f"MLflow connection {self.mlflow_conn_id!r} has no host: set it to the tracking URI "
-                "(e.g. http://mlflow:5000)."
-            )
-        token = _connection_extra(conn, "token")
-        _mask(conn.password)
-        _mask(token)
-        authorization = None
-        if conn.login and conn.password:
-            basic = base64.standard_b64encode(f"{conn.login}:{conn.password}".encode()).decode()
-            authorization = f"Basic {basic}"
-        elif token:
-            authorization = f"Bearer {token}"
-        _mask(authorization)
-        return MLflowConnectionSettings(
-            conn_id=self.mlflow_conn_id,
-            tracking_uri=tracking_uri,
-            registry_uri=_connection_extra(conn, "registry_uri"),
-            ui_url=_connection_extra(conn, "ui_url"),
-            authorization=authorization,
-            from_env=False,
-            http_limits=_http_limits_of(conn, self.mlflow_conn_id),
-        )
+        return mlflow_connection_settings(conn, self.mlflow_conn_id)
 
     @property
     def tracking_uri(self) -> str:
@@ -651,3 +667,163 @@ class MLflowHook(BaseHook):
             "params": dict(sorted(params.items())),
             "changed_params": changed,
         }
+
+    # -- registry: versions, aliases, promotion and rollback tags ----------------------------
+    def find_model_version(self, name: str, run_id: str) -> ModelVersion | None:
+        """The newest version of ``name`` registered from run ``run_id``, or ``None``."""
+        found = self.client.search_model_versions(
+            f"name = {quote_filter_value(name)} and run_id = {quote_filter_value(run_id)}",
+            order_by=["version_number DESC"],
+        )
+        return found[0] if found else None
+
+    def alias_holder(self, name: str, alias: str) -> ModelVersion | None:
+        """The version of ``name`` holding ``alias``, or ``None`` when the alias is not set."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code in _NO_ALIAS_ERRORS:
+                return None
+            raise
+
+    def tag_model_version(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        """Set ``tags`` on version ``version`` of ``name``."""
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, value)
+
+    @contextlib.contextmanager
+    def promotion_lock(self, model_name: str) -> Iterator[None]:
+        """
+        Serialise promotions of one model on this host: a thread lock plus an ``fcntl`` file lock.
+
+        MLflow has no compare-and-set on aliases; across hosts, run promotions of one model in an
+        Airflow pool with one slot (``ModelPromoteOperator`` reports a lost race either way).
+        """
+        digest = hashlib.sha256(f"{self.registry_uri}\0{model_name}".encode()).hexdigest()[:24]
+        path = Path(tempfile.gettempdir()) / f"hlml-promote-{digest}.lock"
+        with _PROMOTION_LOCK, open(path, "a+") as handle:
+            try:
+                import fcntl
+            except ImportError:  # pragma: no cover - non-POSIX
+                yield
+                return
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def set_alias_with_tags(self, name: str, version: str, alias: str, tags: Mapping[str, str]) -> str:
+        """
+        Move ``alias`` of ``name`` to ``version`` after tagging the version with ``tags``, the
+        alias (:data:`~airflow_provider_hlml.audit.PROMOTED_ALIAS`) and the version that held it
+        before (:func:`~airflow_provider_hlml.audit.previous_holder_tag`).
+
+        :return: the previous holder (``audit.NO_PREVIOUS_VERSION`` when there was none). When
+            ``version`` already holds the alias (a retry), the previous holder it recorded then.
+        """
+        holder = self.alias_holder(name, alias)
+        previous_tag = audit.previous_holder_tag(alias)
+        if holder is not None and str(holder.version) == version:
+            previous = (holder.tags or {}).get(previous_tag, audit.NO_PREVIOUS_VERSION)
+        else:
+            previous = str(holder.version) if holder is not None else audit.NO_PREVIOUS_VERSION
+        self.tag_model_version(name, version, {**tags, previous_tag: previous, audit.PROMOTED_ALIAS: alias})
+        self.client.set_registered_model_alias(name, alias, version)
+        return previous
+
+    def set_stage_with_tags(
+        self, name: str, version: str, stage: str, tags: Mapping[str, str], *, archive_existing_versions: bool
+    ) -> str:
+        """
+        Legacy: move ``version`` to registry ``stage`` after tagging it with ``tags``, the stage and
+        the versions that held it before (:func:`~airflow_provider_hlml.audit.previous_stage_holder_tag`).
+
+        :return: the previous holders, comma-separated (``""`` for none).
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            holders = [str(v.version) for v in self.client.get_latest_versions(name, stages=[stage])]
+            previous = ",".join(v for v in holders if v != version)
+            self.tag_model_version(
+                name,
+                version,
+                {**tags, audit.previous_stage_holder_tag(stage): previous, audit.PROMOTED_STAGE: stage},
+            )
+            self.client.transition_model_version_stage(
+                name, version, stage, archive_existing_versions=archive_existing_versions
+            )
+        return previous
+
+    def alias_rollback_target(self, name: str, alias: str) -> tuple[str, str]:
+        """
+        ``(current holder, version to restore)`` of ``alias``, from the current holder's
+        :func:`~airflow_provider_hlml.audit.previous_holder_tag` (``""``: remove the alias).
+
+        :raises RegistryStateError: the alias is not set, or its holder has no such tag.
+        """
+        holder = self.alias_holder(name, alias)
+        if holder is None:
+            raise RegistryStateError(f"@{alias} of {name!r} is not set: nothing to roll back")
+        current = str(holder.version)
+        tag = audit.previous_holder_tag(alias)
+        if tag not in (holder.tags or {}):
+            raise RegistryStateError(
+                f"{name!r} v{current} holds @{alias} but has no {tag!r} tag (not promoted by "
+                "ModelPromoteOperator): cannot tell which version to restore"
+            )
+        return current, holder.tags[tag]
+
+    def stage_rollback_target(self, name: str, stage: str) -> tuple[str, str]:
+        """
+        Legacy: ``(current holder, comma-separated versions to restore)`` of registry ``stage``.
+
+        :raises RegistryStateError: nothing is in the stage, or its holder has no previous tag.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            holders = self.client.get_latest_versions(name, stages=[stage])
+        if not holders:
+            raise RegistryStateError(f"no version of {name!r} is in stage {stage}: nothing to roll back")
+        current_mv = holders[0]
+        current = str(current_mv.version)
+        tag = audit.previous_stage_holder_tag(stage)
+        if tag not in (current_mv.tags or {}):
+            raise RegistryStateError(
+                f"{name!r} v{current} in {stage} has no {tag!r} tag: cannot tell which version to restore"
+            )
+        return current, current_mv.tags[tag]
+
+    def restore_alias(self, name: str, alias: str, previous: str) -> None:
+        """Point ``alias`` back at ``previous``, or remove it when ``previous`` is empty."""
+        if previous:
+            self.client.set_registered_model_alias(name, alias, previous)
+        else:
+            self.client.delete_registered_model_alias(name, alias)
+
+    def restore_stage(self, name: str, stage: str, current: str, previous: str) -> None:
+        """Legacy: move the ``previous`` versions (comma-separated) back to ``stage``, archive ``current``."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            for old in filter(None, previous.split(",")):
+                self.client.transition_model_version_stage(name, old, stage, archive_existing_versions=False)
+            self.client.transition_model_version_stage(name, current, "Archived")
+
+    def tag_rollback(self, name: str, version: str, restored: str, *, by_run_id: str, at: str) -> None:
+        """Record on ``version`` that a rollback (in DAG run ``by_run_id``) replaced it by ``restored``."""
+        self.tag_model_version(
+            name,
+            version,
+            {
+                audit.ROLLED_BACK_AT: at,
+                audit.ROLLED_BACK_TO: restored or "none",
+                audit.ROLLED_BACK_BY_RUN_ID: by_run_id,
+            },
+        )
+
+
+def quote_filter_value(value: str) -> str:
+    """A string literal for an MLflow search filter."""
+    return f'"{value}"' if "'" in value else f"'{value}'"

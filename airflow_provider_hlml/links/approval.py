@@ -7,6 +7,7 @@ from urllib.parse import quote, urlencode
 
 from airflow.sdk import BaseOperatorLink, conf
 
+from airflow_provider_hlml import settings
 from airflow_provider_hlml.utils.ids import approval_call_id, deployment_id
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def approval_url(call_id: str) -> str:
 
     :param call_id: HumanLayer call id.
     """
-    template = conf.get("hlml", "approval_url_template", fallback="") or ""
+    template = settings.approval_url_template()
     if template:
         return template.replace("{call_id}", quote(call_id, safe=""))
     base = (conf.get("api", "base_url", fallback="") or "http://localhost:8080").rstrip("/")

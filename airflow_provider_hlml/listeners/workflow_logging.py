@@ -21,9 +21,8 @@ from statistics import fmean
 from typing import TYPE_CHECKING, Any
 
 from airflow.listeners import hookimpl
-from airflow.sdk import conf
 
-from airflow_provider_hlml import audit
+from airflow_provider_hlml import audit, settings
 
 if TYPE_CHECKING:
     from airflow.models.dagrun import DagRun
@@ -168,7 +167,7 @@ class WorkflowLoggingListener:
 
     def _handle(self, dag_run: DagRun, success: bool) -> None:
         try:
-            if not conf.getboolean("hlml", "workflow_logging_enabled", fallback=True):
+            if not settings.workflow_logging_enabled():
                 return
             record = collect_record(dag_run, success)
             if record is None:
@@ -185,8 +184,8 @@ class WorkflowLoggingListener:
         """Write ``record`` to MLflow; returns the MLflow run id, or ``None`` (with a warning)."""
         from airflow_provider_hlml.hooks.mlflow import MLflowHook
 
-        conn_id = conf.get("hlml", "mlflow_conn_id", fallback="mlflow_default")
-        experiment = conf.get("hlml", "workflow_logging_experiment", fallback="hlml-workflow-executions")
+        conn_id = settings.mlflow_conn_id()
+        experiment = settings.workflow_logging_experiment()
         try:
             hook = MLflowHook(conn_id)
             if not self._reachable(hook):
@@ -220,7 +219,7 @@ class WorkflowLoggingListener:
 
     @staticmethod
     def _write(hook: Any, experiment: str, record: dict[str, Any]) -> str:
-        from airflow_provider_hlml.operators.mlflow import _log_batch
+        from airflow_provider_hlml.operators.mlflow_runs import log_batch
 
         client = hook.client
         experiment_id = hook.get_or_create_experiment(
@@ -234,7 +233,7 @@ class WorkflowLoggingListener:
         }
         run = client.create_run(experiment_id, run_name=f"{record['dag_id']}/{record['run_id']}", tags=tags)
         run_id = run.info.run_id
-        _log_batch(
+        log_batch(
             client,
             run_id,
             metrics=record_metrics(record),

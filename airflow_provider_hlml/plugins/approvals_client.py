@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import httpx
 
-from airflow_provider_hlml.plugins.settings import display_url
+from airflow_provider_hlml.utils.http import error_detail, redact_url
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -35,23 +35,6 @@ class ApprovalsRequestError(RuntimeError):
 
 class DelegateKeyMissing(RuntimeError):
     """No delegate key is configured, so the dashboard cannot read or decide requests."""
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300] or response.reason_phrase
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        detail = body.get("detail")
-        if isinstance(detail, str):
-            return detail
-        if detail is not None:
-            return str(detail)[:300]
-    return str(body)[:300]
 
 
 def _segment(value: str) -> str:
@@ -101,27 +84,24 @@ class ApprovalsClient:
                 "(create one with `hlml-approvals keys create --role delegate`)."
             )
         headers = {"Authorization": f"Bearer {self._api_key}"}
+        where = f"approvals backend at {redact_url(self.base_url)}"
         try:
             async with httpx.AsyncClient(timeout=self._timeout, transport=self._transport) as client:
                 response = await client.request(
                     method, f"{self.base_url}{path}", params=params, json=json, headers=headers
                 )
         except httpx.HTTPError as exc:
-            raise ApprovalsUnavailable(
-                f"approvals backend at {display_url(self.base_url)} unreachable: {type(exc).__name__}"
-            ) from exc
+            raise ApprovalsUnavailable(f"{where} unreachable: {type(exc).__name__}") from exc
         if response.status_code >= 500:
-            raise ApprovalsUnavailable(
-                f"approvals backend at {display_url(self.base_url)} answered {response.status_code}"
-            )
+            raise ApprovalsUnavailable(f"{where} answered {response.status_code}")
         if response.status_code >= 400:
-            raise ApprovalsRequestError(response.status_code, _error_message(response))
+            raise ApprovalsRequestError(
+                response.status_code, error_detail(response.text) or response.reason_phrase
+            )
         try:
             return response.json()
         except ValueError as exc:
-            raise ApprovalsUnavailable(
-                f"approvals backend at {display_url(self.base_url)} sent a non-JSON answer"
-            ) from exc
+            raise ApprovalsUnavailable(f"{where} sent a non-JSON answer") from exc
 
     async def list_calls(
         self,

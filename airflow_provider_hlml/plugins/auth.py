@@ -17,6 +17,8 @@ from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi import Depends, HTTPException, Request, status
 
+from airflow_provider_hlml.gate.policy import Responder, names_any
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -67,12 +69,14 @@ class Identity:
             user_id=str(user.get_id()),
         )
 
+    @property
+    def responder(self) -> Responder:
+        """This user as the approval policy judges them (name, e-mail address, user id)."""
+        return Responder(name=self.name, email=self.email, user_id=self.user_id)
+
     def matches_any(self, principals: Iterable[Any]) -> bool:
-        """Whether one of ``principals`` (names or e-mail addresses) names this user."""
-        mine = {self.name.casefold(), self.user_id.casefold()}
-        if self.email:
-            mine.add(self.email.casefold())
-        return any(isinstance(p, str) and p.strip().casefold() in mine for p in principals)
+        """Whether one of ``principals`` (names, e-mail addresses or the user id) names this user."""
+        return names_any(self.responder.identities, principals)
 
     def user_info(self) -> dict[str, Any]:
         return {"name": self.name, "email": self.email}

@@ -8,13 +8,13 @@ hold a page for minutes while the tracking server is down.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from airflow_provider_hlml.plugins.settings import display_url
+from airflow_provider_hlml.utils.http import authorization_header, redact_url
 
 
 class MLflowUnavailable(RuntimeError):
@@ -30,39 +30,53 @@ class MLflowTarget:
     :param username: basic-auth user, if any.
     :param password: basic-auth password, if any.
     :param token: bearer token, if any.
+    :param authorization: the ``Authorization`` header value, when already resolved from a
+        connection (else built from the three fields above).
+    :param timeout: the connection's ``timeout`` extra in seconds, if it has one.
     """
 
     tracking_uri: str
     ui_url: str
     username: str | None = None
-    password: str | None = None
-    token: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    authorization: str | None = field(default=None, repr=False)
+    timeout: float | None = None
 
     @classmethod
     def from_connection(cls, conn_id: str) -> MLflowTarget | None:
-        """The target named by an Airflow connection, or None when it does not exist."""
+        """The target named by an Airflow connection, or None when it does not exist.
+
+        The connection is read by the MLflow hook's parser (legacy ``extra__mlflow__*`` keys,
+        ``timeout`` extra, basic auth or token).
+
+        :raises MLflowUnavailable: when the connection is invalid (no host, bad extras).
+        """
         from airflow.exceptions import AirflowNotFoundException
         from airflow.models.connection import Connection
+
+        from airflow_provider_hlml.hooks.mlflow import MLflowConnectionError, mlflow_connection_settings
 
         try:
             conn = Connection.get_connection_from_secrets(conn_id)
         except AirflowNotFoundException:
             return None
-        host = (conn.host or "").strip()
-        if not host:
-            return None
-        if "://" not in host:
-            scheme = conn.schema or "http"
-            host = f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
-        extra = conn.extra_dejson
-        tracking = host.rstrip("/")
+        try:
+            settings = mlflow_connection_settings(conn, conn_id)
+        except MLflowConnectionError as exc:
+            raise MLflowUnavailable(str(exc)) from None
         return cls(
-            tracking_uri=tracking,
-            ui_url=str(extra.get("ui_url") or tracking).rstrip("/"),
+            tracking_uri=settings.tracking_uri,
+            ui_url=(settings.ui_url or settings.tracking_uri).rstrip("/"),
             username=conn.login or None,
             password=conn.password or None,
-            token=extra.get("token") or None,
+            authorization=settings.authorization,
+            timeout=settings.http_limits.timeout,
         )
+
+    def authorization_header(self) -> str | None:
+        """The ``Authorization`` header value for requests to the tracking server, if any."""
+        return self.authorization or authorization_header(self.username, self.password, self.token)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.ui_url}/#/experiments/{quote(experiment_id)}/runs/{quote(run_id)}"
@@ -84,44 +98,34 @@ class MLflowReader:
 
     def __init__(self, target: MLflowTarget, *, timeout: float = 10.0, concurrency: int = 4) -> None:
         self.target = target
-        self._timeout = timeout
+        # A connection's own, shorter timeout wins; the dashboard never waits longer than its own.
+        self._timeout = min(timeout, target.timeout) if target.timeout else timeout
         # A tracking server on SQLite answers one request at a time; a burst only queues up.
         self._slots = asyncio.Semaphore(concurrency)
 
     def _client(self) -> httpx.AsyncClient:
-        auth = None
-        headers = {}
-        if self.target.token:
-            headers["Authorization"] = f"Bearer {self.target.token}"
-        elif self.target.username:
-            auth = httpx.BasicAuth(self.target.username, self.target.password or "")
+        authorization = self.target.authorization_header()
         return httpx.AsyncClient(
             base_url=f"{self.target.tracking_uri}/api/2.0/mlflow",
             timeout=self._timeout,
-            auth=auth,
-            headers=headers,
+            headers={"Authorization": authorization} if authorization else {},
         )
 
     async def _call(self, client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        where = f"MLflow at {redact_url(self.target.tracking_uri)}"
         try:
             async with self._slots:
                 response = await client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise MLflowUnavailable(
-                f"MLflow at {display_url(self.target.tracking_uri)} unreachable: {type(exc).__name__}"
-            ) from exc
+            raise MLflowUnavailable(f"{where} unreachable: {type(exc).__name__}") from exc
         if response.status_code == 404 and path.startswith("/runs/get"):
             return {}
         if response.status_code >= 400:
-            raise MLflowUnavailable(
-                f"MLflow at {display_url(self.target.tracking_uri)} answered {response.status_code}"
-            )
+            raise MLflowUnavailable(f"{where} answered {response.status_code}")
         try:
             body = response.json()
         except ValueError as exc:
-            raise MLflowUnavailable(
-                f"MLflow at {display_url(self.target.tracking_uri)} sent a non-JSON answer"
-            ) from exc
+            raise MLflowUnavailable(f"{where} sent a non-JSON answer") from exc
         return body if isinstance(body, dict) else {}
 
     async def overview(self, *, max_experiments: int = 20, runs_per_experiment: int = 10) -> dict[str, Any]:

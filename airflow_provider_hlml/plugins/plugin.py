@@ -12,9 +12,9 @@ import functools
 import logging
 from typing import Any
 
-from airflow.configuration import conf
 from airflow.plugins_manager import AirflowPlugin
 
+from airflow_provider_hlml import settings as hlml_settings
 from airflow_provider_hlml.listeners.workflow_logging import workflow_logging_listener
 from airflow_provider_hlml.plugins.settings import (
     APPROVALS_SUBPATH,
@@ -129,7 +129,7 @@ def plugin_listeners() -> list[Any]:
     Off means not registered at all: Airflow then calls nothing of ours when runs finish, and
     features that Airflow allows only without listeners (``end_from_trigger`` operators) work.
     """
-    if not conf.getboolean("hlml", "workflow_logging_enabled", fallback=True):
+    if not hlml_settings.workflow_logging_enabled():
         return []
     return [workflow_logging_listener]
 

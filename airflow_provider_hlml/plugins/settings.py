@@ -1,12 +1,16 @@
-"""Dashboard settings read from the ``[hlml]`` section of the Airflow configuration."""
+"""Dashboard settings: the ``[hlml]`` options the dashboard uses (read through
+:mod:`airflow_provider_hlml.settings`) and the paths it is served under."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from airflow.configuration import conf
+
+from airflow_provider_hlml import settings as hlml_settings
+from airflow_provider_hlml.utils.http import redact_url
 
 #: Path under the Airflow API server where the dashboard is mounted.
 DASHBOARD_PREFIX = "/hlml"
@@ -16,14 +20,8 @@ APPROVALS_SUBPATH = "/humanlayer/v1"
 WEBHOOKS_SUBPATH = "/webhooks"
 
 
-def display_url(url: str) -> str:
-    """``url`` without any ``user:password@`` part, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+#: ``url`` without any ``user:password@`` part, for messages and logs.
+display_url = redact_url
 
 
 def airflow_base_path() -> str:
@@ -65,16 +63,12 @@ class DashboardSettings:
 
     @classmethod
     def from_airflow_conf(cls) -> DashboardSettings:
-        refresh = conf.getint("hlml", "dashboard_refresh_seconds", fallback=30)
-        if refresh < 0:
-            raise ValueError(f"[hlml] dashboard_refresh_seconds must be >= 0, got {refresh}")
         return cls(
-            approvals_enabled=conf.getboolean("hlml", "approvals_enabled", fallback=True),
-            approvals_database_url=conf.get("hlml", "approvals_database_url", fallback="")
-            or default_approvals_database_url(),
-            delegate_key=conf.get("hlml", "approvals_delegate_key", fallback="") or "",
-            humanlayer_conn_id=conf.get("hlml", "humanlayer_conn_id", fallback="humanlayer_default"),
-            mlflow_conn_id=conf.get("hlml", "mlflow_conn_id", fallback="mlflow_default"),
-            refresh_seconds=refresh,
-            webhook_secret=conf.get("hlml", "webhook_secret", fallback="") or "",
+            approvals_enabled=hlml_settings.approvals_enabled(),
+            approvals_database_url=hlml_settings.approvals_database_url() or default_approvals_database_url(),
+            delegate_key=hlml_settings.approvals_delegate_key(),
+            humanlayer_conn_id=hlml_settings.humanlayer_conn_id(),
+            mlflow_conn_id=hlml_settings.mlflow_conn_id(),
+            refresh_seconds=hlml_settings.dashboard_refresh_seconds(),
+            webhook_secret=hlml_settings.webhook_secret(),
         )

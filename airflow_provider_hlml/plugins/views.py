@@ -7,6 +7,8 @@ import statistics
 from collections import Counter
 from typing import Any
 
+from airflow_provider_hlml.gate.policy import ApprovalPolicy
+from airflow_provider_hlml.gate.state import GateLocation, GateState
 from airflow_provider_hlml.plugins.auth import Identity
 
 DECIDED_STATUSES = ("approved", "rejected", "expired", "cancelled")
@@ -40,23 +42,19 @@ def normalize_call(call: dict[str, Any], *, airflow_base_path: str) -> dict[str,
     spec = call.get("spec") or {}
     status = call.get("status") or {}
     kwargs = spec.get("kwargs") or {}
-    state = spec.get("state") or {}
-    raw_policy = state.get("hlml") if isinstance(state, dict) else None
-    policy: dict[str, Any] = raw_policy if isinstance(raw_policy, dict) else {}
-    raw_airflow = policy.get("airflow")
-    airflow: dict[str, Any] = raw_airflow if isinstance(raw_airflow, dict) else {}
+    gate = GateState.from_state(spec.get("state"))
+    airflow = gate.airflow or GateLocation()
     requested = parse_time(status.get("requested_at"))
     responded = parse_time(status.get("responded_at")) or parse_time(status.get("cancelled_at"))
     kind = call_status(status)
     raw_user = status.get("user_info")
     user_info: dict[str, Any] = raw_user if isinstance(raw_user, dict) else {}
-    dag_id, dag_run_id, task_id = (_text(airflow.get(k)) for k in ("dag_id", "run_id", "task_id"))
     reject_options = [
         {"name": o.get("name"), "title": o.get("title") or o.get("name"), "description": o.get("description")}
         for o in spec.get("reject_options") or []
         if isinstance(o, dict) and o.get("name")
     ]
-    approvers = policy.get("approvers") or []
+    extra = status.get("extra_approvers")
     return {
         "call_id": call.get("call_id"),
         "run_id": call.get("run_id"),
@@ -79,23 +77,20 @@ def normalize_call(call: dict[str, Any], *, airflow_base_path: str) -> dict[str,
         "cancel_reason": status.get("cancel_reason"),
         "responded_by": user_info.get("name") or user_info.get("email") or user_info.get("principal"),
         "responded_by_email": user_info.get("email"),
-        "approvers": [a for a in approvers if isinstance(a, str)],
-        "requester": policy.get("requester"),
-        "allow_self_approval": bool(policy.get("allow_self_approval", False)),
-        "dag_id": dag_id,
-        "dag_run_id": dag_run_id,
-        "task_id": task_id,
-        "try_number": airflow.get("try_number"),
+        "approvers": list(gate.approvers),
+        # Approvers an escalation added (the service reports them; they extend the approvers).
+        "extra_approvers": [a for a in extra if isinstance(a, str)] if isinstance(extra, list) else [],
+        "requester": gate.requester,
+        "allow_self_approval": gate.allow_self_approval,
+        "dag_id": airflow.dag_id,
+        "dag_run_id": airflow.run_id,
+        "task_id": airflow.task_id,
+        "try_number": airflow.try_number,
         # The request's own ``ti_url`` is whatever its creator wrote: the link is built from ids.
         "ti_url": task_instance_path(
-            airflow_base_path, dag_id, dag_run_id, task_id, airflow.get("map_index")
+            airflow_base_path, airflow.dag_id, airflow.run_id, airflow.task_id, airflow.map_index
         ),
     }
-
-
-def _text(value: Any) -> str | None:
-    """``value`` when it is a non-empty string (request data may hold anything), else None."""
-    return value if isinstance(value, str) and value else None
 
 
 def task_instance_path(
@@ -117,10 +112,16 @@ def decision_block_reason(item: dict[str, Any], identity: Identity, *, may_edit_
     if not may_edit_dag:
         target = f"DAG {item['dag_id']}" if item["dag_id"] else "all DAGs"
         return f"You need edit access to {target} to decide"
-    if item["approvers"] and not identity.matches_any(item["approvers"]):
-        return "Only these approvers may decide: " + ", ".join(item["approvers"])
-    requester = item.get("requester")
-    if requester and not item["allow_self_approval"] and identity.matches_any([requester]):
+    policy = ApprovalPolicy(
+        approvers=tuple(item["approvers"]),
+        requester=item.get("requester"),
+        allow_self_approval=item["allow_self_approval"],
+        extra_approvers=tuple(item.get("extra_approvers") or ()),
+    )
+    who = identity.responder
+    if not policy.is_approver(who):
+        return "Only these approvers may decide: " + ", ".join(policy.allowed)
+    if policy.is_requester(who):
         return "You triggered this run and self-approval is off for this gate"
     return None
 

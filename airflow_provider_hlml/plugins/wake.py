@@ -16,6 +16,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from airflow_provider_hlml.gate.state import GateState
+
 log = logging.getLogger(__name__)
 
 #: Outcomes of :func:`wake_gate`.
@@ -44,21 +46,17 @@ MAX_MAP_INDEX = 2**31 - 1
 def _gate_location(state: Any) -> dict[str, Any] | None:
     """``dag_id``, ``run_id``, ``task_id`` and ``map_index`` of the gate that made a request, if any.
 
-    ``spec.state`` is whatever the request's creator wrote: every level is checked before use.
+    ``spec.state`` is whatever the request's creator wrote: :class:`GateState` checks every level.
     """
-    hlml = state.get("hlml") if isinstance(state, Mapping) else None
-    where = hlml.get("airflow") if isinstance(hlml, Mapping) else None
-    if not isinstance(where, Mapping):
+    where = GateState.from_state(state).airflow
+    if where is None or not where.complete or not -1 <= where.map_index <= MAX_MAP_INDEX:
         return None
-    ids = {k: where.get(k) for k in ("dag_id", "run_id", "task_id")}
-    if not all(isinstance(v, str) and v for v in ids.values()):
-        return None
-    map_index = where.get("map_index", -1)
-    if not isinstance(map_index, int) or isinstance(map_index, bool):
-        map_index = -1
-    if not -1 <= map_index <= MAX_MAP_INDEX:
-        return None
-    return {**ids, "map_index": map_index}
+    return {
+        "dag_id": where.dag_id,
+        "run_id": where.run_id,
+        "task_id": where.task_id,
+        "map_index": where.map_index,
+    }
 
 
 def wake_gate(call_body: Mapping[str, Any]) -> str:
@@ -75,8 +73,8 @@ def wake_gate(call_body: Mapping[str, Any]) -> str:
     from airflow.utils.state import TaskInstanceState
     from sqlalchemy import select
 
+    from airflow_provider_hlml.gate.wire import GateFunctionCall
     from airflow_provider_hlml.triggers.approval import TRIGGER_CLASSPATH, HumanApprovalTrigger
-    from airflow_provider_hlml.utils.wire import GateFunctionCall
 
     call = GateFunctionCall.model_validate(dict(call_body))
     where = _gate_location(call.spec.state)

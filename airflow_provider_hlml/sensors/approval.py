@@ -17,6 +17,17 @@ from airflow.sdk.exceptions import (
     AirflowSkipException,
 )
 
+from airflow_provider_hlml import settings as hlml_settings
+from airflow_provider_hlml.gate.events import (
+    EVENT_STATUSES,
+    ApprovalDecisionEvent,
+    ApprovalResult,
+    ApprovalTimeoutEvent,
+    approval_result,
+    settled_event,
+)
+from airflow_provider_hlml.gate.policy import ApprovalPolicy
+from airflow_provider_hlml.gate.state import GateLocation, GateState
 from airflow_provider_hlml.links.approval import ApprovalRequestLink, approval_url
 from airflow_provider_hlml.utils.ids import approval_call_id_from_ti, deployment_id, humanlayer_run_id
 
@@ -25,8 +36,8 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+    from airflow_provider_hlml.gate.wire import GateFunctionCall
     from airflow_provider_hlml.hooks.humanlayer import HumanLayerHook
-    from airflow_provider_hlml.utils.wire import GateFunctionCall
 
 
 def _triggers() -> ModuleType:
@@ -131,7 +142,8 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
     :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``);
         otherwise the sensor runs in ``reschedule`` mode.
     :param poll_interval: seconds between status reads (default ``[hlml] poll_interval``).
-    :param humanlayer_conn_id: Airflow connection of type ``humanlayer``.
+    :param humanlayer_conn_id: Airflow connection of type ``humanlayer`` (default
+        ``[hlml] humanlayer_conn_id``).
     """
 
     template_fields: Sequence[str] = ("subject", "body", "context", "approvers", "escalation_approvers")
@@ -161,8 +173,8 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         escalation_message: str | None = None,
         notifiers: Sequence[BaseNotifier] | BaseNotifier | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        poll_interval: float = conf.getfloat("hlml", "poll_interval", fallback=5.0),
-        humanlayer_conn_id: str = "humanlayer_default",
+        poll_interval: float = hlml_settings.poll_interval(),
+        humanlayer_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.response_timeout_seconds = _seconds(response_timeout, "response_timeout")
@@ -203,7 +215,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         )
         self.deferrable = deferrable
         self.poll_interval = float(poll_interval)
-        self.humanlayer_conn_id = humanlayer_conn_id
+        self.humanlayer_conn_id = humanlayer_conn_id or hlml_settings.humanlayer_conn_id()
 
     # ------------------------------------------------------------------ helpers
     @cached_property
@@ -223,12 +235,19 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         dag_run = context.get("dag_run")
         return getattr(dag_run, "triggering_user_name", None) or None
 
+    def policy_for(self, context: Context, escalated: bool) -> ApprovalPolicy:
+        """The approval policy now: the escalation approvers count once escalated."""
+        policy = ApprovalPolicy(
+            approvers=tuple(_names(self.approvers)),
+            requester=self.requester_of(context),
+            allow_self_approval=bool(self.allow_self_approval),
+        )
+        return policy.escalated_to(_names(self.escalation_approvers)) if escalated else policy
+
     def approvers_for(self, escalated: bool) -> list[str]:
         """Who may decide now: the approvers, plus the escalation approvers once escalated."""
-        approvers = _names(self.approvers)
-        if escalated and approvers:
-            approvers += [a for a in _names(self.escalation_approvers) if a not in approvers]
-        return approvers
+        policy = ApprovalPolicy(approvers=tuple(_names(self.approvers)))
+        return list((policy.escalated_to(_names(self.escalation_approvers)) if escalated else policy).allowed)
 
     def request_context(self, context: Context) -> dict[str, Any]:
         """
@@ -247,6 +266,12 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         """The urgency to send; subclasses may derive it from the context."""
         return self.urgency
 
+    def sent_context(self, context: Context) -> Any:
+        """The request context as it is sent: JSON, secrets redacted."""
+        from airflow.sdk.log import redact
+
+        return _jsonable(redact(_jsonable(self.request_context(context))))
+
     def build_request(self, context: Context) -> Any:
         """
         The HumanLayer ``FunctionCall`` this gate sends, secrets redacted.
@@ -258,7 +283,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
 
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
-        sent_context = _jsonable(redact(_jsonable(self.request_context(context))))
+        sent_context = self.sent_context(context)
         options = [ResponseOption.model_validate(o) for o in self.options]
         reject_options = [ResponseOption.model_validate(o) for o in self.reject_options]
         channel = ContactChannel.model_validate(self.channel) if self.channel else None
@@ -270,22 +295,20 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             "urgency": self.request_urgency(sent_context),
             "options": [o.model_dump(mode="json") for o in options],
         }
-        state = {
-            "hlml": {
-                "approvers": _names(self.approvers),
-                "requester": self.requester_of(context),
-                "allow_self_approval": bool(self.allow_self_approval),
-                "airflow": {
-                    "dag_id": ti.dag_id,
-                    "run_id": ti.run_id,
-                    "task_id": ti.task_id,
-                    "map_index": -1 if map_index is None else map_index,
-                    "try_number": ti.try_number,
-                    "ti_url": getattr(ti, "log_url", None),
-                    "deployment_id": deployment_id(),
-                },
-            }
-        }
+        state = GateState(
+            approvers=tuple(_names(self.approvers)),
+            requester=self.requester_of(context),
+            allow_self_approval=bool(self.allow_self_approval),
+            airflow=GateLocation(
+                dag_id=ti.dag_id,
+                run_id=ti.run_id,
+                task_id=ti.task_id,
+                map_index=-1 if map_index is None else map_index,
+                try_number=ti.try_number,
+                ti_url=getattr(ti, "log_url", None),
+                deployment_id=deployment_id(),
+            ),
+        ).to_state()
         return FunctionCall(
             run_id=humanlayer_run_id(ti.dag_id, ti.run_id, self.hook.settings.run_id_prefix),
             call_id=self.call_id_for(context),
@@ -337,7 +360,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         request that showed the reviewer something else, nor from another task instance's or
         another deployment's request. A server that does not keep ``state`` is compared on the rest.
         """
-        from airflow_provider_hlml.utils.wire import spec_differences
+        from airflow_provider_hlml.gate.wire import spec_differences
 
         their_spec: dict[str, Any] = call.spec.model_dump(mode="json")
         our_spec: dict[str, Any] = request.spec.model_dump(mode="json")
@@ -382,9 +405,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
 
     def check(self, call: GateFunctionCall, context: Context, escalated: bool) -> dict[str, Any] | None:
         """The event this read settles (decision, cancellation, deadline passed), or ``None``."""
-        event, refused = _triggers().settled_event(
-            call, self.approvers_for(escalated), self.requester_of(context), self.allow_self_approval
-        )
+        event, refused = settled_event(call, self.policy_for(context, escalated))
         if refused is not None:
             self.log.warning("Ignoring the decision on %s: %s. Still waiting.", call.call_id, refused)
         if event is not None:
@@ -392,7 +413,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         deadline = self.deadline_of(call, escalated)
         if deadline is not None and _now() >= deadline:
             return dict(
-                _triggers().ApprovalTimeoutEvent(
+                ApprovalTimeoutEvent(
                     status="timeout",
                     call_id=call.call_id,
                     deadline=deadline.isoformat(),
@@ -430,6 +451,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
 
     def defer_on(self, call: GateFunctionCall, context: Context, escalated: bool) -> None:
         """Hand the wait over to the triggerer."""
+        policy = self.policy_for(context, escalated)
         deadline = self.deadline_of(call, escalated)
         timeout = None
         if deadline is not None:
@@ -442,10 +464,10 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
                 humanlayer_conn_id=self.humanlayer_conn_id,
                 deadline=deadline.isoformat() if deadline else None,
                 poll_interval=self.poll_interval,
-                long_poll_seconds=conf.getint("hlml", "long_poll_seconds", fallback=25),
-                approvers=self.approvers_for(escalated),
-                requester=self.requester_of(context),
-                allow_self_approval=self.allow_self_approval,
+                long_poll_seconds=hlml_settings.long_poll_seconds(),
+                approvers=list(policy.allowed),
+                requester=policy.requester,
+                allow_self_approval=policy.allow_self_approval,
                 escalated=escalated,
             ),
             method_name="execute_complete",
@@ -466,7 +488,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
                     f"Approval gate {call_id}: the trigger ended the task, but the request "
                     "is not approved on the server"
                 )
-        if not isinstance(event, Mapping) or event.get("status") not in _triggers().EVENT_STATUSES:
+        if not isinstance(event, Mapping) or event.get("status") not in EVENT_STATUSES:
             raise AirflowException(f"Approval gate {call_id}: unexpected trigger event {event!r}")
         if event.get("call_id") != call_id:
             raise AirflowException(
@@ -514,9 +536,8 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         call_id = event["call_id"]
         if status == "approved":
             self.log.info("Approved: %s", call_id)
+        if status in ("approved", "rejected"):
             return self.result(context, event, call)
-        if status == "rejected":
-            return self.rejected(context, event, call)
         if status == "timeout":
             return self.timed_out(context, event, call)
         if status == "cancelled":
@@ -531,41 +552,43 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         event: Mapping[str, Any],
         call: GateFunctionCall | None,
         timed_out: bool = False,
-    ) -> dict[str, Any]:
-        """The XCom result for a decision (native HITL keys plus HumanLayer's)."""
+    ) -> ApprovalResult:
+        """The XCom result for a decision; a rejection first applies ``on_reject``.
+
+        ``on_reject="fail"`` raises; ``"skip"`` skips the direct downstream tasks and returns the result.
+        """
+        if not event["approved"]:
+            who = (event.get("responded_by_user") or {}).get("name") or "the on_timeout policy"
+            reason = f" ({event['reject_option']})" if event.get("reject_option") else ""
+            message = (
+                f"Approval request {event['call_id']} was rejected by {who}{reason}: {event.get('comment')}"
+            )
+            if self.on_reject == "fail":
+                raise AirflowFailException(message)
+            self.log.info("%s. Skipping the downstream tasks.", message)
         sent_context = None
         if event.get("context") is None and (call is None or call.spec.kwargs.get("context") is None):
-            from airflow.sdk.log import redact
-
-            sent_context = _jsonable(redact(_jsonable(self.request_context(context))))
-        return dict(
-            _triggers().approval_result(dict(event), call, timed_out=timed_out, sent_context=sent_context)
+            sent_context = self.sent_context(context)
+        result = approval_result(
+            dict(event),
+            call,
+            approval_url=approval_url(event["call_id"]),
+            timed_out=timed_out,
+            sent_context=sent_context,
         )
-
-    def rejected(
-        self,
-        context: Context,
-        event: Mapping[str, Any],
-        call: GateFunctionCall | None,
-        timed_out: bool = False,
-    ) -> dict[str, Any]:
-        who = (event.get("responded_by_user") or {}).get("name") or "the on_timeout policy"
-        reason = f" ({event['reject_option']})" if event.get("reject_option") else ""
-        message = f"Approval request {event['call_id']} was rejected by {who}{reason}: {event.get('comment')}"
-        if self.on_reject == "fail":
-            raise AirflowFailException(message)
-        self.log.info("%s. Skipping the downstream tasks.", message)
-        result = self.result(context, event, call, timed_out=timed_out)
-        downstream = [t for t in context["task"].get_direct_relatives(upstream=False) if not t.is_teardown]
-        if downstream:
-            # skip() ends the task by raising DownstreamTasksSkipped: push the result first.
-            context["ti"].xcom_push(key="return_value", value=result)
-            self.skip(ti=context["ti"], tasks=downstream)
+        if not event["approved"]:
+            downstream = [
+                t for t in context["task"].get_direct_relatives(upstream=False) if not t.is_teardown
+            ]
+            if downstream:
+                # skip() ends the task by raising DownstreamTasksSkipped: push the result first.
+                context["ti"].xcom_push(key="return_value", value=result)
+                self.skip(ti=context["ti"], tasks=downstream)
         return result
 
     def timed_out(
         self, context: Context, event: Mapping[str, Any], call: GateFunctionCall | None
-    ) -> dict[str, Any] | _KeepWaiting:
+    ) -> ApprovalResult | _KeepWaiting:
         call_id = event["call_id"]
         policy = self.on_timeout
         if policy == "escalate" and not event.get("escalated"):
@@ -580,7 +603,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             raise AirflowSensorTimeout(f"No decision on approval request {call_id} {when}{after}.")
         if policy == "skip":
             raise AirflowSkipException(f"No decision on approval request {call_id} {when}; skipping.")
-        synthetic = _triggers().ApprovalDecisionEvent(
+        synthetic = ApprovalDecisionEvent(
             status="approved" if policy == "approve" else "rejected",
             call_id=call_id,
             approved=policy == "approve",
@@ -591,9 +614,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             requested_at=event.get("requested_at"),
         )
         self.log.warning(synthetic["comment"])
-        if policy == "approve":
-            return self.result(context, synthetic, call, timed_out=True)
-        return self.rejected(context, synthetic, call, timed_out=True)
+        return self.result(context, synthetic, call, timed_out=True)
 
     def escalate(self, call_id: str) -> None:
         """Send the request to the escalation approvers; their e-mails become approvers too."""
@@ -627,9 +648,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             call = self.hook.get_function_call(call_id)
         except HumanLayerError:
             return None
-        event, _ = _triggers().settled_event(
-            call, self.approvers_for(escalated), self.requester_of(context), self.allow_self_approval
-        )
+        event, _ = settled_event(call, self.policy_for(context, escalated))
         return dict(event) if event is not None and event["status"] != "cancelled" else None
 
 

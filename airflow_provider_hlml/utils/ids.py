@@ -28,9 +28,9 @@ def _slug(text: str, limit: int) -> str:
 
 def deployment_id() -> str:
     """``[hlml] deployment_id``: what sets this Airflow deployment's requests apart ("" = nothing)."""
-    from airflow.sdk import conf
+    from airflow_provider_hlml import settings
 
-    return (conf.get("hlml", "deployment_id", fallback="") or "").strip()
+    return settings.deployment_id()
 
 
 def approval_call_id(

@@ -2,7 +2,10 @@
 
 Each stage becomes one task, in order; a stage with ``approval_required`` is preceded by a
 ``HumanApprovalSensor`` whose request context is the output of the stages before it (the
-validation report, or the training result). Stage types map to tasks as follows:
+validation report, or the training result). Stages hand each other the contracts of
+:mod:`airflow_provider_hlml.contracts`: whichever of the two the gate showed names the model
+version and its MLflow run under the same keys, which the deployment reads and checks.
+Stage types map to tasks as follows:
 
 ==============  =========================================================================
 ``data_prep``   ``PythonOperator`` running ``config.callable``
@@ -23,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_hlml.contracts import ModelReferenceKey
 from airflow_provider_hlml.workflows.spec import (
     CustomStage,
     DataPrepStage,
@@ -44,8 +48,9 @@ __all__ = ["build_ml_workflow_dag", "load_workflows"]
 SPEC_SUFFIXES = (".yaml", ".yml")
 
 
-def _xcom(task_id: str, key: str) -> str:
-    """A template reading one key of a task's return value."""
+def _xcom(task_id: str, key: ModelReferenceKey) -> str:
+    """A template reading one :class:`~airflow_provider_hlml.contracts.ModelReference` key of a
+    stage's return value."""
     return "{{ ti.xcom_pull(task_ids='" + task_id + "')['" + key + "'] }}"
 
 
@@ -62,7 +67,8 @@ class _Wiring:
 
     @property
     def model_source(self) -> str | None:
-        """Task id whose output names the model version of this run (validation beats training)."""
+        """Task id whose output (a ``ValidationReport`` or a ``TrainResult``, both a
+        ``ModelReference``) names the model version of this run; validation beats training."""
         if self.validation is not None:
             return self.validation.stage_task_id
         if self.training is not None:
@@ -78,7 +84,7 @@ def _gate_context(wiring: _Wiring) -> Any:
     return wiring.last.output if wiring.last is not None else None
 
 
-def _gate_text(spec: WorkflowSpec, stage: Stage) -> tuple[str, str]:
+def _gate_text(spec: WorkflowSpec, stage: Stage, wiring: _Wiring) -> tuple[str, str]:
     if isinstance(stage, DeploymentStage):
         target = (
             f"alias '{stage.config.target_alias}'"
@@ -87,10 +93,14 @@ def _gate_text(spec: WorkflowSpec, stage: Stage) -> tuple[str, str]:
         )
         where = f" ({stage.config.environment})" if stage.config.environment else ""
         subject = f"Promote {spec.model_name} to {target}{where}"
+        shown = (
+            "the validation report: the candidate's metrics next to the champion's"
+            if wiring.validation is not None
+            else "the training result: the metrics of the training run"
+        )
         body = (
             f"**{spec.name}** wants to promote model `{spec.model_name}` to {target}{where}.\n\n"
-            "The context holds the validation report: the candidate's metrics next to the "
-            "champion's, the model version and the MLflow run."
+            f"The context holds {shown}, the model version and the MLflow run."
         )
     else:
         subject = f"{spec.name}: approve stage '{stage.name}'"
@@ -160,11 +170,10 @@ def _build_stage(spec: WorkflowSpec, stage: Stage, wiring: _Wiring, dag: DAG) ->
     if isinstance(stage, DeploymentStage):
         source = wiring.model_source
         assert source is not None
-        run_key = "mlflow_run_id" if wiring.validation is not None else "run_id"
         return ModelPromoteOperator(
             model_name=spec.model_name,
             version=_xcom(source, "model_version"),
-            run_id=_xcom(source, run_key),
+            run_id=_xcom(source, "mlflow_run_id"),
             alias=stage.config.alias or "champion",
             stage=stage.config.stage,
             archive_existing_versions=stage.config.archive_existing_versions,
@@ -185,7 +194,7 @@ def _build_stage(spec: WorkflowSpec, stage: Stage, wiring: _Wiring, dag: DAG) ->
                 "metrics_callable": monitoring.callable,
                 "callable_kwargs": dict(monitoring.op_kwargs),
                 "alias": deployment.config.target_alias if deployment is not None else None,
-                "mlflow_conn_id": spec.mlflow_conn_id or "mlflow_default",
+                "mlflow_conn_id": spec.mlflow_conn_id,
             },
             **common,
         )
@@ -195,7 +204,7 @@ def _build_stage(spec: WorkflowSpec, stage: Stage, wiring: _Wiring, dag: DAG) ->
 def _build_gate(spec: WorkflowSpec, stage: Stage, wiring: _Wiring, dag: DAG) -> BaseOperator:
     from airflow_provider_hlml.sensors.approval import HumanApprovalSensor
 
-    subject, body = _gate_text(spec, stage)
+    subject, body = _gate_text(spec, stage, wiring)
     extra: dict[str, Any] = {}
     if spec.poll_interval is not None:
         extra["poll_interval"] = spec.poll_interval

@@ -7,11 +7,11 @@ stages and by the hand-written churn DAG, through a ``PythonOperator`` calling
 
 from __future__ import annotations
 
-import inspect
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from airflow_provider_hlml import audit
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +37,17 @@ def collect_upstream_metrics(outputs: Sequence[Mapping[str, Any] | None]) -> dic
     return values
 
 
-def _call_with_supported(fn: Callable[..., Any], available: Mapping[str, Any]) -> Any:
-    signature = inspect.signature(fn)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
-        return fn(**available)
-    return fn(**{name: value for name, value in available.items() if name in signature.parameters})
-
-
 def _model_of_run(
     outputs: Sequence[Mapping[str, Any] | None], model_name: str
 ) -> tuple[str | None, str | None]:
-    """The model version and MLflow run id this DAG run produced, from the newest upstream output."""
+    """The model version and MLflow run id this DAG run produced, from the newest upstream output
+    naming one (each stage output is a :class:`~airflow_provider_hlml.contracts.ModelReference`)."""
     for output in reversed(outputs):
         if not isinstance(output, Mapping):
             continue
-        version = output.get("model_version") or output.get("version")
+        version = output.get("model_version")
         if version is not None and output.get("model_name", model_name) == model_name:
-            run_id = output.get("mlflow_run_id") or output.get("run_id")
+            run_id = output.get("mlflow_run_id")
             return str(version), (str(run_id) if run_id else None)
     return None, None
 
@@ -67,7 +61,7 @@ def log_monitoring_metrics(
     metrics_callable: str | Callable[..., Any] | None = None,
     callable_kwargs: Mapping[str, Any] | None = None,
     alias: str | None = "champion",
-    mlflow_conn_id: str = "mlflow_default",
+    mlflow_conn_id: str | None = None,
     ti: Any = None,
     dag_run: Any = None,
     **context: Any,
@@ -84,19 +78,19 @@ def log_monitoring_metrics(
         plus ``callable_kwargs``.
     :param callable_kwargs: extra keyword arguments of ``metrics_callable``.
     :param alias: alias the deployment set; ``model_uri`` is ``models:/<name>@<alias>`` when given.
-    :param mlflow_conn_id: MLflow connection.
+    :param mlflow_conn_id: MLflow connection; default ``[hlml] mlflow_conn_id``.
     :return: ``{"run_id", "experiment_id", "model_name", "model_version", "model_uri", "metrics"}``.
     """
-    from mlflow.entities import Metric
-
     from airflow_provider_hlml.hooks.mlflow import MLflowHook
+    from airflow_provider_hlml.operators.mlflow_runs import call_with_supported_kwargs, log_batch
+    from airflow_provider_hlml.settings import mlflow_conn_id as default_mlflow_conn_id
     from airflow_provider_hlml.workflows.spec import resolve_callable
 
     outputs: list[Mapping[str, Any] | None] = (
         [ti.xcom_pull(task_ids=task_id) for task_id in upstream_task_ids] if ti is not None else []
     )
     version, source_run_id = _model_of_run(outputs, model_name)
-    hook = MLflowHook(mlflow_conn_id=mlflow_conn_id)
+    hook = MLflowHook(mlflow_conn_id=mlflow_conn_id or default_mlflow_conn_id())
     if alias:
         resolved = hook.client.get_model_version_by_alias(model_name, alias)
         version = str(resolved.version)
@@ -114,7 +108,7 @@ def log_monitoring_metrics(
             **dict(callable_kwargs or {}),
         }
         with hook.fluent():
-            produced = _call_with_supported(fn, available)
+            produced = call_with_supported_kwargs(fn, available)
         if not isinstance(produced, Mapping):
             raise TypeError(
                 f"the monitoring callable must return a dict of metrics, got {type(produced).__name__}"
@@ -132,26 +126,22 @@ def log_monitoring_metrics(
 
     experiment_id = hook.get_or_create_experiment(experiment_name)
     tags = {
-        "hlml.stage": "monitoring",
-        "hlml.model_name": model_name,
-        "hlml.model_version": str(version or ""),
+        audit.HLML_STAGE: "monitoring",
+        audit.MONITORED_MODEL_NAME: model_name,
+        audit.MONITORED_MODEL_VERSION: str(version or ""),
     }
     if source_run_id:
-        tags["hlml.source_run_id"] = source_run_id
+        tags[audit.MONITORED_SOURCE_RUN_ID] = source_run_id
     if dag_run is not None:
-        tags["airflow.dag_id"] = str(dag_run.dag_id)
-        tags["airflow.run_id"] = str(dag_run.run_id)
+        tags[audit.AIRFLOW_DAG_ID] = str(dag_run.dag_id)
+        tags[audit.AIRFLOW_RUN_ID] = str(dag_run.run_id)
     client = hook.client
     run = client.create_run(
         experiment_id,
         run_name=f"monitoring-{model_name}-v{version}",
         tags=tags,
     )
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run.info.run_id,
-        metrics=[Metric(key=name, value=value, timestamp=now, step=0) for name, value in selected.items()],
-    )
+    log_batch(client, run.info.run_id, metrics=selected)
     client.set_terminated(run.info.run_id)
     log.info(
         "Logged monitoring metrics of %s v%s to MLflow run %s: %s",

@@ -557,7 +557,7 @@ class WorkflowSpec(_Strict):
     def _stages_fit_together(self) -> WorkflowSpec:
         problems: list[tuple[tuple[str | int, ...], str]] = []
         seen_ids: dict[str, int] = {}
-        trained = deployed = False
+        trained = deployed = registers = False
         for index, stage in enumerate(self.stages):
             for task_id in (stage.stage_task_id, *((stage.gate_task_id,) if stage.approval_required else ())):
                 if task_id in seen_ids:
@@ -583,9 +583,19 @@ class WorkflowSpec(_Strict):
             if isinstance(stage, TrainingStage):
                 trained = True
                 deployed = False
+                registers = stage.config.register_model
             elif isinstance(stage, DeploymentStage):
                 if deployed:
                     problems.append((("stages", index, "type"), "the model of this run is already deployed"))
+                if trained and stage.approval_required and not registers:
+                    # The approval must name the model version it allows to promote.
+                    problems.append(
+                        (
+                            ("stages", index, "approval_required"),
+                            "a gated deployment needs the training stage to register the model "
+                            "(register_model: true): the approval names the model version",
+                        )
+                    )
                 deployed = True
             if stage.approvers is not None and stage.approvers and not stage.approval_required:
                 problems.append(

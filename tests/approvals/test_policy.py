@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from airflow_provider_hlml.approvals.policy import ApprovalPolicy
+from airflow_provider_hlml.gate.policy import ApprovalPolicy
 
 
 class TestApprovalPolicy:
@@ -43,3 +43,33 @@ class TestApprovalPolicy:
 
     def test_anonymous_responder_is_refused(self) -> None:
         assert ApprovalPolicy().refusal_reason(name=None, email="  ") is not None
+
+
+class TestIdentities:
+    """Every identity rule in one place: name, e-mail, principal, user id and escalation approvers."""
+
+    def test_principal_and_user_id_are_identities(self) -> None:
+        policy = ApprovalPolicy(approvers=("ci-bot", "42"))
+        assert policy.refusal_reason(name="x", email=None, principal="CI-bot") is None
+        assert policy.refusal_reason(name="x", email=None, user_id="42") is None
+        assert policy.refusal_reason(name="x", email=None, user_id="43") is not None
+
+    def test_a_delegates_principal_is_not_the_persons(self) -> None:
+        from airflow_provider_hlml.gate.wire import UserInfo
+
+        policy = ApprovalPolicy(approvers=("airflow-ui",))
+        on_behalf = UserInfo(
+            name="carol", email="carol@example.com", principal="airflow-ui", via_delegate=True
+        )
+        assert "not one of the approvers" in str(policy.decision_refusal(on_behalf))
+        own_key = UserInfo(name="airflow-ui", principal="airflow-ui", via_delegate=False)
+        assert policy.decision_refusal(own_key) is None
+
+    def test_unreported_responder_is_trusted_to_the_server(self) -> None:
+        assert ApprovalPolicy(approvers=("alice",)).decision_refusal(None) is None
+
+    def test_escalation_approvers_extend_only_a_restricted_list(self) -> None:
+        policy = ApprovalPolicy(approvers=("alice",)).escalated_to(["boss@example.com", "alice"])
+        assert policy.allowed == ("alice", "boss@example.com")
+        assert ApprovalPolicy().escalated_to(["boss@example.com"]).allowed == ()
+        assert ApprovalPolicy().refusal_reason(name="anyone", email=None) is None

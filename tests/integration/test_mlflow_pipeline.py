@@ -160,3 +160,99 @@ class TestMLflowPipeline:
         assert record.data.metrics["gate.approve.response_seconds"] == pytest.approx(
             decision["response_seconds"]
         )
+
+
+class TestSpecTrainThenGatedDeploy:
+    """A spec with training followed by a gated deployment and no validation stage."""
+
+    def test_gate_shows_the_training_result_and_the_promotion_is_accepted(
+        self,
+        mlflow_server: Any,
+        approvals_service: Any,
+        humanlayer_conn: str,
+        airflow_db: Any,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        import json
+
+        from airflow_provider_hlml.examples.review import approve_when_pending
+        from airflow_provider_hlml.sensors.approval import HumanApprovalSensor
+        from airflow_provider_hlml.workflows.builder import build_ml_workflow_dag
+
+        # The spec names no MLflow connection: ``[hlml] mlflow_conn_id`` is the stages' default.
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_MLFLOW_SPEC", json.dumps({"conn_type": "mlflow", "host": mlflow_server.url})
+        )
+        monkeypatch.setenv("AIRFLOW__HLML__MLFLOW_CONN_ID", "mlflow_spec")
+        monkeypatch.delenv("AIRFLOW_CONN_MLFLOW_DEFAULT", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        monkeypatch.setenv("AIRFLOW__HLML__LONG_POLL_SECONDS", "5")
+        suffix = uuid.uuid4().hex[:8]
+        dag_id, model_name = f"train_deploy_{suffix}", f"churn_td_{suffix}"
+        churn = "airflow_provider_hlml.examples.churn"
+        dag = build_ml_workflow_dag(
+            {
+                "name": f"Train then deploy {suffix}",
+                "dag_id": dag_id,
+                "experiment_name": "hlml-train-deploy",
+                "model_name": model_name,
+                "humanlayer_conn_id": humanlayer_conn,
+                "poll_interval": 0.3,
+                "stages": [
+                    {
+                        "name": "Train",
+                        "type": "training",
+                        "config": {
+                            "callable": f"{churn}:train_churn_model",
+                            "params": {"C": 1.0, "max_iter": 200},
+                            "op_kwargs": {"data_task_id": None, "n_samples": 600},
+                        },
+                    },
+                    {"name": "Deploy", "type": "deployment", "approval_required": True},
+                ],
+            }
+        )
+        for task in dag.tasks:
+            if isinstance(task, HumanApprovalSensor):
+                task.poke_interval = 0.3
+        assert {task.mlflow_conn_id for task in dag.tasks if hasattr(task, "mlflow_conn_id")} == {
+            "mlflow_spec"
+        }
+
+        answered: list[dict[str, Any]] = []
+        thread = threading.Thread(
+            target=lambda: answered.extend(
+                approve_when_pending(
+                    approvals_service.base_url,
+                    approvals_service.reviewer_key,
+                    dag_id=dag_id,
+                    timeout=300,
+                    poll_interval=0.3,
+                    comment="trained well",
+                )
+            ),
+            daemon=True,
+        )
+        thread.start()
+        dag_run = run_dag(dag)
+        thread.join(30)
+        assert task_states(dag_run) == {"train": "success", "approve_deploy": "success", "deploy": "success"}
+
+        trained = xcom_value(dag_run, "train")
+        decision = xcom_value(dag_run, "approve_deploy")
+        record = xcom_value(dag_run, "deploy")
+        # The reviewer saw the training result, which names the model like every stage output.
+        approved = decision["context"]
+        assert approved["model_name"] == model_name
+        assert approved["model_version"] == trained["model_version"]
+        assert approved["mlflow_run_id"] == trained["mlflow_run_id"] == trained["run_id"]
+        assert record["mode"] == "promote"
+        assert record["model_version"] == trained["model_version"]
+        assert record["mlflow_run_id"] == trained["mlflow_run_id"]
+        assert record["approval_call_id"] == decision["call_id"] == answered[0]["call_id"]
+
+        champion = MLflowHook("mlflow_spec").client.get_model_version_by_alias(model_name, "champion")
+        assert champion.version == trained["model_version"]
+        assert champion.run_id == trained["mlflow_run_id"]
+        assert champion.tags[audit.APPROVAL_CALL_ID] == decision["call_id"]
+        assert champion.tags[audit.APPROVAL_COMMENT] == "trained well"

@@ -24,7 +24,13 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def function_call_body(row: ApprovalRequest) -> dict[str, Any]:
+def _body(row: ApprovalRequest, **answer: Any) -> dict[str, Any]:
+    """A request as the API returns it; ``answer`` holds the fields of its kind's status.
+
+    Beside the SDK's fields, ``status`` carries extension fields the unmodified SDK ignores: who
+    answered (``user_info``), the approvers an escalation added (``extra_approvers``, which count
+    with the gate's approvers) and the cancellation.
+    """
     return {
         "run_id": row.run_id,
         "call_id": row.call_id,
@@ -32,32 +38,27 @@ def function_call_body(row: ApprovalRequest) -> dict[str, Any]:
         "status": {
             "requested_at": _iso(row.requested_at),
             "responded_at": _iso(row.responded_at),
-            "approved": row.approved,
-            "comment": row.comment,
-            "reject_option_name": row.reject_option_name,
-            "slack_message_ts": None,
+            **answer,
             "user_info": row.user_info,
+            "extra_approvers": list(row.extra_approvers or []),
             "cancelled_at": _iso(row.cancelled_at),
             "cancel_reason": row.cancel_reason,
         },
     }
+
+
+def function_call_body(row: ApprovalRequest) -> dict[str, Any]:
+    return _body(
+        row,
+        approved=row.approved,
+        comment=row.comment,
+        reject_option_name=row.reject_option_name,
+        slack_message_ts=None,
+    )
 
 
 def human_contact_body(row: ApprovalRequest) -> dict[str, Any]:
-    return {
-        "run_id": row.run_id,
-        "call_id": row.call_id,
-        "spec": row.spec,
-        "status": {
-            "requested_at": _iso(row.requested_at),
-            "responded_at": _iso(row.responded_at),
-            "response": row.response,
-            "response_option_name": row.response_option_name,
-            "user_info": row.user_info,
-            "cancelled_at": _iso(row.cancelled_at),
-            "cancel_reason": row.cancel_reason,
-        },
-    }
+    return _body(row, response=row.response, response_option_name=row.response_option_name)
 
 
 def body_for(row: ApprovalRequest) -> dict[str, Any]:

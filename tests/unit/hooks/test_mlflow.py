@@ -363,3 +363,50 @@ class TestMLflowHook:
         assert report["metrics"]["accuracy"]["delta"] == pytest.approx(0.1)
         assert report["params"]["max_depth"] == {v1: "3", v2: "5"}
         assert report["changed_params"] == ["max_depth"]
+
+
+class TestMLflowHookRegistry:
+    """Alias moves with their audit tags, and the rollback they allow, on a real registry."""
+
+    def versions(self, hook: MLflowHook, name: str, count: int) -> list[str]:
+        client = hook.client
+        experiment_id = hook.get_or_create_experiment("hlml-hook-registry")
+        client.create_registered_model(name)
+        out = []
+        for _ in range(count):
+            run = client.create_run(experiment_id)
+            client.set_terminated(run.info.run_id)
+            mv = client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+            out.append(str(mv.version))
+        return out
+
+    def test_alias_moves_record_the_previous_holder_and_roll_back(self, mlflow_conn: str) -> None:
+        from airflow_provider_hlml import audit
+        from airflow_provider_hlml.hooks.mlflow import RegistryStateError
+
+        hook = MLflowHook(mlflow_conn)
+        name = f"hook_registry_{uuid.uuid4().hex[:8]}"
+        v1, v2 = self.versions(hook, name, 2)
+        assert hook.alias_holder(name, "champion") is None
+        with pytest.raises(RegistryStateError, match="is not set: nothing to roll back"):
+            hook.alias_rollback_target(name, "champion")
+
+        with hook.promotion_lock(name):
+            assert hook.set_alias_with_tags(name, v1, "champion", {audit.APPROVED_BY: "alice"}) == ""
+            assert hook.set_alias_with_tags(name, v2, "champion", {}) == v1
+            # A retry keeps the recorded predecessor instead of naming the version itself.
+            assert hook.set_alias_with_tags(name, v2, "champion", {}) == v1
+        holder = hook.alias_holder(name, "champion")
+        assert holder is not None
+        assert str(holder.version) == v2
+        assert holder.tags[audit.previous_holder_tag("champion")] == v1
+        assert holder.tags[audit.PROMOTED_ALIAS] == "champion"
+        assert hook.find_model_version(name, holder.run_id).version == v2
+
+        assert hook.alias_rollback_target(name, "champion") == (v2, v1)
+        hook.restore_alias(name, "champion", v1)
+        hook.tag_rollback(name, v2, v1, by_run_id="manual__1", at="2024-01-01T00:00:00+00:00")
+        assert str(hook.alias_holder(name, "champion").version) == v1
+        tags = hook.client.get_model_version(name, v2).tags
+        assert tags[audit.ROLLED_BACK_TO] == v1
+        assert tags[audit.ROLLED_BACK_BY_RUN_ID] == "manual__1"

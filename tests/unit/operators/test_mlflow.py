@@ -81,6 +81,7 @@ class TestMLflowTrainOperator:
         assert task_states(dag_run) == {"train": "success"}
         result = xcom_value(dag_run, "train")
         assert set(result) == {
+            "mlflow_run_id",
             "run_id",
             "experiment_id",
             "model_uri",
@@ -90,6 +91,7 @@ class TestMLflowTrainOperator:
         }
         assert result["model_name"] == model_name
         assert result["metrics"]["accuracy"] > 0.7
+        assert result["run_id"] == result["mlflow_run_id"]  # the deprecated alias stays
 
         client = hook.client
         run = client.get_run(result["run_id"])
@@ -1002,7 +1004,7 @@ class TestOwnSklearnTypes:
     def test_names_what_skops_itself_reports_untrusted(self, name: str) -> None:
         import skops.io
 
-        from airflow_provider_hlml.operators.mlflow import _own_sklearn_types
+        from airflow_provider_hlml.operators.mlflow import own_sklearn_types as _own_sklearn_types
 
         model = _sklearn_model_zoo()[name]
         dumped = skops.io.dumps(model)
@@ -1011,3 +1013,31 @@ class TestOwnSklearnTypes:
         assert _own_sklearn_types(model) == (expected or None)
         others = [t for t in untrusted if not t.startswith("sklearn.")]
         skops.io.loads(dumped, trusted=(expected + others) or None)  # nothing left untrusted
+
+
+class TestDefaultMLflowConnection:
+    """``[hlml] mlflow_conn_id`` is the connection of every MLflow stage not given one."""
+
+    def operators(self, **kwargs: Any) -> list[Any]:
+        return [
+            MLflowTrainOperator(task_id="train", python_callable=dict, experiment_name="e", **kwargs),
+            MLflowValidateOperator(
+                task_id="validate",
+                model_uri="models:/m/1",
+                data="data.csv",
+                target="y",
+                thresholds={"accuracy": 0.5},
+                **kwargs,
+            ),
+            ModelPromoteOperator(task_id="promote", model_name="m", **kwargs),
+        ]
+
+    def test_configured_default(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AIRFLOW__HLML__MLFLOW_CONN_ID", "mlflow_team")
+        assert [op.mlflow_conn_id for op in self.operators()] == ["mlflow_team"] * 3
+
+    def test_unconfigured_default_and_explicit_connection(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.delenv("AIRFLOW__HLML__MLFLOW_CONN_ID", raising=False)
+        assert [op.mlflow_conn_id for op in self.operators()] == [MLflowHook.default_conn_name] * 3
+        monkeypatch.setenv("AIRFLOW__HLML__MLFLOW_CONN_ID", "mlflow_team")
+        assert [op.mlflow_conn_id for op in self.operators(mlflow_conn_id="mine")] == ["mine"] * 3

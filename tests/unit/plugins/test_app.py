@@ -37,6 +37,42 @@ class TestDashboardData:
         client = await DashboardData(_settings(), embedded_approvals=object()).approvals_client()
         assert client.base_url == "https://api.example/humanlayer/v1"
 
+    async def test_connection_is_read_like_the_hook(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_DASH_HUMANLAYER",
+            json.dumps(
+                {"conn_type": "humanlayer", "host": "hl.example", "port": 8443, "extra": {"timeout": 1}}
+            ),
+        )
+        client = await DashboardData(_settings()).approvals_client()
+        assert client.base_url == "https://hl.example:8443"
+        assert client._timeout == 1
+
+    async def test_invalid_timeout_is_reported(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_DASH_HUMANLAYER",
+            json.dumps(
+                {"conn_type": "humanlayer", "host": "https://hl.example", "extra": {"timeout": "soon"}}
+            ),
+        )
+        _items, _metrics, problem = await DashboardData(_settings()).visible_approvals(user=None)
+        assert "timeout" in str(problem)
+
+    async def test_legacy_mlflow_ui_url_is_honoured(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_DASH_MLFLOW",
+            json.dumps(
+                {
+                    "conn_type": "mlflow",
+                    "host": f"http://127.0.0.1:{free_port()}",
+                    "extra": {"extra__mlflow__ui_url": "https://mlflow-ui.example"},
+                }
+            ),
+        )
+        _data, target, _problem = await DashboardData(_settings()).mlflow()
+        assert target is not None
+        assert target.ui_url == "https://mlflow-ui.example"
+
     async def test_without_connection_the_mounted_service_is_used_in_process(self) -> None:
         client = await DashboardData(_settings(), embedded_approvals=object()).approvals_client()
         assert client.base_url == EMBEDDED_APPROVALS_BASE

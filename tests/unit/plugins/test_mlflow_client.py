@@ -105,3 +105,28 @@ class TestMLflowTarget:
 
     def test_missing_connection(self) -> None:
         assert MLflowTarget.from_connection("no_such_mlflow_conn") is None
+
+    def test_legacy_extra_keys_and_token_are_read_like_the_hook(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_DASH_MLFLOW",
+            '{"conn_type": "mlflow", "host": "mlflow", "port": 5000, "extra": {'
+            '"extra__mlflow__ui_url": "https://legacy-ui.example/", "extra__mlflow__token": "tok-123",'
+            ' "extra__mlflow__timeout": "2.5"}}',
+        )
+        target = MLflowTarget.from_connection("dash_mlflow")
+        assert target is not None
+        assert target.tracking_uri == "http://mlflow:5000"
+        assert target.ui_url == "https://legacy-ui.example"
+        assert target.authorization_header() == "Bearer tok-123"
+        assert target.timeout == 3
+        assert MLflowReader(target, timeout=10)._timeout == 3
+
+    def test_invalid_connection_is_reported(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_DASH_MLFLOW",
+            '{"conn_type": "mlflow", "host": "http://mlflow:5000", "extra": {"max_retries": "many"}}',
+        )
+        with pytest.raises(MLflowUnavailable, match="max_retries"):
+            MLflowTarget.from_connection("dash_mlflow")

@@ -212,3 +212,64 @@ class TestSeries:
         ]
         events = views.recent_activity(items, runs)
         assert [e["kind"] for e in events] == ["dag_run", "approval_approved", "approval_requested"]
+
+
+class TestEscalationApprovers:
+    """An escalation approver decides from the dashboard as the service and the gate allow."""
+
+    async def test_escalation_approver_may_decide_on_the_dashboard(self, approvals_service: Any) -> None:
+        import uuid
+
+        import httpx
+
+        from airflow_provider_hlml.gate.events import settled_event
+        from airflow_provider_hlml.gate.policy import ApprovalPolicy
+        from airflow_provider_hlml.gate.state import GateState
+        from airflow_provider_hlml.gate.wire import GateFunctionCall
+        from airflow_provider_hlml.plugins.approvals_client import ApprovalsClient
+
+        base = approvals_service.base_url
+        agent = {"Authorization": f"Bearer {approvals_service.agent_key}"}
+        call_id = f"escalated-{uuid.uuid4().hex}"
+        gate = GateState(approvers=("alice@example.com",), requester="dave")
+        spec = {"fn": "model_promotion", "kwargs": {"subject": "Promote v3"}, "state": gate.to_state()}
+        created = httpx.post(
+            f"{base}/function_calls", json={"run_id": "r", "call_id": call_id, "spec": spec}, headers=agent
+        )
+        created.raise_for_status()
+        httpx.post(
+            f"{base}/agent/function_calls/{call_id}/escalate_email",
+            json={
+                "escalation_msg": "Please decide",
+                "additional_recipients": [{"address": "boss@example.com"}],
+            },
+            headers=agent,
+        ).raise_for_status()
+
+        client = ApprovalsClient(base, approvals_service.delegate_key)
+        item = views.normalize_call(await client.get_call(call_id), airflow_base_path="")
+        assert item["extra_approvers"] == ["boss@example.com"]
+        boss = Identity(name="Boss", email="boss@example.com", user_id="7")
+        carol = Identity(name="carol", email="carol@example.com", user_id="8")
+        assert views.decision_block_reason(item, boss, may_edit_dag=True) is None
+        assert "boss@example.com" in str(views.decision_block_reason(item, carol, may_edit_dag=True))
+
+        # What the dashboard offers, the service accepts ...
+        decided = await client.respond(
+            call_id,
+            approved=True,
+            comment="ok",
+            reject_option_name=None,
+            requested_at=None,
+            user_info=boss.user_info(),
+        )
+        assert decided["status"]["user_info"]["email"] == "boss@example.com"
+        # ... and the gate, still holding its pre-escalation policy, accepts it from the wire.
+        call = GateFunctionCall.model_validate(decided)
+        event, refused = settled_event(call, ApprovalPolicy.of_gate(gate))
+        assert refused is None
+        assert event is not None
+        assert event["status"] == "approved"
+        assert call.status is not None
+        call.status.extra_approvers = None
+        assert settled_event(call, ApprovalPolicy.of_gate(gate))[1] is not None

@@ -216,7 +216,7 @@ class TestRequestOrigin:
     """A request under this gate's id that is not exactly the gate's own request is refused, not taken over."""
 
     def _pair(self, faulty_conn: str, **theirs: Any) -> tuple[Any, Any]:
-        from airflow_provider_hlml.utils.wire import GateFunctionCall
+        from airflow_provider_hlml.gate.wire import GateFunctionCall
 
         sensor = HumanApprovalSensor(task_id="gate", subject="Go?", humanlayer_conn_id=faulty_conn)
         request = sensor.build_request(_context(sensor))

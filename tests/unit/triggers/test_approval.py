@@ -8,13 +8,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from airflow_provider_hlml.gate.wire import UserInfo
 from airflow_provider_hlml.hooks.humanlayer import SESSION_POOL
 from airflow_provider_hlml.triggers.approval import (
     EVENT_STATUSES,
     HumanApprovalTrigger,
     refusal_reason,
 )
-from airflow_provider_hlml.utils.wire import UserInfo
 from tests.fixtures.faulty_server import FaultyHumanLayerServer
 
 CLASSPATH = "airflow_provider_hlml.triggers.approval.HumanApprovalTrigger"

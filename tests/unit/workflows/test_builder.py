@@ -143,7 +143,7 @@ class TestBuildMlWorkflowDag:
         gate = dag.get_task("approve_production_deployment")
         assert gate.context.operator.task_id == "model_training"
         promote = dag.get_task("production_deployment")
-        assert promote.run_id == "{{ ti.xcom_pull(task_ids='model_training')['run_id'] }}"
+        assert promote.run_id == "{{ ti.xcom_pull(task_ids='model_training')['mlflow_run_id'] }}"
 
     def test_custom_stage_and_gate_on_first_stage(self) -> None:
         data = good_spec()

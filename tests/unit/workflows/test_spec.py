@@ -245,6 +245,12 @@ BROKEN_SPECS: list[tuple[str, Any, str, str]] = [
         "a deployment stage needs a training stage before it",
     ),
     (
+        "gated_deployment_of_unregistered_model",
+        lambda d: d["stages"][1]["config"].update(register_model=False),
+        "stages[3].approval_required",
+        "a gated deployment needs the training stage to register the model",
+    ),
+    (
         "duplicate_stage_names",
         lambda d: d["stages"][4].update(name="Model Training"),
         "stages[4].name",

@@ -32,7 +32,7 @@ from airflow_provider_hlml.approvals.schemas import (
     FunctionCallRespond,
 )
 from airflow_provider_hlml.approvals.webhooks import FUNCTION_CALL_COMPLETED
-from airflow_provider_hlml.utils.wire import REPLAYED_HEADER
+from airflow_provider_hlml.gate.wire import REPLAYED_HEADER
 
 KIND = store.FUNCTION_CALL
 ERRORS: dict[int | str, dict[str, Any]] = {

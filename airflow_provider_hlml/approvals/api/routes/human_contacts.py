@@ -32,7 +32,7 @@ from airflow_provider_hlml.approvals.schemas import (
     HumanContactRespond,
 )
 from airflow_provider_hlml.approvals.webhooks import HUMAN_CONTACT_COMPLETED
-from airflow_provider_hlml.utils.wire import REPLAYED_HEADER
+from airflow_provider_hlml.gate.wire import REPLAYED_HEADER
 
 KIND = store.HUMAN_CONTACT
 router = APIRouter(tags=["human contacts"], responses=ERRORS)

@@ -1,8 +1,9 @@
-"""HumanLayer wire models with the approvals-service extension fields.
+"""The gate's wire models: HumanLayer's with the approvals-service extension fields.
 
 The SDK's pydantic models are the wire format; these subclasses only add the optional fields the
-self-hosted service returns (who decided, cancellation), which the SDK itself ignores. The
-classes are built on first access, so importing this module does not import ``humanlayer``.
+self-hosted service returns (who decided, the escalation approvers, cancellation), which the SDK
+itself ignores. The classes are built on first access, so importing this module does not import
+``humanlayer``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 class UserInfo(BaseModel):
-    """Who decided a request, as the approvals service reports it in ``status.user_info``."""
+    """Who decided a request, as the approvals service reports it in ``status.user_info``.
+
+    The service always writes all four fields (``via_delegate`` as a boolean); other servers may
+    leave any out.
+
+    :param name: the person who answered.
+    :param email: their e-mail address, if known.
+    :param principal: the key's principal (a delegate service when ``via_delegate``).
+    :param via_delegate: whether a delegate key answered on the person's behalf.
+    """
 
     name: str | None = None
     email: str | None = None
@@ -56,9 +66,11 @@ def _build() -> dict[str, Any]:
     from humanlayer.core.models import FunctionCall, FunctionCallStatus
 
     class GateFunctionCallStatus(FunctionCallStatus):
-        """``FunctionCallStatus`` plus the service's ``user_info``, ``cancelled_at`` and ``cancel_reason``."""
+        """``FunctionCallStatus`` plus the service's ``user_info``, ``extra_approvers``,
+        ``cancelled_at`` and ``cancel_reason``."""
 
         user_info: UserInfo | None = None
+        extra_approvers: list[str] | None = None
         cancelled_at: datetime | None = None
         cancel_reason: str | None = None
 
@@ -84,6 +96,7 @@ if TYPE_CHECKING:
 
     class GateFunctionCallStatus(FunctionCallStatus):
         user_info: UserInfo | None
+        extra_approvers: list[str] | None
         cancelled_at: datetime | None
         cancel_reason: str | None
 

@@ -1,0 +1,228 @@
+"""What the gate's waiting path reports: trigger events, and the gate's result built from them.
+
+The trigger yields these events, the API server's wake path submits the same ones, and the sensor
+turns a decision into its XCom result (:class:`ApprovalResult`), so every path settles a request
+with the same rules (:func:`settled_event`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from typing_extensions import NotRequired
+
+if TYPE_CHECKING:
+    from airflow_provider_hlml.gate.policy import ApprovalPolicy
+    from airflow_provider_hlml.gate.wire import GateFunctionCall
+
+__all__ = [
+    "APPROVE",
+    "EVENT_STATUSES",
+    "REJECT",
+    "ApprovalCancelledEvent",
+    "ApprovalDecisionEvent",
+    "ApprovalErrorEvent",
+    "ApprovalEvent",
+    "ApprovalResult",
+    "ApprovalTimeoutEvent",
+    "ResponderPayload",
+    "approval_result",
+    "decision_event",
+    "iso",
+    "parse_time",
+    "settled_event",
+]
+
+APPROVE = "Approve"
+REJECT = "Reject"
+
+
+class ResponderPayload(TypedDict):
+    """Who decided (native HITL's ``HITLUser`` keys ``id``/``name`` plus e-mail and delegate)."""
+
+    id: str | None
+    name: str | None
+    email: str | None
+    via_delegate: str | bool | None
+
+
+class ApprovalDecisionEvent(TypedDict):
+    """A reviewer approved or rejected the request."""
+
+    status: Literal["approved", "rejected"]
+    call_id: str
+    approved: bool
+    comment: str | None
+    reject_option: str | None
+    responded_by_user: ResponderPayload | None
+    responded_at: str | None
+    requested_at: str | None
+    context: NotRequired[Any]
+    """The request context as sent (read with the decision, so the task need not read it again)."""
+
+
+class ApprovalTimeoutEvent(TypedDict):
+    """The deadline passed without an accepted decision."""
+
+    status: Literal["timeout"]
+    call_id: str
+    deadline: str
+    escalated: bool
+    requested_at: str | None
+
+
+class ApprovalCancelledEvent(TypedDict):
+    """The request was cancelled on the server (not by this gate's own timeout handling)."""
+
+    status: Literal["cancelled"]
+    call_id: str
+    reason: str | None
+    cancelled_at: str | None
+
+
+class ApprovalErrorEvent(TypedDict):
+    """Waiting cannot go on: a wrong key (401/403), a missing request (404), a bad answer."""
+
+    status: Literal["error"]
+    call_id: str
+    message: str
+    http_status: int | None
+
+
+ApprovalEvent = ApprovalDecisionEvent | ApprovalTimeoutEvent | ApprovalCancelledEvent | ApprovalErrorEvent
+EVENT_STATUSES = frozenset({"approved", "rejected", "timeout", "cancelled", "error"})
+
+
+class ApprovalResult(TypedDict):
+    """A gate's XCom result (``return_value``): native HITL keys plus HumanLayer's."""
+
+    approved: bool
+    chosen_options: list[str]
+    reject_option: str | None
+    comment: str | None
+    responded_by_user: ResponderPayload | None
+    responded_at: str | None
+    requested_at: str | None
+    response_seconds: float | None
+    call_id: str
+    approval_url: str | None
+    context: Any
+    """The request context as sent."""
+    timed_out: bool
+    """The outcome came from the gate's ``on_timeout`` policy, not from a person."""
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def parse_time(value: datetime | str | None) -> datetime | None:
+    """An ISO-8601 time (or datetime) as an aware datetime; naive values are UTC."""
+    if value is None or value == "":
+        return None
+    dt = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def decision_event(call: GateFunctionCall) -> ApprovalDecisionEvent | None:
+    """The decision event for a decided request, ``None`` while it is pending."""
+    status = call.status
+    if status is None or status.approved is None:
+        return None
+    responder: ResponderPayload | None = None
+    if status.user_info is not None:
+        info = status.user_info
+        responder = ResponderPayload(
+            id=info.principal or info.email or info.name,
+            name=info.name,
+            email=info.email,
+            via_delegate=info.via_delegate,
+        )
+    return ApprovalDecisionEvent(
+        status="approved" if status.approved else "rejected",
+        call_id=call.call_id,
+        approved=bool(status.approved),
+        comment=status.comment,
+        reject_option=status.reject_option_name,
+        responded_by_user=responder,
+        responded_at=iso(status.responded_at),
+        requested_at=iso(status.requested_at),
+        context=call.spec.kwargs.get("context"),
+    )
+
+
+def settled_event(
+    call: GateFunctionCall, policy: ApprovalPolicy
+) -> tuple[ApprovalDecisionEvent | ApprovalCancelledEvent | None, str | None]:
+    """
+    What a read of the request settles: ``(event, None)``, ``(None, refusal_reason)`` or ``(None, None)``.
+
+    Shared by the trigger, the sensor's synchronous check and the API server's wake path, so all
+    apply the same rules. The approvers an escalation added on the server (``extra_approvers``)
+    count, as the server counted them when it accepted the decision.
+
+    :param call: the request as read from the server.
+    :param policy: the gate's approval policy.
+    """
+    status = call.status
+    if status is None:
+        return None, None
+    event = decision_event(call)
+    if event is not None:
+        refused = policy.escalated_to(status.extra_approvers).decision_refusal(status.user_info)
+        return (None, refused) if refused else (event, None)
+    if status.is_cancelled:
+        return (
+            ApprovalCancelledEvent(
+                status="cancelled",
+                call_id=call.call_id,
+                reason=status.cancel_reason,
+                cancelled_at=iso(status.cancelled_at),
+            ),
+            None,
+        )
+    return None, None
+
+
+def approval_result(
+    event: ApprovalDecisionEvent | dict[str, Any],
+    call: GateFunctionCall | None,
+    *,
+    approval_url: str | None,
+    timed_out: bool = False,
+    sent_context: Any = None,
+) -> ApprovalResult:
+    """
+    The gate's XCom result for a decision.
+
+    :param event: the decision (approved or rejected).
+    :param call: the request as read from the server, when known.
+    :param approval_url: where a reviewer decides on the request.
+    :param timed_out: the outcome came from the gate's ``on_timeout`` policy.
+    :param sent_context: the request context as sent, when neither the event nor ``call`` has it.
+    """
+    approved = bool(event["approved"])
+    requested_at = parse_time(event.get("requested_at"))
+    if requested_at is None and call is not None and call.status is not None:
+        requested_at = call.status.requested_at
+    responded_at = parse_time(event.get("responded_at"))
+    seconds = (responded_at - requested_at).total_seconds() if responded_at and requested_at else None
+    if event.get("context") is not None:
+        sent_context = event["context"]
+    elif call is not None and call.spec.kwargs.get("context") is not None:
+        sent_context = call.spec.kwargs.get("context")
+    return ApprovalResult(
+        approved=approved,
+        chosen_options=[APPROVE if approved else REJECT],
+        reject_option=event.get("reject_option"),
+        comment=event.get("comment"),
+        responded_by_user=event.get("responded_by_user"),
+        responded_at=responded_at.isoformat() if responded_at else None,
+        requested_at=requested_at.isoformat() if requested_at else None,
+        response_seconds=seconds,
+        call_id=event["call_id"],
+        approval_url=approval_url,
+        context=sent_context,
+        timed_out=timed_out,
+    )

@@ -1,0 +1,1 @@
+"""Routers of the dashboard app: JSON endpoints (:mod:`.api`) and pages (:mod:`.pages`)."""
