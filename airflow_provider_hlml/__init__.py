@@ -14,14 +14,14 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "HumanLayerHook": "airflow_provider_hlml.hooks.humanlayer",
     "MLflowHook": "airflow_provider_hlml.hooks.mlflow",
-    "MLflowTrainOperator": "airflow_provider_hlml.operators.mlflow",
-    "MLflowValidateOperator": "airflow_provider_hlml.operators.mlflow",
-    "ModelPromoteOperator": "airflow_provider_hlml.operators.mlflow",
+    "MLflowTrainOperator": "airflow_provider_hlml.operators.train",
+    "MLflowValidateOperator": "airflow_provider_hlml.operators.validate",
+    "ModelPromoteOperator": "airflow_provider_hlml.operators.promote",
     "HumanApprovalSensor": "airflow_provider_hlml.sensors.approval",
     "HumanApprovalTrigger": "airflow_provider_hlml.triggers.approval",
-    "code_execution_approval": "airflow_provider_hlml.sensors.approval",
-    "content_approval": "airflow_provider_hlml.sensors.approval",
-    "workflow_approval": "airflow_provider_hlml.sensors.approval",
+    "code_execution_approval": "airflow_provider_hlml.sensors.factories",
+    "content_approval": "airflow_provider_hlml.sensors.factories",
+    "workflow_approval": "airflow_provider_hlml.sensors.factories",
     "WorkflowSpec": "airflow_provider_hlml.workflows.spec",
     "build_ml_workflow_dag": "airflow_provider_hlml.workflows.builder",
     "load_workflows": "airflow_provider_hlml.workflows.builder",
@@ -47,13 +47,11 @@ __all__ = [
 if TYPE_CHECKING:
     from airflow_provider_hlml.hooks.humanlayer import HumanLayerHook
     from airflow_provider_hlml.hooks.mlflow import MLflowHook
-    from airflow_provider_hlml.operators.mlflow import (
-        MLflowTrainOperator,
-        MLflowValidateOperator,
-        ModelPromoteOperator,
-    )
-    from airflow_provider_hlml.sensors.approval import (
-        HumanApprovalSensor,
+    from airflow_provider_hlml.operators.promote import ModelPromoteOperator
+    from airflow_provider_hlml.operators.train import MLflowTrainOperator
+    from airflow_provider_hlml.operators.validate import MLflowValidateOperator
+    from airflow_provider_hlml.sensors.approval import HumanApprovalSensor
+    from airflow_provider_hlml.sensors.factories import (
         code_execution_approval,
         content_approval,
         workflow_approval,

@@ -36,10 +36,23 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "operators": [
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_hlml.operators.mlflow"]}
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "airflow_provider_hlml.operators.train",
+                    "airflow_provider_hlml.operators.validate",
+                    "airflow_provider_hlml.operators.promote",
+                ],
+            }
         ],
         "sensors": [
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_hlml.sensors.approval"]}
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "airflow_provider_hlml.sensors.approval",
+                    "airflow_provider_hlml.sensors.factories",
+                ],
+            }
         ],
         "triggers": [
             {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_hlml.triggers.approval"]}

@@ -15,7 +15,7 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG, Param, chain
 
 from airflow_provider_hlml.examples import migration
-from airflow_provider_hlml.sensors.approval import code_execution_approval
+from airflow_provider_hlml.sensors.factories import code_execution_approval
 
 with DAG(
     dag_id="code_execution_approval",

@@ -107,20 +107,6 @@ def signature_problem(
     return None
 
 
-def verify_signature(
-    secret: str,
-    body: bytes,
-    signature_header: str | None,
-    timestamp_header: str | None,
-    *,
-    now: float | None = None,
-    window: float = REPLAY_WINDOW_SECONDS,
-) -> bool:
-    """Whether the delivery is signed with ``secret`` and fresh (see :func:`signature_problem`)."""
-    problem = signature_problem(secret, body, signature_header, timestamp_header, now=now, window=window)
-    return problem is None
-
-
 class Publisher:
     """Delivers ``completed`` notifications to webhook URLs and in-process listeners.
 

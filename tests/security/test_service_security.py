@@ -150,7 +150,7 @@ class TestSquatting:
         """The real gate, pointed at a request another agent created first, fails naming why."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from airflow_provider_hlml.sensors.approval import code_execution_approval
+        from airflow_provider_hlml.sensors.factories import code_execution_approval
         from tests.unit.sensors.test_approval import _context
 
         gate = code_execution_approval("DROP TABLE users;", "production", language="sql", task_id="squat")

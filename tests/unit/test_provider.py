@@ -88,9 +88,9 @@ class TestLazyImports:
     def test_package_import_resolves_names_lazily(self):
         code = (
             "import sys, airflow_provider_hlml as p\n"
-            "assert 'airflow_provider_hlml.operators.mlflow' not in sys.modules\n"
+            "assert 'airflow_provider_hlml.operators.train' not in sys.modules\n"
             "assert p.MLflowTrainOperator.__name__ == 'MLflowTrainOperator'\n"
-            "assert 'airflow_provider_hlml.operators.mlflow' in sys.modules\n"
+            "assert 'airflow_provider_hlml.operators.train' in sys.modules\n"
         )
         result = _run([sys.executable, "-c", code])
         assert result.returncode == 0, result.stderr[-3000:]
