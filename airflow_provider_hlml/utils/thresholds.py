@@ -12,7 +12,6 @@ owner, e.g. ``(("thresholds", "accuracy"), "must be between 0 and 1")``. The spe
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -131,6 +130,8 @@ def _unknown_metric(name: str, model_type: str) -> str:
     known = known_metrics(model_type)
     article = "an" if model_type[:1] in "aeiou" else "a"
     message = f"not a metric of {article} {model_type}"
+    import difflib  # only when a name is wrong: not at DAG parse
+
     suggestion = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if suggestion:
         return f"{message} (did you mean {suggestion[0]!r}?)"
@@ -146,6 +147,8 @@ def _rule_problems(loc: tuple[str, ...], metric: str, rule: Mapping[str, Any]) -
     problems: list[Problem] = []
     for key in rule:
         if key not in THRESHOLD_KEYS:
+            import difflib
+
             suggestion = difflib.get_close_matches(str(key), THRESHOLD_KEYS, n=1, cutoff=0.6)
             hint = (
                 f"did you mean {suggestion[0]!r}?" if suggestion else f"allowed: {', '.join(THRESHOLD_KEYS)}"
