@@ -22,6 +22,7 @@ from airflow_provider_hlml.plugins.settings import (
     WEBHOOKS_SUBPATH,
     airflow_base_path,
 )
+from airflow_provider_hlml.utils.http import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +90,8 @@ def build_embedded_approvals(database_url: str) -> Any | None:
         migrate_with_retry(database_url)
         return create_app(ApprovalsSettings(database_url=database_url, prefix="", migrate_on_start=False))
     except Exception:
-        log.exception("The built-in approvals service could not start on %s", _redact_url(database_url))
+        log.exception("The built-in approvals service could not start on %s", redact_url(database_url))
         return None
-
-
-def _redact_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable database URL>"
 
 
 class _LazyFastAPIApps:
