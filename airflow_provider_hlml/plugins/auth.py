@@ -71,11 +71,13 @@ class Identity:
 
     @property
     def responder(self) -> Responder:
-        """This user as the approval policy judges them (name, e-mail address, user id)."""
-        return Responder(name=self.name, email=self.email, user_id=self.user_id)
+        """This user as the approval policy judges them: by the name and e-mail address the
+        dashboard sends with an answer (:meth:`user_info`), exactly as the approvals service
+        will, so the dashboard never offers a decision the service would refuse."""
+        return Responder(name=self.name, email=self.email)
 
     def matches_any(self, principals: Iterable[Any]) -> bool:
-        """Whether one of ``principals`` (names, e-mail addresses or the user id) names this user."""
+        """Whether one of ``principals`` (names or e-mail addresses) names this user."""
         return names_any(self.responder.identities, principals)
 
     def user_info(self) -> dict[str, Any]:
