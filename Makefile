@@ -1,6 +1,6 @@
 # Two commands on a fresh machine with Python 3.10+ and make:
 #   make demo   - the churn pipeline on the embedded default stack
-#   make test   - install into .venv, then every test, lint and type check
+#   make test   - install into .venv, then every test, lint, type and architecture (import-linter) check
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo       run the churn pipeline on the embedded default (APPROVE=1: non-interactive)"
 	@echo "make demo-stop  stop every process 'make demo' started"
-	@echo "make test       install into $(VENV) and run every test, lint and type check"
+	@echo "make test       install into $(VENV) and run every test, lint, type and architecture check"
 	@echo "make bench      run the benchmark scripts in benchmarks/"
 
 $(BIN)/python:
