@@ -21,6 +21,14 @@ from schemathesis import GenerationMode
 from tests.fixtures.approvals import ApprovalsService
 
 EXAMPLES_PER_OPERATION = 8
+#: Hypothesis settings of one operation's cases: reproducible, no deadline, no example database.
+PER_OPERATION = settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 @pytest.fixture(scope="session")
@@ -42,13 +50,7 @@ def test_no_server_errors(api_schema: Any, approvals_service: ApprovalsService, 
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(
-            max_examples=EXAMPLES_PER_OPERATION,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
+        @PER_OPERATION
         def check(case: schemathesis.Case) -> None:
             if isinstance(case.query, dict) and "wait" in case.query:
                 case.query["wait"] = 0  # no long-polls: keeps the run short

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from tests.fixtures.processes import ManagedProcess, free_port, wait_for_http
+from tests.fixtures.processes import ManagedProcess, free_port, skip_or_fail, wait_for_http
 
 AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 #: username -> SimpleAuthManager role. "approver" is named as approver by the test gates,
@@ -244,3 +244,37 @@ def gate_dag_source(dag_id: str) -> str:
             EmptyOperator(task_id="approve")
         """
     )
+
+
+#: Debian's Chromium, which the browser tests drive headless (``make system-deps`` installs it).
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def require_browser() -> None:
+    """Skip (fail on CI) unless headless Chromium and Playwright are there."""
+    if not CHROMIUM.exists():
+        skip_or_fail(f"{CHROMIUM} not installed (make system-deps installs it)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        skip_or_fail("playwright is not installed")
+
+
+def dashboard_routes() -> list[Any]:
+    """Every route of the dashboard app (``fastapi.routing.APIRoute``), from the app itself."""
+    from fastapi.routing import APIRoute
+
+    from airflow_provider_hlml.plugins.app import create_dashboard_app
+    from airflow_provider_hlml.plugins.settings import DashboardSettings
+
+    app = create_dashboard_app(
+        DashboardSettings(
+            approvals_enabled=False,
+            approvals_database_url="sqlite://",
+            delegate_key="",
+            humanlayer_conn_id="humanlayer_default",
+            mlflow_conn_id="mlflow_default",
+            refresh_seconds=30,
+        )
+    )
+    return [r for r in app.routes if isinstance(r, APIRoute)]

@@ -15,9 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.routing import APIRoute
 
-from tests.browser.dashboard_stack import DashboardServer, gate_dag_source, start_dashboard_server
+from tests.browser.dashboard_stack import (
+    DashboardServer,
+    dashboard_routes,
+    gate_dag_source,
+    start_dashboard_server,
+)
 from tests.fixtures.airflow_stack import MetadataDatabases
 from tests.fixtures.processes import free_port
 
@@ -64,30 +68,13 @@ def _pending(server: DashboardServer, **kwargs: object) -> str:
     return call_id
 
 
-def _dashboard_routes() -> list[APIRoute]:
-    from airflow_provider_hlml.plugins.app import create_dashboard_app
-    from airflow_provider_hlml.plugins.settings import DashboardSettings
-
-    app = create_dashboard_app(
-        DashboardSettings(
-            approvals_enabled=False,
-            approvals_database_url="sqlite://",
-            delegate_key="",
-            humanlayer_conn_id="humanlayer_default",
-            mlflow_conn_id="mlflow_default",
-            refresh_seconds=30,
-        )
-    )
-    return [r for r in app.routes if isinstance(r, APIRoute)]
-
-
 def _concrete(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "dashboard.css", path)
 
 
 class TestAuthentication:
     def test_every_route_refuses_anonymous_and_forged_callers(self, server: DashboardServer) -> None:
-        routes = _dashboard_routes()
+        routes = dashboard_routes()
         paths = {r.path for r in routes}
         # The test must see the whole app: pages, JSON API, static files and the OpenAPI document.
         assert {
@@ -114,7 +101,7 @@ class TestAuthentication:
     def test_openapi_lists_only_routes_the_test_enumerates(self, server: DashboardServer) -> None:
         with server.client("viewer") as client:
             spec = client.get("/hlml/openapi.json").json()
-        enumerated = {r.path for r in _dashboard_routes()}
+        enumerated = {r.path for r in dashboard_routes()}
         assert set(spec["paths"]) <= enumerated
         assert "/api/approvals/{call_id}/decision" in spec["paths"]
 

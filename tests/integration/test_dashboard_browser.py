@@ -23,7 +23,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.dashboard_stack import APPROVALS_PATH, USERS, ApprovalKeys, make_approval_keys
+from tests.browser.dashboard_stack import (
+    APPROVALS_PATH,
+    CHROMIUM,
+    USERS,
+    ApprovalKeys,
+    make_approval_keys,
+    require_browser,
+)
 from tests.fixtures.airflow_stack import (
     PASSWORDS_FILE,
     REVIEWER_USER,
@@ -32,11 +39,9 @@ from tests.fixtures.airflow_stack import (
     StackConfig,
     start_airflow_stack,
 )
-from tests.fixtures.processes import skip_or_fail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -94,15 +99,6 @@ class BrowserStack:
     @property
     def approvals_url(self) -> str:
         return self.stack.api_url + APPROVALS_PATH
-
-
-def _require_browser() -> None:
-    if not CHROMIUM.exists():
-        skip_or_fail(f"{CHROMIUM} not installed (make system-deps installs it)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        skip_or_fail("playwright is not installed")
 
 
 def _seed_mlflow(url: str) -> None:
@@ -171,7 +167,7 @@ def _seed_history(env: BrowserStack) -> None:
 
 @pytest.fixture(scope="module")
 def browser_stack(metadata_databases: MetadataDatabases, mlflow_server: Any) -> Iterator[BrowserStack]:
-    _require_browser()
+    require_browser()
     workdir = Path(tempfile.mkdtemp(prefix="hlml-dashboard-browser-"))
     approvals_db = f"sqlite:///{workdir / 'hlml_approvals.db'}"
     keys = make_approval_keys(approvals_db)

@@ -29,9 +29,16 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.browser.dashboard_stack import DashboardServer, gate_dag_source, start_dashboard_server
+from tests.browser.dashboard_stack import (
+    CHROMIUM,
+    DashboardServer,
+    dashboard_routes,
+    gate_dag_source,
+    require_browser,
+    start_dashboard_server,
+)
 from tests.fixtures.airflow_stack import MetadataDatabases
-from tests.fixtures.processes import free_port, skip_or_fail
+from tests.fixtures.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +46,6 @@ DAG_ID = "hlml_security_gate"
 #: What ``DashboardServer.create_gate_request`` puts in ``spec.state.hlml.airflow``.
 GATE_RUN_ID = "manual__1"
 GATE_TASK_ID = "approve"
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 HOSTILE_HOST = "evil.example"
 #: The MLflow UI URL of the connection: every MLflow link of the dashboard starts with it.
@@ -239,15 +245,6 @@ class TestLinkRule:
 # ----------------------------------------------------------------------------- stored XSS, in Chromium
 
 
-def _require_browser() -> None:
-    if not CHROMIUM.exists():
-        skip_or_fail(f"{CHROMIUM} not installed (make system-deps installs it)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        skip_or_fail("playwright is not installed")
-
-
 ALL_HREFS = "els => els.map(a => ({raw: a.getAttribute('href'), resolved: a.href}))"
 
 
@@ -265,7 +262,7 @@ def _assert_inert(links: list[dict[str, str]], origin: str, page: str) -> None:
 
 @pytest.mark.browser
 def test_urls_from_requests_and_mlflow_render_inert_in_chromium(server: DashboardServer) -> None:
-    _require_browser()
+    require_browser()
     from playwright.sync_api import sync_playwright
 
     victim = _pending(server, approvers=["approver"], subject="Victim request")
@@ -468,25 +465,9 @@ def test_redirects_never_take_their_host_from_the_request(server: DashboardServe
 
 
 def _dashboard_routes() -> list[tuple[str, str]]:
-    from fastapi.routing import APIRoute
-
-    from airflow_provider_hlml.plugins.app import create_dashboard_app
-    from airflow_provider_hlml.plugins.settings import DashboardSettings
-
-    app = create_dashboard_app(
-        DashboardSettings(
-            approvals_enabled=False,
-            approvals_database_url="sqlite://",
-            delegate_key="",
-            humanlayer_conn_id="humanlayer_default",
-            mlflow_conn_id="mlflow_default",
-            refresh_seconds=30,
-        )
-    )
     return [
         (method, route.path.replace("{call_id}", "any-call").replace("{name}", "dashboard.js"))
-        for route in app.routes
-        if isinstance(route, APIRoute)
+        for route in dashboard_routes()
         for method in sorted(route.methods or ())
     ]
 

@@ -21,10 +21,11 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from tests.approvals.test_fuzz import PER_OPERATION
 from tests.fixtures.approvals import ApprovalsService
 
 pytestmark = pytest.mark.security
@@ -130,13 +131,7 @@ def test_hostile_input_gets_no_5xx_and_leaves_every_row_readable(
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE), data=st.data())
-        @settings(
-            max_examples=EXAMPLES_PER_OPERATION,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
+        @settings(PER_OPERATION, max_examples=EXAMPLES_PER_OPERATION)
         def check(case: schemathesis.Case, data: st.DataObject) -> None:
             path = operation.path  # noqa: B023 (check() runs inside this iteration)
             for name, value in (case.path_parameters or {}).items():
