@@ -17,6 +17,11 @@ AIRFLOW_LOGICAL_DATE = "airflow.logical_date"
 AIRFLOW_TI_URL = "airflow.ti_url"
 #: ``"<dag_id>/<run_id>"``: finds every MLflow run of one DAG run, whatever its experiment.
 AIRFLOW_DAG_RUN = "airflow.dag_run"
+#: The Airflow user who triggered the DAG run ("" for scheduled runs): with MLflow's own
+#: ``mlflow.user``, the model's author, whom separation of duties bars from approving it.
+AIRFLOW_TRIGGERED_BY = "airflow.triggered_by"
+#: MLflow's own tag naming the (operating-system) user that started a run.
+MLFLOW_USER = "mlflow.user"
 
 AIRFLOW_IDENTITY_TAGS = (
     AIRFLOW_DAG_ID,
@@ -27,6 +32,7 @@ AIRFLOW_IDENTITY_TAGS = (
     AIRFLOW_LOGICAL_DATE,
     AIRFLOW_TI_URL,
     AIRFLOW_DAG_RUN,
+    AIRFLOW_TRIGGERED_BY,
 )
 
 # --- Run lifecycle ------------------------------------------------------------------------------
@@ -58,6 +64,10 @@ APPROVED_AT = "hlml.approved_at"
 APPROVAL_COMMENT = "hlml.approval_comment"
 APPROVAL_CALL_ID = "hlml.approval_call_id"
 APPROVAL_URL = "hlml.approval_url"
+#: Every approver of the promotion and the rule each met: ``alice (ML lead); bob (Compliance)``.
+APPROVERS = "hlml.approvers"
+#: The digest of what the reviewers were shown (re-checked before the alias moved).
+REVIEW_DIGEST = "hlml.review_digest"
 PROMOTED_ALIAS = "hlml.promoted_alias"
 PROMOTED_STAGE = "hlml.promoted_stage"
 PROMOTED_AT = "hlml.promoted_at"

@@ -164,6 +164,14 @@ def get_provider_info() -> dict[str, Any]:
                         "",
                         "https://app.example.com/approvals/{call_id}",
                     ),
+                    "approval_policy_file": _opt(
+                        "YAML file of the organisation's approval rules by approval type and urgency "
+                        "(docs/governance.md). Every gate must meet them; a gate's own rules only add "
+                        "to them. Empty: no policy file.",
+                        "string",
+                        "",
+                        "/opt/airflow/config/approval-policy.yaml",
+                    ),
                     "approvals_enabled": _opt(
                         "Mount the built-in approvals service in the Airflow API server.", "boolean", "True"
                     ),

@@ -54,6 +54,11 @@ def approval_url_template() -> str:
     return _text("approval_url_template")
 
 
+def approval_policy_file() -> str:
+    """``[hlml] approval_policy_file``: YAML routing approval types and urgencies to rules ("" = none)."""
+    return _text("approval_policy_file")
+
+
 def approvals_enabled() -> bool:
     """``[hlml] approvals_enabled``: mount the built-in approvals service in the API server."""
     return conf.getboolean(SECTION, "approvals_enabled", fallback=True)

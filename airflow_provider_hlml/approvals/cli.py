@@ -4,7 +4,8 @@ Every command but ``serve`` works on the database directly (``--database-url`` o
 ``HLML_APPROVALS_DATABASE_URL``), so an operator can answer requests without an API key.
 ``approve`` and ``reject`` record the principal named by ``--as NAME`` (it must exist, see
 ``keys create``) or, without ``--as``, the built-in principal ``cli-admin``; the request's
-approval policy (approvers, self-approval) applies to either.
+approval policy (approvers, rules, self-approval) applies to either. ``groups`` manages the groups
+a request's approvers name as ``group:<name>``.
 """
 
 from __future__ import annotations
@@ -239,6 +240,122 @@ def keys_revoke(key_id: int, database_url: str) -> None:
     click.echo(f"revoked key {key_id}")
 
 
+@main.group()
+def groups() -> None:
+    """Create groups of principals and change their members.
+
+    A request's approvers and rules name a group as ``group:<name>``; its members are resolved
+    when the request opens, so a change here never alters a pending request. NAME may be given
+    with or without the ``group:`` prefix.
+    """
+
+
+def _group_label(name: str) -> str:
+    return f"group:{name}"
+
+
+@groups.command("create")
+@click.argument("name")
+@_database_option
+@_json_option
+def groups_create(name: str, database_url: str, as_json: bool) -> None:
+    """Create the empty group NAME."""
+    from airflow_provider_hlml.approvals import store
+
+    with _session(database_url) as session:
+        group = store.create_group(session, name=name)
+        data = {"name": group.name, "members": []}
+    _emit(data, as_json, lambda d: f"created {_group_label(d['name'])}")
+
+
+@groups.command("add")
+@click.argument("name")
+@click.argument("principals", nargs=-1, required=True)
+@_database_option
+@_json_option
+def groups_add(name: str, principals: tuple[str, ...], database_url: str, as_json: bool) -> None:
+    """Add the existing principals PRINCIPALS (see 'keys create') to group NAME."""
+    from airflow_provider_hlml.approvals import store
+
+    with _session(database_url) as session:
+        added = store.add_to_group(session, name=name, principals=list(principals))
+        data = _group_change(session, name, changed=added, requested=principals, key="added")
+
+    def text(d: dict[str, Any]) -> str:
+        lines = [f"added {', '.join(d['added'])} to {_group_label(d['group'])}"] if d["added"] else []
+        if d["unchanged"]:
+            lines.append(f"already members of {_group_label(d['group'])}: {', '.join(d['unchanged'])}")
+        return "\n".join(lines)
+
+    _emit(data, as_json, text)
+
+
+@groups.command("remove")
+@click.argument("name")
+@click.argument("principals", nargs=-1, required=True)
+@_database_option
+@_json_option
+def groups_remove(name: str, principals: tuple[str, ...], database_url: str, as_json: bool) -> None:
+    """Remove principals from group NAME (pending requests keep the members they opened with).
+
+    Nothing is removed, and the command fails, when one of PRINCIPALS is not a member.
+    """
+    from airflow_provider_hlml.approvals import store
+
+    with _session(database_url) as session:
+        current = _group_of(session, name)
+        members = {m["name"] for m in current["members"]}
+        strangers = [p for p in dict.fromkeys(principals) if p not in members]
+        if strangers:
+            raise click.ClickException(
+                f"not members of {_group_label(current['name'])}: {', '.join(strangers)}; nothing removed"
+            )
+        removed = store.remove_from_group(session, name=name, principals=list(dict.fromkeys(principals)))
+        data = _group_change(session, name, changed=removed, requested=principals, key="removed")
+    _emit(data, as_json, lambda d: f"removed {', '.join(d['removed'])} from {_group_label(d['group'])}")
+
+
+@groups.command("list")
+@_database_option
+@_json_option
+def groups_list(database_url: str, as_json: bool) -> None:
+    """List the groups and their members."""
+    from airflow_provider_hlml.approvals import store
+
+    with _session(database_url) as session:
+        data = store.list_groups(session)
+    _emit(
+        data,
+        as_json,
+        lambda rows: "\n".join(
+            f"{_group_label(g['name'])}\t"
+            + (", ".join(m["name"] + (f" <{m['email']}>" if m["email"] else "") for m in g["members"]) or "-")
+            for g in rows
+        ),
+    )
+
+
+def _group_of(session: Any, name: str) -> dict[str, Any]:
+    """Group ``name`` as ``list_groups`` reports it (a ServiceError when there is none)."""
+    from airflow_provider_hlml.approvals import store
+
+    # The store checks the name and answers "unknown_group" for a group that does not exist.
+    bare = store._get_group(session, name).name
+    return next(g for g in store.list_groups(session) if g["name"] == bare)
+
+
+def _group_change(
+    session: Any, name: str, *, changed: list[str], requested: tuple[str, ...], key: str
+) -> dict[str, Any]:
+    group = _group_of(session, name)
+    return {
+        "group": group["name"],
+        key: changed,
+        "unchanged": [p for p in dict.fromkeys(requested) if p not in changed],
+        "members": group["members"],
+    }
+
+
 def _call_body(row: Any) -> dict[str, Any]:
     from airflow_provider_hlml.approvals.api.serialize import body_for
 
@@ -326,8 +443,25 @@ def show(call_id: str, database_url: str, as_json: bool) -> None:
             f"responded_at: {status['responded_at'] or '-'}",
             f"comment:      {status['comment'] or '-'}",
             f"kwargs:       {json.dumps(d['spec']['kwargs'], default=str)}",
-            "audit:",
+            "rules:",
         ]
+        lines += [f"  {_rule_progress(r)}" for r in status.get("rules") or []]
+        answers = status.get("answers") or []
+        lines.append("answers:" + ("" if answers else "      -"))
+        lines += [
+            f"  {a.get('name') or a.get('email') or a.get('principal') or '?'}"
+            + (f" <{a['email']}>" if a.get("email") else "")
+            + f"  {'approve' if a.get('approved') else 'reject'}"
+            + (f"  toward {a['rule']}" if a.get("rule") else "")
+            + (f"  for principal {a['principal']}" if a.get("via_delegate") else "")
+            + (f": {a['comment']}" if a.get("comment") else "")
+            for a in answers
+        ]
+        members = status.get("members") or {}
+        if members:
+            lines.append("members (as the request opened):")
+            lines += [f"  {group}: {', '.join(ids) or '-'}" for group, ids in sorted(members.items())]
+        lines.append("audit:")
         lines += [
             f"  {e['at']}  {e['event']:<10} {e['actor'] or '-'}"
             + (f" for {e['on_behalf_of']}" if e["on_behalf_of"] else "")
@@ -364,7 +498,26 @@ def _respond(
             actor=actor,
         )
         data = _call_body(row)
-    _emit(data, as_json, lambda d: f"{d['call_id']} {_status_word(d)} by {d['status']['user_info']['name']}")
+    _emit(data, as_json, _answered_text)
+
+
+def _rule_progress(rule: dict[str, Any]) -> str:
+    """One rule's progress in words: ``ML lead 1 of 2: alice``."""
+    approved_by = list(rule.get("approved_by") or [])
+    who = f": {', '.join(approved_by)}" if approved_by else ""
+    return f"{rule.get('name')} {len(approved_by)} of {rule.get('required')}{who}"
+
+
+def _answered_text(d: dict[str, Any]) -> str:
+    """What ``approve`` and ``reject`` print: the decision, or the progress of a request still pending."""
+    status = d["status"]
+    if status.get("user_info"):
+        return f"{d['call_id']} {_status_word(d)} by {status['user_info']['name']}"
+    last = (status.get("answers") or [{}])[-1]
+    progress = "; ".join(_rule_progress(r) for r in status.get("rules") or [])
+    verb = "approved" if last.get("approved") else "rejected"
+    toward = f" toward {last['rule']}" if last.get("rule") else ""
+    return f"{d['call_id']} pending: {last.get('name') or '?'} {verb}{toward} ({progress})"
 
 
 _as_option = click.option(

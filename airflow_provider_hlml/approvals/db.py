@@ -100,16 +100,18 @@ IMMUTABLE_COLUMNS: dict[str, frozenset[str]] = {
     "api_keys": frozenset({"id", "principal_id", "key_hash", "display_prefix", "created_at"}),
     "approval_requests": frozenset(
         {"id", "kind", "call_id", "run_id", "fn", "spec", "spec_hash", "requested_at"}
-        | {"created_by_key_id", "created_by"}
+        | {"created_by_key_id", "created_by", "members"}
     ),
 }
 APPEND_ONLY_TABLES = ("audit_events",)
+#: Tables the service only reads: groups are managed with ``hlml-approvals groups`` (as the owner).
+READ_ONLY_TABLES = ("groups", "group_members")
 
 
 def grant_service_role(database_url: str, role: str) -> list[str]:
     """Give ``role`` exactly what the service needs on PostgreSQL; return the statements run.
 
-    SELECT and INSERT on the service's tables, UPDATE only on the columns the service changes,
+    SELECT and INSERT on the service's tables (SELECT only on the groups), UPDATE only on the columns the service changes,
     nothing but SELECT and INSERT on ``audit_events``, USAGE on the id sequences, SELECT on
     ``alembic_version``; never DELETE or TRUNCATE. Whatever the role held on these tables before
     is revoked first, so running it again gives the same result. A role that owns the tables or
@@ -153,6 +155,9 @@ def grant_service_role(database_url: str, role: str) -> list[str]:
             statements.append(f"GRANT USAGE ON SCHEMA {quote(schema)} TO {grantee}")
             statements.append(f"GRANT SELECT ON TABLE {tables['alembic_version']} TO {grantee}")
             for name, table in Base.metadata.tables.items():
+                if name in READ_ONLY_TABLES:
+                    statements.append(f"GRANT SELECT ON TABLE {tables[name]} TO {grantee}")
+                    continue
                 statements.append(f"GRANT SELECT, INSERT ON TABLE {tables[name]} TO {grantee}")
                 if name in APPEND_ONLY_TABLES:
                     continue

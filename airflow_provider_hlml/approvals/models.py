@@ -81,6 +81,30 @@ class Principal(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+class Group(Base):
+    """A named group of principals, written ``group:<name>`` among a request's approvers."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class GroupMember(Base):
+    """A principal's membership of a group (resolved when a request opens, then fixed on it)."""
+
+    __tablename__ = "group_members"
+    __table_args__ = (
+        UniqueConstraint("group_id", "principal_id", name="uq_group_members_group_id_principal_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"), index=True)
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id"), index=True)
+    added_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class ApiKey(Base):
     """An API key, stored only as the SHA-256 of its (high-entropy) secret."""
 
@@ -131,6 +155,12 @@ class ApprovalRequest(Base):
     extra_approvers: Mapped[list[str] | None] = mapped_column(JSON)
     created_by_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
     created_by: Mapped[str | None] = mapped_column(String(200))
+    # The members of each group the request names, as they were when it opened:
+    # ``{"group:ml-leads": ["alice", "alice@example.com", ...]}``. Never changes afterwards.
+    members: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Every answer so far, in order (a request with approval rules collects several):
+    # ``[{"name", "email", "principal", "via_delegate", "approved", "comment", "at", "rule"}]``.
+    answers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
     # Optimistic locking: two concurrent decisions cannot both win.
     __mapper_args__ = {"version_id_col": version}

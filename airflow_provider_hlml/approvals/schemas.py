@@ -18,7 +18,7 @@ from humanlayer.core.models import (
 )
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
-from airflow_provider_hlml.gate.wire import UserInfo
+from airflow_provider_hlml.gate.wire import AnswerInfo, RuleStatus, UserInfo
 
 # Call ids appear in URL paths: no slashes, whitespace or URL delimiters.
 CallId = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^/\s?#%\\]+$")]
@@ -132,6 +132,9 @@ class FunctionCallStatusPublic(BaseModel):
     extra_approvers: list[str] = Field(default_factory=list)
     cancelled_at: IsoDatetime | None = None
     cancel_reason: str | None = None
+    answers: list[AnswerInfo] = Field(default_factory=list)
+    rules: list[RuleStatus] = Field(default_factory=list)
+    members: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class FunctionCallPublic(BaseModel):

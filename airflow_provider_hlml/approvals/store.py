@@ -27,10 +27,13 @@ from airflow_provider_hlml.approvals.models import (
     ApiKey,
     ApprovalRequest,
     AuditEvent,
+    Group,
+    GroupMember,
     Principal,
     utcnow,
 )
-from airflow_provider_hlml.gate.policy import ApprovalPolicy, Responder
+from airflow_provider_hlml.gate.policy import GROUP_PREFIX, Answer, ApprovalPolicy, Responder, is_group
+from airflow_provider_hlml.gate.state import PERSON_PREFIX, ApprovalRule, GateState
 from airflow_provider_hlml.gate.wire import CALL_ID_TAKEN, UserInfo, spec_differences
 
 KEY_PREFIX = "hl_"
@@ -150,6 +153,130 @@ def principal_actor(session: Session, *, name: str | None) -> Actor:
     return Actor(principal_id=principal.id, name=principal.name, email=principal.email, role=principal.role)
 
 
+# ---- groups ----------------------------------------------------------------------------------
+
+
+def _group_name(name: str) -> str:
+    """A group's name without the ``group:`` prefix, checked."""
+    check_clean(name, "group")
+    bare = name.strip()
+    if bare.casefold().startswith(GROUP_PREFIX):
+        bare = bare[len(GROUP_PREFIX) :].strip()
+    if not bare or len(bare) > 200 or any(c.isspace() or not c.isprintable() for c in bare):
+        raise ServiceError(422, "invalid_name", "a group name is 1-200 printable characters without spaces")
+    return bare
+
+
+def _find_group(session: Session, bare: str) -> Group | None:
+    """The group called ``bare`` ignoring case, as ``group:<name>`` entries are compared.
+
+    Compared in Python: SQL ``lower()`` folds only ASCII on SQLite and never folds like casefold().
+    """
+    key = bare.casefold()
+    return next(
+        (g for g in session.scalars(select(Group).order_by(Group.id)) if g.name.casefold() == key), None
+    )
+
+
+def _get_group(session: Session, name: str) -> Group:
+    group = _find_group(session, _group_name(name))
+    if group is None:
+        raise ServiceError(404, "unknown_group", f"no group named {_group_name(name)!r}")
+    return group
+
+
+def create_group(session: Session, *, name: str) -> Group:
+    bare = _group_name(name)
+    existing = _find_group(session, bare)
+    if existing is not None:
+        raise ServiceError(409, "conflict", f"group {existing.name!r} already exists")
+    group = Group(name=bare)
+    session.add(group)
+    session.commit()
+    return group
+
+
+def add_to_group(session: Session, *, name: str, principals: Sequence[str]) -> list[str]:
+    """Add principals (by name; each must exist) to a group; return those newly added."""
+    group = _get_group(session, name)
+    added: list[str] = []
+    for principal_name in principals:
+        principal = session.scalar(select(Principal).where(Principal.name == principal_name))
+        if principal is None:
+            raise ServiceError(404, "not_found", f"no principal named {principal_name!r}")
+        exists = session.scalar(
+            select(GroupMember).where(
+                GroupMember.group_id == group.id, GroupMember.principal_id == principal.id
+            )
+        )
+        if exists is None:
+            session.add(GroupMember(group_id=group.id, principal_id=principal.id))
+            added.append(principal.name)
+    session.commit()
+    return added
+
+
+def remove_from_group(session: Session, *, name: str, principals: Sequence[str]) -> list[str]:
+    """Remove principals from a group (pending requests keep the members they opened with)."""
+    group = _get_group(session, name)
+    removed: list[str] = []
+    for principal_name in principals:
+        member = session.scalar(
+            select(GroupMember)
+            .join(Principal, GroupMember.principal_id == Principal.id)
+            .where(GroupMember.group_id == group.id, Principal.name == principal_name)
+        )
+        if member is not None:
+            session.delete(member)
+            removed.append(principal_name)
+    session.commit()
+    return removed
+
+
+def list_groups(session: Session) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(Group.name, Principal.name, Principal.email)
+        .select_from(Group)
+        .outerjoin(GroupMember, GroupMember.group_id == Group.id)
+        .outerjoin(Principal, GroupMember.principal_id == Principal.id)
+        .order_by(Group.name, Principal.name)
+    ).all()
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for group, member, email in rows:
+        groups.setdefault(group, [])
+        if member is not None:
+            groups[group].append({"name": member, "email": email})
+    return [{"name": g, "members": m} for g, m in groups.items()]
+
+
+def resolve_groups(session: Session, entries: Sequence[str]) -> dict[str, list[str]]:
+    """``group:<name>`` entries -> the names and e-mail addresses of their members now (422 if unknown)."""
+    resolved: dict[str, list[str]] = {}
+    for entry in entries:
+        key = entry.strip().casefold()
+        if key in resolved:
+            continue
+        bare = _group_name(entry)
+        group = _find_group(session, bare)
+        if group is None:
+            raise ServiceError(
+                422,
+                "unknown_group",
+                f"{entry}: no such group on this approvals service (create it with "
+                f"'hlml-approvals groups create {bare}')",
+            )
+        identities: list[str] = []
+        for name, email in session.execute(
+            select(Principal.name, Principal.email)
+            .join(GroupMember, GroupMember.principal_id == Principal.id)
+            .where(GroupMember.group_id == group.id)
+            .order_by(Principal.name)
+        ):
+            identities += [name] + ([email] if email else [])
+        resolved[key] = identities
+    return resolved
+
+
 # ---- requests -------------------------------------------------------------------------------
 
 
@@ -213,6 +340,7 @@ def create_request(
     existing = _find(session, kind=kind, call_id=call_id)
     if existing is not None:
         return _same_or_conflict(existing, run_id, spec, digest, actor), False
+    members = _members_of(session, spec) if kind == FUNCTION_CALL else None
     now = utcnow()
     row = ApprovalRequest(
         kind=kind,
@@ -226,6 +354,8 @@ def create_request(
         updated_at=now,
         created_by_key_id=actor.key_id,
         created_by=actor.name,
+        members=members,
+        answers=[],
     )
     session.add(row)
     try:
@@ -237,9 +367,100 @@ def create_request(
         if existing is None:
             raise
         return _same_or_conflict(existing, run_id, spec, digest, actor), False
-    _audit(session, row, "created", actor=actor, metadata={"run_id": run_id})
+    created: dict[str, Any] = {"run_id": run_id}
+    if members is not None:
+        policy = policy_of(row)
+        created["rules"] = [r.to_json() for r in policy.effective_rules]
+        created["members"] = members
+    _audit(session, row, "created", actor=actor, metadata=created)
     session.commit()
     return row, True
+
+
+def _members_of(session: Session, spec: dict[str, Any]) -> dict[str, list[str]] | None:
+    """Check the approval rules a gate wrote and resolve its groups (422 when they cannot hold)."""
+    raw = (spec.get("state") or {}).get("hlml") if isinstance(spec.get("state"), dict) else None
+    if not isinstance(raw, dict):
+        return None
+    try:
+        ApprovalRule.parse_all(raw.get("rules"), "spec.state.hlml.rules")
+    except ValueError as exc:
+        raise ServiceError(422, "validation_error", str(exc)) from None
+    policy = ApprovalPolicy.of_gate(GateState.from_state(spec["state"]))
+    # Rules without groups are checked too: ["alice", "Alice"] or ["alice", "alice@example.com"]
+    # with required 2 name one person, and such a request could never be approved.
+    members = resolve_groups(session, policy.groups) if policy.groups else {}
+    for rule in policy.effective_rules:
+        if not rule.approvers or (rule.required == 1 and not rule.groups):
+            continue  # any reviewer, or one of some named people: always possible
+        people = _people_count(session, rule, members)
+        if people < rule.required:
+            raise ServiceError(
+                422,
+                "validation_error",
+                f"rule {rule.name!r} requires {rule.required} approvals but its approvers are "
+                f"{people} people now",
+            )
+    # Whoever separation of duties bars is barred under every identity of theirs: the principal
+    # with that name or e-mail address adds the other one (a delegate may name either).
+    barred = [f.who for f in policy.forbidden]
+    if policy.requester and not policy.allow_self_approval:
+        barred.append(policy.requester)
+    for who in barred:
+        key = PERSON_PREFIX + who.strip().casefold()
+        identities = [
+            identity
+            for name, email in session.execute(
+                select(Principal.name, Principal.email).where(
+                    (func.lower(Principal.name) == who.strip().lower())
+                    | (func.lower(Principal.email) == who.strip().lower())
+                )
+            )
+            for identity in (name, email)
+            if identity
+        ]
+        if identities:
+            members[key] = identities
+    return members or None
+
+
+def _people_count(session: Session, rule: ApprovalRule, members: dict[str, list[str]]) -> int:
+    """How many distinct people a rule's approvers are (group members counted by principal).
+
+    A name or e-mail address of a principal counts as that principal, so a group and its member's
+    name (or a member's name and e-mail address) are one person, as the policy counts them.
+    """
+    principal_of = {
+        identity.strip().casefold(): pid
+        for pid, name, email in session.execute(select(Principal.id, Principal.name, Principal.email))
+        for identity in (name, email)
+        if identity and identity.strip()
+    }
+    people: set[str] = set()
+    for entry in rule.approvers:
+        if is_group(entry):
+            group = _find_group(session, _group_name(entry))
+            if group is not None:
+                people.update(
+                    f"principal:{pid}"
+                    for pid in session.scalars(
+                        select(GroupMember.principal_id).where(GroupMember.group_id == group.id)
+                    )
+                )
+        else:
+            literal = entry.strip().casefold()
+            people.add(f"principal:{principal_of[literal]}" if literal in principal_of else literal)
+    return len(people)
+
+
+def policy_of(row: Any) -> ApprovalPolicy:
+    """The approval policy of a stored request: its gate's rules, escalations and resolved groups."""
+    return ApprovalPolicy.from_state(row.spec.get("state"), row.extra_approvers, row.members)
+
+
+def answers_of(row: Any) -> list[Answer]:
+    """The answers a stored request collected, in order."""
+    return [a for a in (Answer.from_json(r) for r in row.answers or []) if a is not None]
 
 
 def _same_or_conflict(
@@ -377,12 +598,17 @@ MAX_AUDITED_REFUSALS = 20
 
 
 def _may_respond(
-    session: Session, row: ApprovalRequest, actor: Actor, on_behalf_of: dict[str, Any] | None
+    session: Session,
+    row: ApprovalRequest,
+    actor: Actor,
+    on_behalf_of: dict[str, Any] | None,
+    approving: bool | None = None,
 ) -> dict[str, Any]:
     """The ``user_info`` of a permitted answer; a 403, audited, when ``actor`` may not answer ``row``.
 
     Refused: roles that may not answer; the principal that created the request (whichever of its
-    keys it uses); and whoever the request's approval policy refuses (approvers, self-approval).
+    keys it uses); and whoever the request's approval policy refuses (not an approver, barred by
+    separation of duties, already answered, or an approval that would count toward no rule).
     """
     _check_open(row)
     try:
@@ -395,8 +621,8 @@ def _may_respond(
     if row.created_by is not None and row.created_by == actor.name:
         reason = f"principal {actor.name!r} created this request and cannot respond to it"
     else:
-        policy = ApprovalPolicy.from_state(row.spec.get("state"), row.extra_approvers)
-        reason = policy.explain(Responder.of(UserInfo.model_validate(user_info)))
+        who = Responder.of(UserInfo.model_validate(user_info))
+        reason = policy_of(row).explain(who, answers_of(row), approving)
     if reason is not None:
         _refuse(session, row, actor, reason, user_info["name"] if user_info["via_delegate"] else None)
     return user_info
@@ -454,9 +680,14 @@ def respond_function_call(
     actor: Actor,
     on_behalf_of: dict[str, Any] | None = None,
 ) -> ApprovalRequest:
-    """Approve or reject a pending function call."""
+    """Approve or reject a pending function call.
+
+    The answer joins the request's answers; the request is decided once the answers meet every
+    rule of its policy (approved) or a rejection vetoes it (rejected), and stays pending otherwise
+    (a partial approval, audited as ``answered``).
+    """
     row, user_info = _to_answer(
-        session, FUNCTION_CALL, call_id, actor, on_behalf_of, [comment, reject_option_name]
+        session, FUNCTION_CALL, call_id, actor, on_behalf_of, [comment, reject_option_name], approved
     )
     if reject_option_name is not None and approved:
         raise ServiceError(
@@ -466,17 +697,52 @@ def respond_function_call(
     if not approved and not (comment and comment.strip()):
         # The SDK's as_completed() requires a comment on every rejection.
         comment = f"Rejected ({reject_option_name})" if reject_option_name else "Rejected"
-    row.approved = approved
+    policy = policy_of(row)
+    now = utcnow()
+    answer = {**user_info, "approved": approved, "comment": comment, "at": now.isoformat()}
+    answers = [*(dict(a) for a in row.answers or []), answer]
+    parsed = [Answer.from_json(a) for a in answers]
+    tally = policy.tally([a for a in parsed if a is not None])
+    rule_of = {id(a): rule for a, rule in tally.counted}
+    for raw, one in zip(answers, parsed, strict=True):
+        raw["rule"] = rule_of.get(id(one))
+    row.answers = answers
+    metadata: dict[str, Any] = {
+        "approved": approved,
+        "reject_option_name": reject_option_name,
+        "rule": answer["rule"],
+        "progress": tally.summary,
+    }
+    decided = tally.decided
+    if decided is None:
+        # Not decided yet: record the answer and wait for the others.
+        row.updated_at = now
+        _audit(
+            session,
+            row,
+            "answered",
+            actor=actor,
+            on_behalf_of=user_info["name"] if user_info["via_delegate"] else None,
+            comment=comment,
+            metadata={**metadata, "email": user_info["email"]},
+        )
+        _commit_change(session, row)
+        return row
+    row.approved = decided
     row.comment = comment
-    row.reject_option_name = reject_option_name
+    row.reject_option_name = reject_option_name if not decided else None
+    if decided:
+        metadata["approvers"] = [
+            {"name": a.who.label, "email": a.who.email, "rule": r} for a, r in tally.counted if r is not None
+        ]
     return _record_response(
         session,
         row,
-        state="approved" if approved else "rejected",
+        state="approved" if decided else "rejected",
         actor=actor,
         user_info=user_info,
         comment=comment,
-        metadata={"approved": approved, "reject_option_name": reject_option_name},
+        metadata=metadata,
     )
 
 
@@ -516,11 +782,12 @@ def _to_answer(
     actor: Actor,
     on_behalf_of: dict[str, Any] | None,
     texts: list[Any],
+    approving: bool | None = None,
 ) -> tuple[ApprovalRequest, dict[str, Any]]:
     """The request ``actor`` answers (with ``texts``) and the ``user_info`` of a permitted answer."""
     check_clean([*texts, on_behalf_of], "body")
     row = get_request(session, kind=kind, call_id=call_id)
-    return row, _may_respond(session, row, actor, on_behalf_of)
+    return row, _may_respond(session, row, actor, on_behalf_of, approving)
 
 
 def _check_option(name: str | None, options: Any, field: str, what: str) -> None:
@@ -575,7 +842,12 @@ def escalate(
     if email_channel.get("address"):
         recipients.append(email_channel["address"])
     recipients += [r.get("address") for r in email_channel.get("additional_recipients") or []]
-    added = [r for r in recipients if r and r not in (row.extra_approvers or [])]
+    # A group among the recipients stands for its members now (their names and e-mail addresses).
+    groups = resolve_groups(session, [r for r in recipients if is_group(r)])
+    approvers: list[str] = []
+    for r in recipients:
+        approvers += groups.get(r.strip().casefold(), []) if is_group(r) else [r] if r else []
+    added = [r for r in dict.fromkeys(approvers) if r not in (row.extra_approvers or [])]
     if added:
         row.extra_approvers = [*(row.extra_approvers or []), *added]
     row.updated_at = utcnow()
@@ -585,7 +857,7 @@ def escalate(
         "escalated",
         actor=actor,
         comment=escalation.get("escalation_msg"),
-        metadata={"recipients": recipients},
+        metadata={"recipients": recipients, **({"members": groups} if groups else {})},
     )
     _commit_change(session, row)
     return row

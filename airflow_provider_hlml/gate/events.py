@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from typing_extensions import NotRequired
 
+from airflow_provider_hlml.gate.state import GateState
+
 if TYPE_CHECKING:
     from airflow_provider_hlml.gate.policy import ApprovalPolicy
     from airflow_provider_hlml.gate.wire import GateFunctionCall
@@ -26,6 +28,7 @@ __all__ = [
     "ApprovalEvent",
     "ApprovalResult",
     "ApprovalTimeoutEvent",
+    "ApproverRecord",
     "ResponderPayload",
     "approval_result",
     "decision_event",
@@ -47,6 +50,15 @@ class ResponderPayload(TypedDict):
     via_delegate: str | bool | None
 
 
+class ApproverRecord(TypedDict):
+    """One person whose approval counted toward a decision, and the rule it counted toward."""
+
+    name: str | None
+    email: str | None
+    rule: str | None
+    at: str | None
+
+
 class ApprovalDecisionEvent(TypedDict):
     """A reviewer approved or rejected the request."""
 
@@ -60,6 +72,10 @@ class ApprovalDecisionEvent(TypedDict):
     requested_at: str | None
     context: NotRequired[Any]
     """The request context as sent (read with the decision, so the task need not read it again)."""
+    approvals: NotRequired[list[ApproverRecord]]
+    """Every approval that counted, with its rule (the approvals service reports them)."""
+    review_digest: NotRequired[str | None]
+    """The digest of what the reviewers were shown, as the request carries it."""
 
 
 class ApprovalTimeoutEvent(TypedDict):
@@ -111,6 +127,10 @@ class ApprovalResult(TypedDict):
     """The request context as sent."""
     timed_out: bool
     """The outcome came from the gate's ``on_timeout`` policy, not from a person."""
+    approvals: list[ApproverRecord]
+    """Every approval that counted toward the decision and the rule each met (empty when unknown)."""
+    review_digest: str | None
+    """The digest of what the reviewers were shown (:mod:`..gate.digest`), when the request has one."""
 
 
 def iso(value: datetime | None) -> str | None:
@@ -149,7 +169,30 @@ def decision_event(call: GateFunctionCall) -> ApprovalDecisionEvent | None:
         responded_at=iso(status.responded_at),
         requested_at=iso(status.requested_at),
         context=call.spec.kwargs.get("context"),
+        approvals=approver_records(call),
+        review_digest=GateState.from_state(call.spec.state).digest,
     )
+
+
+def approver_records(call: GateFunctionCall) -> list[ApproverRecord]:
+    """The approvals that counted toward a decided request, with their rules.
+
+    From the approvals service's ``status.answers``; a server without them reports one person,
+    ``status.user_info``, whose approval decided alone.
+    """
+    status = call.status
+    if status is None or not status.approved:
+        return []
+    if status.answers:
+        return [
+            ApproverRecord(name=a.name, email=a.email, rule=a.rule, at=a.at)
+            for a in status.answers
+            if a.approved and a.rule is not None
+        ]
+    info = status.user_info
+    if info is None:
+        return []
+    return [ApproverRecord(name=info.name, email=info.email, rule=None, at=iso(status.responded_at))]
 
 
 def settled_event(
@@ -170,7 +213,15 @@ def settled_event(
         return None, None
     event = decision_event(call)
     if event is not None:
-        refused = policy.escalated_to(status.extra_approvers).decision_refusal(status.user_info)
+        refused = (
+            policy.escalated_to(status.extra_approvers)
+            .with_members(status.members)
+            .decision_refusal(
+                status.user_info,
+                [a.model_dump() for a in status.answers or []],
+                approved=bool(status.approved),
+            )
+        )
         return (None, refused) if refused else (event, None)
     if status.is_cancelled:
         return (
@@ -225,4 +276,7 @@ def approval_result(
         approval_url=approval_url,
         context=sent_context,
         timed_out=timed_out,
+        approvals=list(event.get("approvals") or (approver_records(call) if call is not None else [])),
+        review_digest=event.get("review_digest")
+        or (GateState.from_state(call.spec.state).digest if call is not None else None),
     )

@@ -12,10 +12,157 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["STATE_KEY", "GateLocation", "GateState"]
+__all__ = [
+    "DUTIES",
+    "GROUP_PREFIX",
+    "PERSON_PREFIX",
+    "STATE_KEY",
+    "ApprovalRule",
+    "Forbidden",
+    "GateLocation",
+    "GateState",
+    "is_group",
+]
 
 #: The key of the gate's part in ``spec.state``.
 STATE_KEY = "hlml"
+#: How an approver entry names a group of the approvals service: ``group:ml-leads``.
+GROUP_PREFIX = "group:"
+#: How a request's resolved ``members`` name a person barred from deciding (all their identities).
+PERSON_PREFIX = "person:"
+#: The separation-of-duties roles a gate can forbid from deciding (``forbid=[...]``).
+DUTIES = ("requester", "model_author")
+#: Bounds of what a rule may say (the service refuses anything beyond them).
+MAX_RULES = 20
+MAX_REQUIRED = 50
+MAX_NAME = 200
+
+
+def is_group(entry: Any) -> bool:
+    """Whether an approver entry names a group (``group:<name>``)."""
+    return isinstance(entry, str) and entry.strip().casefold().startswith(GROUP_PREFIX)
+
+
+@dataclass(frozen=True)
+class ApprovalRule:
+    """One approval rule: ``required`` distinct people among ``approvers`` must approve.
+
+    :param name: what the rule is called where reviewers see it (``"ML lead"``).
+    :param approvers: names, e-mail addresses and ``group:<name>`` entries; empty: any reviewer.
+    :param required: how many distinct people must approve toward this rule.
+    :param veto: whether a rejection by someone who may approve toward this rule rejects the
+        request (the default); with ``False`` their rejection is recorded and the request waits on.
+    :param source: ``"gate"`` (the DAG's own rule) or ``"policy"`` (from ``[hlml] approval_policy_file``).
+    """
+
+    name: str
+    approvers: tuple[str, ...] = ()
+    required: int = 1
+    veto: bool = True
+    source: str = "gate"
+
+    @classmethod
+    def parse(cls, raw: Any, where: str = "rule") -> ApprovalRule:
+        """A rule from its JSON (a DAG's ``approval_rules`` item or a request's state); ValueError if it is not one."""
+        if isinstance(raw, ApprovalRule):
+            return raw
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"{where}: a rule is a mapping with name, approvers and required")
+        unknown = set(raw) - {"name", "approvers", "required", "veto", "source"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(map(str, unknown))}")
+        name = raw.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+            raise ValueError(f"{where}.name: a non-empty string of at most {MAX_NAME} characters")
+        approvers = raw.get("approvers", [])
+        if isinstance(approvers, str):
+            approvers = [approvers]
+        if not isinstance(approvers, list | tuple) or not all(
+            isinstance(a, str) and a.strip() and len(a) <= 320 for a in approvers
+        ):
+            raise ValueError(f"{where}.approvers: a list of names, e-mail addresses or group:<name> entries")
+        required = raw.get("required", 1)
+        if not isinstance(required, int) or isinstance(required, bool) or not 1 <= required <= MAX_REQUIRED:
+            raise ValueError(f"{where}.required: an integer from 1 to {MAX_REQUIRED}")
+        literal = {a.strip().casefold() for a in approvers if not is_group(a)}
+        if approvers and len(literal) == len(approvers) and required > len(literal):
+            raise ValueError(
+                f"{where}: {name!r} requires {required} approvals but names only {len(literal)} approvers"
+            )
+        veto = raw.get("veto", True)
+        if not isinstance(veto, bool):
+            raise ValueError(f"{where}.veto: true or false")
+        source = raw.get("source", "gate")
+        if source not in ("gate", "policy"):
+            raise ValueError(f"{where}.source: 'gate' or 'policy'")
+        return cls(
+            name=name.strip(),
+            approvers=tuple(a.strip() for a in approvers),
+            required=required,
+            veto=veto,
+            source=source,
+        )
+
+    @classmethod
+    def parse_all(cls, raw: Any, where: str = "approval_rules") -> tuple[ApprovalRule, ...]:
+        """A list of rules; ValueError naming the first problem."""
+        if raw is None:
+            return ()
+        if not isinstance(raw, list | tuple):
+            raise ValueError(f"{where}: a list of rules")
+        if len(raw) > MAX_RULES:
+            raise ValueError(f"{where}: at most {MAX_RULES} rules")
+        return tuple(cls.parse(r, f"{where}[{i}]") for i, r in enumerate(raw))
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(a for a in self.approvers if is_group(a))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "approvers": list(self.approvers),
+            "required": self.required,
+            "veto": self.veto,
+            "source": self.source,
+        }
+
+
+# What an unreadable rule in a stored state becomes: a rule nobody can meet, never "no rule".
+UNREADABLE_RULE = ApprovalRule(name="(unreadable rule)", approvers=("group:\x00unreadable",), required=1)
+
+
+@dataclass(frozen=True)
+class Forbidden:
+    """A person barred from deciding a request (separation of duties).
+
+    :param who: their name, e-mail address or principal.
+    :param duty: what they are to the approved thing: ``requester`` or ``model_author``.
+    :param why: the reason in words (``"trained this model"``).
+    """
+
+    who: str
+    duty: str = "model_author"
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.why:
+            object.__setattr__(
+                self,
+                "why",
+                "requested this approval" if self.duty == "requester" else "authored what is approved",
+            )
+
+    @classmethod
+    def from_json(cls, raw: Any) -> Forbidden | None:
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("who"), str) or not raw["who"].strip():
+            return None
+        duty = raw.get("duty") if raw.get("duty") in DUTIES else "model_author"
+        why = raw.get("why") if isinstance(raw.get("why"), str) else ""
+        return cls(who=raw["who"], duty=str(duty), why=str(why)[:MAX_NAME])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"who": self.who, "duty": self.duty, "why": self.why}
 
 
 def _text(value: Any) -> str | None:
@@ -101,12 +248,20 @@ class GateState:
     :param requester: the user who triggered the DAG run, if known.
     :param allow_self_approval: whether the requester may answer their own request.
     :param airflow: the task instance that made the request (None when the creator was no gate).
+    :param rules: the approval rules that must all be met (empty: ``approvers`` is the one rule).
+    :param forbid: the duties barred from deciding (``requester``, ``model_author``).
+    :param forbidden: the people barred, with their duty (separation of duties).
+    :param digest: SHA-256 of what the reviewer was shown (:mod:`~airflow_provider_hlml.gate.digest`).
     """
 
     approvers: tuple[str, ...] = ()
     requester: str | None = None
     allow_self_approval: bool = False
     airflow: GateLocation | None = field(default=None)
+    rules: tuple[ApprovalRule, ...] = ()
+    forbid: tuple[str, ...] = ()
+    forbidden: tuple[Forbidden, ...] = ()
+    digest: str | None = None
 
     @classmethod
     def from_state(cls, state: Any) -> GateState:
@@ -115,11 +270,27 @@ class GateState:
         if not isinstance(raw, Mapping):
             return cls()
         requester = raw.get("requester")
+        rules: list[ApprovalRule] = []
+        raw_rules = raw.get("rules")
+        for item in raw_rules if isinstance(raw_rules, list) else [] if raw_rules is None else [raw_rules]:
+            try:
+                rules.append(ApprovalRule.parse(item))
+            except ValueError:
+                rules.append(UNREADABLE_RULE)
+        raw_forbidden = raw.get("forbidden")
+        forbidden = (
+            [Forbidden.from_json(f) for f in raw_forbidden if f] if isinstance(raw_forbidden, list) else []
+        )
+        raw_forbid = raw.get("forbid")
         return cls(
             approvers=_names(raw.get("approvers")),
             requester=str(requester) if requester else None,
             allow_self_approval=bool(raw.get("allow_self_approval", False)),
             airflow=GateLocation.from_json(raw.get("airflow")),
+            rules=tuple(rules),
+            forbid=tuple(d for d in raw_forbid if d in DUTIES) if isinstance(raw_forbid, list) else (),
+            forbidden=tuple(f for f in forbidden if f is not None),
+            digest=_text(raw.get("digest")),
         )
 
     def to_state(self) -> dict[str, Any]:
@@ -129,6 +300,14 @@ class GateState:
             "requester": self.requester,
             "allow_self_approval": self.allow_self_approval,
         }
+        if self.rules:
+            hlml["rules"] = [r.to_json() for r in self.rules]
+        if self.forbid:
+            hlml["forbid"] = list(self.forbid)
+        if self.forbidden:
+            hlml["forbidden"] = [f.to_json() for f in self.forbidden]
+        if self.digest:
+            hlml["digest"] = self.digest
         if self.airflow is not None:
             hlml["airflow"] = self.airflow.to_json()
         return {STATE_KEY: hlml}

@@ -15,9 +15,14 @@ from pydantic import BaseModel
 
 __all__ = [
     "CALL_ID_TAKEN",
+    "FEATURES_PATH",
+    "FEATURE_GROUPS",
+    "FEATURE_RULES",
     "REPLAYED_HEADER",
+    "AnswerInfo",
     "GateFunctionCall",
     "GateFunctionCallStatus",
+    "RuleStatus",
     "UserInfo",
     "spec_differences",
 ]
@@ -27,6 +32,11 @@ __all__ = [
 CALL_ID_TAKEN = "call_id_taken"
 # Set (to "true") on the approvals service's answer to a create that returned an existing request.
 REPLAYED_HEADER = "Idempotent-Replayed"
+# The approvals service's extension route (under the API root) naming what it supports beyond
+# HumanLayer's API; other servers answer 404. A gate with groups or approval rules asks it first.
+FEATURES_PATH = "/hlml/features"
+FEATURE_GROUPS = "groups"
+FEATURE_RULES = "approval_rules"
 
 
 class UserInfo(BaseModel):
@@ -45,6 +55,33 @@ class UserInfo(BaseModel):
     email: str | None = None
     principal: str | None = None
     via_delegate: str | bool | None = None
+
+
+class AnswerInfo(UserInfo):
+    """One answer of a request with approval rules, as the service reports it in ``status.answers``.
+
+    :param approved: approve (True) or reject (False).
+    :param comment: the answer's comment.
+    :param at: when it was given (ISO 8601).
+    :param rule: the rule this approval counts toward now (None: a rejection, or it counts toward none).
+    """
+
+    approved: bool
+    comment: str | None = None
+    at: str | None = None
+    rule: str | None = None
+
+
+class RuleStatus(BaseModel):
+    """One rule's progress, as the service reports it in ``status.rules``."""
+
+    name: str
+    approvers: list[str] = []
+    required: int = 1
+    veto: bool = True
+    source: str = "gate"
+    approved_by: list[str] = []
+    met: bool = False
 
 
 def spec_differences(old: Any, new: Any, path: str = "", depth: int = 4) -> list[str]:
@@ -67,12 +104,16 @@ def _build() -> dict[str, Any]:
 
     class GateFunctionCallStatus(FunctionCallStatus):
         """``FunctionCallStatus`` plus the service's ``user_info``, ``extra_approvers``,
-        ``cancelled_at`` and ``cancel_reason``."""
+        ``cancelled_at``, ``cancel_reason`` and, for approval rules, ``answers``, ``rules`` (each
+        rule's progress) and ``members`` (the groups as resolved when the request opened)."""
 
         user_info: UserInfo | None = None
         extra_approvers: list[str] | None = None
         cancelled_at: datetime | None = None
         cancel_reason: str | None = None
+        answers: list[AnswerInfo] | None = None
+        rules: list[RuleStatus] | None = None
+        members: dict[str, list[str]] | None = None
 
         @property
         def is_cancelled(self) -> bool:
@@ -99,6 +140,9 @@ if TYPE_CHECKING:
         extra_approvers: list[str] | None
         cancelled_at: datetime | None
         cancel_reason: str | None
+        answers: list[AnswerInfo] | None
+        rules: list[RuleStatus] | None
+        members: dict[str, list[str]] | None
 
         @property
         def is_cancelled(self) -> bool: ...

@@ -499,6 +499,18 @@ class HumanLayerHook(BaseHook):
         data = self._request("GET", f"/function_calls/{call_id}/audit")
         return list(data) if isinstance(data, list) else list(data.get("events", []))
 
+    def features(self) -> frozenset[str]:
+        """What the server supports beyond HumanLayer's API (empty for servers without the route,
+        such as the HumanLayer cloud)."""
+        from airflow_provider_hlml.gate.wire import FEATURES_PATH
+
+        try:
+            data = self._request("GET", FEATURES_PATH)
+        except HumanLayerNotFoundError:
+            return frozenset()
+        listed = data.get("features") if isinstance(data, dict) else None
+        return frozenset(str(f) for f in listed) if isinstance(listed, list) else frozenset()
+
     def health(self) -> dict[str, Any]:
         """
         Check that the server answers and accepts the key.

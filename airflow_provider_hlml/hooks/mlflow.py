@@ -669,6 +669,107 @@ class MLflowHook(BaseHook):
         }
 
     # -- registry: versions, aliases, promotion and rollback tags ----------------------------
+    def run_authors(self, run_id: str) -> list[tuple[str, str]]:
+        """Who authored the model of run ``run_id``: ``(identity, why)`` pairs.
+
+        MLflow's ``mlflow.user`` (who ran the training) and the Airflow user who triggered the
+        training's DAG run (:data:`~airflow_provider_hlml.audit.AIRFLOW_TRIGGERED_BY`).
+        """
+        tags = self.call(self.client.get_run, run_id).data.tags
+        authors: list[tuple[str, str]] = []
+        if tags.get(audit.MLFLOW_USER):
+            authors.append((tags[audit.MLFLOW_USER], "trained this model (mlflow.user of its MLflow run)"))
+        if tags.get(audit.AIRFLOW_TRIGGERED_BY):
+            authors.append((tags[audit.AIRFLOW_TRIGGERED_BY], "started the training of this model"))
+        return authors
+
+    def live_run(self, run_id: str) -> Any | None:
+        """Run ``run_id``, or ``None`` when it does not exist or is deleted."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+                return None
+            raise
+        return None if run.info.lifecycle_stage == "deleted" else run
+
+    def logged_validation_report(self, run_id: str) -> dict[str, Any] | None:
+        """The ``validation_report.json`` that ``MLflowValidateOperator`` logged on its run ``run_id``
+        (``None`` when the run has no such artifact)."""
+        import json
+
+        name = "validation_report.json"
+        if name not in {item.path for item in self.client.list_artifacts(run_id)}:
+            return None
+        with tempfile.TemporaryDirectory(prefix="hlml-report-") as tmp:
+            path = self.client.download_artifacts(run_id, name, tmp)
+            report = json.loads(Path(path).read_text(encoding="utf-8"))
+        return report if isinstance(report, dict) else None
+
+    def review_facts_now(self, mv: ModelVersion, shown: Mapping[str, Any]) -> dict[str, Any]:
+        """
+        The facts of :func:`~airflow_provider_hlml.gate.digest.review_facts` as MLflow tells them
+        now, for registered version ``mv``, about what a reviewer was shown.
+
+        - ``model_name``, ``model_version``, ``mlflow_run_id``: of ``mv`` (``mv.run_id``).
+        - ``metrics`` (the names shown): with a ``validation_run_id`` shown, the latest values
+          on that validation run, under the name each
+          :class:`~airflow_provider_hlml.contracts.MetricCheck` gives as ``mlflow_metric`` (what
+          ``MLflowValidateOperator`` logs there through ``mlflow.models.evaluate``); otherwise the
+          latest values on the training run ``mv.run_id`` under the names shown (what
+          ``MLflowTrainOperator`` logs). A metric that is not logged (any more) is ``None``.
+        - ``validation_run_id``: the id shown while that run exists, ``None`` once it is gone
+          (deleted), and then its metrics are ``None`` too.
+        - ``passed``: the validation run's ``hlml.validation_passed`` tag.
+        - ``champion_version``: from the ``validation_report.json`` the validation run logged
+          (MLflow keeps no other record of the version compared against).
+
+        Facts MLflow cannot tell are left out, and callers compare only the facts returned:
+        ``passed`` and ``champion_version`` without a validation run, or when it has no such
+        tag / report (a context not made by ``MLflowValidateOperator``).
+
+        :param mv: the version about to be promoted.
+        :param shown: the context the reviewers were shown (a ``ValidationReport`` or a
+            ``TrainResult``, as the gate sent it).
+        :return: facts with the keys of ``review_facts`` (``metrics`` only when shown).
+        """
+        from airflow_provider_hlml.gate.digest import review_facts
+
+        now: dict[str, Any] = {
+            "model_name": mv.name,
+            "model_version": str(mv.version),
+            "mlflow_run_id": mv.run_id,
+        }
+        raw_metrics = shown.get("metrics")
+        shown_metrics: Mapping[str, Any] = raw_metrics if isinstance(raw_metrics, Mapping) else {}
+        validation_run_id = shown.get("validation_run_id")
+        if validation_run_id:
+            run = self.live_run(str(validation_run_id))
+            now["validation_run_id"] = validation_run_id if run is not None else None
+            names = {
+                name: str(row.get("mlflow_metric") or name) if isinstance(row, Mapping) else str(name)
+                for name, row in shown_metrics.items()
+            }
+            if run is not None:
+                passed = (run.data.tags or {}).get(audit.VALIDATION_PASSED)
+                if "passed" in shown and passed in ("true", "false"):
+                    now["passed"] = passed == "true"
+                if "champion_version" in shown:
+                    report = self.logged_validation_report(run.info.run_id)
+                    if report is not None and "champion_version" in report:
+                        now["champion_version"] = report["champion_version"]
+        else:
+            run = self.live_run(mv.run_id) if mv.run_id else None
+            names = {name: str(name) for name in shown_metrics}
+        if isinstance(raw_metrics, Mapping):
+            logged = dict(run.data.metrics) if run is not None else {}
+            now["metrics"] = {name: logged.get(names[name]) for name in shown_metrics}
+        facts = review_facts(now)
+        assert facts is not None  # ``now`` always names the model
+        return facts
+
     def find_model_version(self, name: str, run_id: str) -> ModelVersion | None:
         """The newest version of ``name`` registered from run ``run_id``, or ``None``."""
         found = self.client.search_model_versions(

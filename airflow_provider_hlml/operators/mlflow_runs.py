@@ -70,6 +70,7 @@ def airflow_identity_tags(context: Context) -> dict[str, str]:
         audit.AIRFLOW_LOGICAL_DATE: logical_date.isoformat() if logical_date else "",
         audit.AIRFLOW_TI_URL: ti_url,
         audit.AIRFLOW_DAG_RUN: audit.dag_run_group(ti.dag_id, ti.run_id),
+        audit.AIRFLOW_TRIGGERED_BY: str(getattr(context.get("dag_run"), "triggering_user_name", None) or ""),
     }
 
 

@@ -18,6 +18,7 @@ from airflow.sdk.exceptions import (
 )
 
 from airflow_provider_hlml import settings as hlml_settings
+from airflow_provider_hlml.gate.digest import review_digest, review_facts
 from airflow_provider_hlml.gate.events import (
     EVENT_STATUSES,
     ApprovalDecisionEvent,
@@ -27,7 +28,7 @@ from airflow_provider_hlml.gate.events import (
     settled_event,
 )
 from airflow_provider_hlml.gate.policy import ApprovalPolicy
-from airflow_provider_hlml.gate.state import GateLocation, GateState
+from airflow_provider_hlml.gate.state import DUTIES, ApprovalRule, Forbidden, GateLocation, GateState
 from airflow_provider_hlml.links.approval import ApprovalRequestLink, approval_url
 from airflow_provider_hlml.utils.ids import approval_call_id_from_ti, deployment_id, humanlayer_run_id
 
@@ -127,7 +128,21 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
     :param options: what approving means, as HumanLayer ``ResponseOption``s (or dicts / names).
     :param reject_options: reasons a reviewer can pick when rejecting (``ResponseOption``s).
     :param channel: HumanLayer ``ContactChannel`` (Slack, e-mail, ...), passed through.
-    :param approvers: e-mails or principal names allowed to decide (templated); empty: any reviewer.
+    :param approvers: e-mails, principal names or ``group:<name>`` entries allowed to decide
+        (templated); one of them decides. Empty: any reviewer.
+    :param approval_rules: rules that must all be met (templated), e.g. ``[{"name": "ML lead",
+        "approvers": ["group:ml-leads"], "required": 2}, {"name": "Compliance", "approvers":
+        ["group:compliance"], "required": 1}]``: each rule needs ``required`` distinct people among
+        its approvers; each person counts once; a rejection ends the request unless the rule says
+        ``"veto": false``. With rules, a non-empty ``approvers`` list is one more rule ("one of
+        these"). ``[hlml] approval_policy_file`` can add rules; nothing here removes them. Groups
+        and counts need the provider's approvals service (the gate fails at once on a server
+        without them).
+    :param forbid: who may not decide (separation of duties): ``"requester"`` (the user who
+        triggered the DAG run) and ``"model_author"`` (the MLflow run's ``mlflow.user`` and the
+        Airflow user who triggered the training, read from the run named by the context's
+        ``mlflow_run_id``). Default: both for ``model_promotion``, else ``["requester"]``, without
+        ``"requester"`` when ``allow_self_approval`` is true.
     :param allow_self_approval: whether the user who triggered the DAG run may decide.
     :param response_timeout: how long to wait for a decision (timedelta or seconds); ``None`` waits forever.
     :param on_timeout: ``fail`` (no retry), ``skip``, ``approve``, ``reject`` (then ``on_reject``
@@ -139,6 +154,10 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
     :param escalation_timeout: how long to wait after escalating.
     :param escalation_message: message of the escalation e-mail.
     :param notifiers: Airflow ``BaseNotifier``s called once when the request is created.
+    :param rejection_notifiers: Airflow ``BaseNotifier``s called when the request is rejected
+        (their context has ``approval``, the gate's result).
+    :param mlflow_conn_id: MLflow connection to read the model's author from (default
+        ``[hlml] mlflow_conn_id``).
     :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``);
         otherwise the sensor runs in ``reschedule`` mode.
     :param poll_interval: seconds between status reads (default ``[hlml] poll_interval``).
@@ -146,7 +165,14 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         ``[hlml] humanlayer_conn_id``).
     """
 
-    template_fields: Sequence[str] = ("subject", "body", "context", "approvers", "escalation_approvers")
+    template_fields: Sequence[str] = (
+        "subject",
+        "body",
+        "context",
+        "approvers",
+        "approval_rules",
+        "escalation_approvers",
+    )
     template_fields_renderers = {"body": "md", "context": "json"}
     operator_extra_links = (ApprovalRequestLink(),)
     inherits_from_skipmixin = True
@@ -164,6 +190,8 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         reject_options: Sequence[Any] | None = None,
         channel: Any = None,
         approvers: str | Sequence[str] | None = None,
+        approval_rules: Sequence[Mapping[str, Any]] | str | None = None,
+        forbid: Sequence[str] | None = None,
         allow_self_approval: bool = False,
         response_timeout: timedelta | float | None = None,
         on_timeout: str = "fail",
@@ -172,6 +200,8 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         escalation_timeout: timedelta | float | None = None,
         escalation_message: str | None = None,
         notifiers: Sequence[BaseNotifier] | BaseNotifier | None = None,
+        rejection_notifiers: Sequence[BaseNotifier] | BaseNotifier | None = None,
+        mlflow_conn_id: str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = hlml_settings.poll_interval(),
         humanlayer_conn_id: str | None = None,
@@ -198,6 +228,22 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         self.reject_options = [_as_plain(o, "reject_options") for o in reject_options or []]
         self.channel = _as_plain(channel, "channel") if channel is not None else None
         self.approvers = approvers
+        self.approval_rules = approval_rules
+        if (
+            approval_rules is not None
+            and not isinstance(approval_rules, str)
+            and "{{" not in str(approval_rules)
+        ):
+            ApprovalRule.parse_all(list(approval_rules))  # a mistake fails at DAG parse, not at run time
+        if forbid is not None and (isinstance(forbid, str) or any(d not in DUTIES for d in forbid)):
+            raise ValueError(f"forbid must be a list of {', '.join(DUTIES)}; got {forbid!r}")
+        if forbid is not None and allow_self_approval and "requester" in forbid:
+            raise ValueError("forbid=['requester', ...] contradicts allow_self_approval=True")
+        if forbid is None:
+            forbid = ["requester", "model_author"] if approval_type == "model_promotion" else ["requester"]
+            if allow_self_approval:
+                forbid.remove("requester")
+        self.forbid = list(forbid)
         self.allow_self_approval = allow_self_approval
         self.on_timeout = _choice(on_timeout, ON_TIMEOUT, "on_timeout")
         self.on_reject = _choice(on_reject, ON_REJECT, "on_reject")
@@ -213,6 +259,12 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         self.notifiers: list[BaseNotifier] = (
             [notifiers] if isinstance(notifiers, BaseNotifier) else list(notifiers or [])
         )
+        self.rejection_notifiers: list[BaseNotifier] = (
+            [rejection_notifiers]
+            if isinstance(rejection_notifiers, BaseNotifier)
+            else list(rejection_notifiers or [])
+        )
+        self.mlflow_conn_id = mlflow_conn_id
         self.deferrable = deferrable
         self.poll_interval = float(poll_interval)
         self.humanlayer_conn_id = humanlayer_conn_id or hlml_settings.humanlayer_conn_id()
@@ -235,19 +287,79 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         dag_run = context.get("dag_run")
         return getattr(dag_run, "triggering_user_name", None) or None
 
-    def policy_for(self, context: Context, escalated: bool) -> ApprovalPolicy:
-        """The approval policy now: the escalation approvers count once escalated."""
-        policy = ApprovalPolicy(
-            approvers=tuple(_names(self.approvers)),
-            requester=self.requester_of(context),
-            allow_self_approval=bool(self.allow_self_approval),
-        )
+    def policy_for(
+        self, context: Context, escalated: bool, call: GateFunctionCall | None = None
+    ) -> ApprovalPolicy:
+        """The approval policy now: the request's own (the gate checked it is the request it
+        sends), with the escalation approvers once escalated."""
+        if call is not None and call.spec.state:
+            policy = ApprovalPolicy.from_state(call.spec.state)
+        else:
+            policy = ApprovalPolicy(
+                approvers=tuple(_names(self.approvers)),
+                requester=self.requester_of(context),
+                allow_self_approval="requester" not in self.forbid,
+            )
         return policy.escalated_to(_names(self.escalation_approvers)) if escalated else policy
 
     def approvers_for(self, escalated: bool) -> list[str]:
         """Who may decide now: the approvers, plus the escalation approvers once escalated."""
         policy = ApprovalPolicy(approvers=tuple(_names(self.approvers)))
         return list((policy.escalated_to(_names(self.escalation_approvers)) if escalated else policy).allowed)
+
+    def gate_rules(self, with_others: bool = False) -> tuple[ApprovalRule, ...]:
+        """The gate's own rules: ``approval_rules``, plus ``approvers`` as a "one of these" rule
+        when there are rules (its own, or ``with_others`` from the policy file)."""
+        raw: Any = self.approval_rules
+        if isinstance(raw, str):
+            text = raw
+            try:
+                raw = json.loads(text) if text.strip() else None
+            except ValueError:
+                raise ValueError(
+                    f"approval_rules rendered to {text[:200]!r}, which is not a JSON list"
+                ) from None
+        rules = ApprovalRule.parse_all(list(raw) if isinstance(raw, list | tuple) else raw)
+        approvers = tuple(_names(self.approvers))
+        if (rules or with_others) and approvers:
+            rules = (*rules, ApprovalRule(name="Approvers", approvers=approvers))
+        return rules
+
+    def model_authors(self, sent_context: Any) -> tuple[Forbidden, ...]:
+        """Who authored the model the context names: the training run's ``mlflow.user`` and the
+        Airflow user who triggered the training (MLflow is asked; none when no run is named)."""
+        run_id = sent_context.get("mlflow_run_id") if isinstance(sent_context, Mapping) else None
+        if not run_id:
+            self.log.warning(
+                "forbid has model_author but the context names no mlflow_run_id: no author known"
+            )
+            return ()
+        from airflow_provider_hlml.hooks.mlflow import MLflowHook
+
+        authors = MLflowHook(self.mlflow_conn_id or hlml_settings.mlflow_conn_id()).run_authors(str(run_id))
+        return tuple(Forbidden(who=who, duty="model_author", why=why) for who, why in authors)
+
+    def request_policy(self, context: Context, sent_context: Any, urgency: str) -> ApprovalPolicy:
+        """The policy this gate sends: the policy file's rules and duties, then the gate's own."""
+        from airflow_provider_hlml.gate.routing import Requirement, load_policy_file
+
+        path = hlml_settings.approval_policy_file()
+        required = load_policy_file(path).requirement(self.approval_type, urgency) if path else Requirement()
+        if "requester" in required.forbid and self.allow_self_approval:
+            raise AirflowFailException(
+                f"allow_self_approval=True is refused: the approval policy file ({path}) forbids "
+                f"the requester from deciding {self.approval_type} gates"
+            )
+        rules = (*required.rules, *self.gate_rules(with_others=bool(required.rules)))
+        forbid = tuple(dict.fromkeys((*required.forbid, *self.forbid)))
+        forbidden = self.model_authors(sent_context) if "model_author" in forbid else ()
+        return ApprovalPolicy(
+            approvers=tuple(_names(self.approvers)),
+            requester=self.requester_of(context),
+            allow_self_approval="requester" not in forbid,
+            rules=rules,
+            forbidden=forbidden,
+        )
 
     def request_context(self, context: Context) -> dict[str, Any]:
         """
@@ -284,6 +396,10 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         ti = context["ti"]
         map_index = getattr(ti, "map_index", -1)
         sent_context = self.sent_context(context)
+        urgency = self.request_urgency(sent_context)
+        policy = self.request_policy(context, sent_context, urgency)
+        self._policy = policy
+        facts = review_facts(sent_context)
         options = [ResponseOption.model_validate(o) for o in self.options]
         reject_options = [ResponseOption.model_validate(o) for o in self.reject_options]
         channel = ContactChannel.model_validate(self.channel) if self.channel else None
@@ -292,13 +408,17 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             "body": str(redact(str(self.body or ""))),
             "context": sent_context,
             "approval_type": self.approval_type,
-            "urgency": self.request_urgency(sent_context),
+            "urgency": urgency,
             "options": [o.model_dump(mode="json") for o in options],
         }
         state = GateState(
-            approvers=tuple(_names(self.approvers)),
-            requester=self.requester_of(context),
-            allow_self_approval=bool(self.allow_self_approval),
+            approvers=policy.approvers,
+            requester=policy.requester,
+            allow_self_approval=policy.allow_self_approval,
+            rules=policy.rules,
+            forbid=tuple(self.forbid),
+            forbidden=policy.forbidden,
+            digest=review_digest(facts) if facts is not None else None,
             airflow=GateLocation(
                 dag_id=ti.dag_id,
                 run_id=ti.run_id,
@@ -333,6 +453,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         from airflow_provider_hlml.hooks.humanlayer import HumanLayerConflictError
 
         request = self.build_request(context)
+        self.check_server_supports(self._policy)
         try:
             call, created = self.hook.get_or_create_function_call(request)
         except HumanLayerConflictError as exc:
@@ -350,6 +471,27 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         else:
             self.log.info("Waiting on the existing approval request %s (%s)", call.call_id, url)
         return call
+
+    def check_server_supports(self, policy: ApprovalPolicy) -> None:
+        """Fail at once when the policy needs groups or counted rules and the server has none."""
+        from airflow_provider_hlml.gate.wire import FEATURE_GROUPS, FEATURE_RULES
+
+        needed = [
+            f for f, used in ((FEATURE_GROUPS, policy.groups), (FEATURE_RULES, policy.is_quorum)) if used
+        ]
+        if not needed:
+            return
+        missing = [f for f in needed if f not in self.hook.features()]
+        if missing:
+            what = " and ".join(
+                "approver groups" if f == FEATURE_GROUPS else "approval rules with counts" for f in missing
+            )
+            raise AirflowFailException(
+                f"This gate uses {what}, which the server at {self.hook.settings.base_url} does not "
+                "support (the HumanLayer cloud has neither): point the connection "
+                f"{self.humanlayer_conn_id!r} at the provider's approvals service, or use a plain "
+                "approvers list."
+            )
 
     @staticmethod
     def check_same_request(call: GateFunctionCall, request: Any) -> None:
@@ -405,9 +547,14 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
 
     def check(self, call: GateFunctionCall, context: Context, escalated: bool) -> dict[str, Any] | None:
         """The event this read settles (decision, cancellation, deadline passed), or ``None``."""
-        event, refused = settled_event(call, self.policy_for(context, escalated))
+        event, refused = settled_event(call, self.policy_for(context, escalated, call))
         if refused is not None:
             self.log.warning("Ignoring the decision on %s: %s. Still waiting.", call.call_id, refused)
+        elif event is None and call.status is not None and call.status.answers:
+            progress = "; ".join(
+                f"{r.name} {len(r.approved_by)} of {r.required}" for r in call.status.rules or []
+            )
+            self.log.info("Partly approved %s: %s", call.call_id, progress)
         if event is not None:
             return dict(event)
         deadline = self.deadline_of(call, escalated)
@@ -451,7 +598,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
 
     def defer_on(self, call: GateFunctionCall, context: Context, escalated: bool) -> None:
         """Hand the wait over to the triggerer."""
-        policy = self.policy_for(context, escalated)
+        policy = self.policy_for(context, escalated, call)
         deadline = self.deadline_of(call, escalated)
         timeout = None
         if deadline is not None:
@@ -468,6 +615,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
                 approvers=list(policy.allowed),
                 requester=policy.requester,
                 allow_self_approval=policy.allow_self_approval,
+                policy=policy.to_json(),
                 escalated=escalated,
             ),
             method_name="execute_complete",
@@ -564,6 +712,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
                 f"Approval request {event['call_id']} was rejected by {who}{reason}: {event.get('comment')}"
             )
             if self.on_reject == "fail":
+                self.notify_rejection(context, dict(event))
                 raise AirflowFailException(message)
             self.log.info("%s. Skipping the downstream tasks.", message)
         sent_context = None
@@ -577,6 +726,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             sent_context=sent_context,
         )
         if not event["approved"]:
+            self.notify_rejection(context, result)
             downstream = [
                 t for t in context["task"].get_direct_relatives(upstream=False) if not t.is_teardown
             ]
@@ -585,6 +735,14 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
                 context["ti"].xcom_push(key="return_value", value=result)
                 self.skip(ti=context["ti"], tasks=downstream)
         return result
+
+    def notify_rejection(self, context: Context, approval: Mapping[str, Any]) -> None:
+        """Call the ``rejection_notifiers`` (a failing notifier is logged, never fatal)."""
+        for notifier in self.rejection_notifiers:
+            try:
+                notifier({**context, "approval": dict(approval)})
+            except Exception:
+                self.log.exception("Rejection notifier %s failed", type(notifier).__name__)
 
     def timed_out(
         self, context: Context, event: Mapping[str, Any], call: GateFunctionCall | None
@@ -648,7 +806,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             call = self.hook.get_function_call(call_id)
         except HumanLayerError:
             return None
-        event, _ = settled_event(call, self.policy_for(context, escalated))
+        event, _ = settled_event(call, self.policy_for(context, escalated, call))
         return dict(event) if event is not None and event["status"] != "cancelled" else None
 
 

@@ -102,6 +102,9 @@ class HumanApprovalTrigger(BaseTrigger):
     :param approvers: allowed e-mails or principal names (empty: any reviewer).
     :param requester: the user who triggered the DAG run.
     :param allow_self_approval: whether ``requester`` may decide.
+    :param policy: the gate's whole approval policy (:meth:`ApprovalPolicy.to_json`: rules,
+        separation of duties); when given, it supersedes ``approvers``, ``requester`` and
+        ``allow_self_approval`` (kept for triggers serialized by earlier versions).
     :param escalated: whether this wait follows an escalation (reported in the timeout event).
     """
 
@@ -116,6 +119,7 @@ class HumanApprovalTrigger(BaseTrigger):
         approvers: Sequence[str] | None = None,
         requester: str | None = None,
         allow_self_approval: bool = False,
+        policy: dict[str, Any] | None = None,
         escalated: bool = False,
     ) -> None:
         super().__init__()
@@ -131,6 +135,7 @@ class HumanApprovalTrigger(BaseTrigger):
         self.approvers = list(approvers or [])
         self.requester = requester
         self.allow_self_approval = bool(allow_self_approval)
+        self.policy_json = dict(policy) if policy else None
         self.escalated = bool(escalated)
         self._refused_logged: set[str] = set()
 
@@ -146,6 +151,7 @@ class HumanApprovalTrigger(BaseTrigger):
                 "approvers": self.approvers,
                 "requester": self.requester,
                 "allow_self_approval": self.allow_self_approval,
+                "policy": self.policy_json,
                 "escalated": self.escalated,
             },
         )
@@ -154,6 +160,8 @@ class HumanApprovalTrigger(BaseTrigger):
     @property
     def policy(self) -> ApprovalPolicy:
         """The gate's approval policy, as the sensor handed it over."""
+        if self.policy_json is not None:
+            return ApprovalPolicy.from_json(self.policy_json)
         return ApprovalPolicy(
             approvers=tuple(self.approvers),
             requester=self.requester,

@@ -175,7 +175,7 @@ MUTABLE_REQUEST_COLUMNS: tuple[str, ...] = (
     "comment",
 )
 MUTABLE_REQUEST_COLUMNS += ("reject_option_name", "response", "response_option_name", "user_info")
-MUTABLE_REQUEST_COLUMNS += ("cancelled_at", "cancel_reason", "extra_approvers")
+MUTABLE_REQUEST_COLUMNS += ("cancelled_at", "cancel_reason", "extra_approvers", "answers")
 
 
 class TestDbGrant:
@@ -233,6 +233,8 @@ class TestDbGrant:
             "api_keys": {"SELECT", "INSERT", "UPDATE (revoked_at)"},
             "approval_requests": {"SELECT", "INSERT"} | {f"UPDATE ({c})" for c in MUTABLE_REQUEST_COLUMNS},
             "audit_events": {"SELECT", "INSERT"},
+            "groups": {"SELECT"},
+            "group_members": {"SELECT"},
             "sequences": {"USAGE"},
         }
 
@@ -318,3 +320,198 @@ class PgCluster:
         for name in self.roles:
             self.admin(f"DROP ROLE IF EXISTS {self.quote(name)}")
         self.engine.dispose()
+
+
+def rules_state(rules: list[dict[str, object]], **hlml: object) -> dict[str, object]:
+    state = policy_state()
+    state["hlml"] = {**state["hlml"], "rules": rules, **hlml}
+    return state
+
+
+class TestGroups:
+    """``groups create|add|remove|list``: the groups a request's rules name as ``group:<name>``."""
+
+    def test_create_add_remove_list(self, database_url: str) -> None:
+        key(database_url, "reviewer", "alice", "alice@example.com")
+        key(database_url, "reviewer", "bob")
+        assert run("groups", "create", "ml-leads", "--database-url", database_url).output.strip() == (
+            "created group:ml-leads"
+        )
+        created = json.loads(
+            run("groups", "create", "group:compliance", "--database-url", database_url, "--json").output
+        )
+        assert created == {"name": "compliance", "members": []}
+        out = run("groups", "add", "ml-leads", "alice", "bob", "--database-url", database_url).output
+        assert out.strip() == "added alice, bob to group:ml-leads"
+        again = run("groups", "add", "group:ml-leads", "bob", "--database-url", database_url, "--json").output
+        assert json.loads(again) == {
+            "group": "ml-leads",
+            "added": [],
+            "unchanged": ["bob"],
+            "members": [{"name": "alice", "email": "alice@example.com"}, {"name": "bob", "email": None}],
+        }
+        listed = json.loads(run("groups", "list", "--database-url", database_url, "--json").output)
+        assert listed == [
+            {"name": "compliance", "members": []},
+            {
+                "name": "ml-leads",
+                "members": [{"name": "alice", "email": "alice@example.com"}, {"name": "bob", "email": None}],
+            },
+        ]
+        text = run("groups", "list", "--database-url", database_url).output.splitlines()
+        assert text == ["group:compliance\t-", "group:ml-leads\talice <alice@example.com>, bob"]
+        out = run("groups", "remove", "GROUP:ml-leads", "alice", "--database-url", database_url).output
+        assert out.strip() == "removed alice from group:ml-leads"
+        listed = json.loads(run("groups", "list", "--database-url", database_url, "--json").output)
+        assert listed[1] == {"name": "ml-leads", "members": [{"name": "bob", "email": None}]}
+
+    def test_unknown_group(self, database_url: str) -> None:
+        key(database_url, "reviewer", "alice")
+        for command in (["add", "nope", "alice"], ["remove", "group:nope", "alice"]):
+            result = run("groups", *command, "--database-url", database_url, ok=False)
+            assert result.exit_code == 1, result.output
+            assert result.output.strip() == "Error: no group named 'nope'"
+
+    def test_unknown_principal_adds_nobody(self, database_url: str) -> None:
+        key(database_url, "reviewer", "alice")
+        run("groups", "create", "oncall", "--database-url", database_url)
+        result = run("groups", "add", "oncall", "alice", "zed", "--database-url", database_url, ok=False)
+        assert result.exit_code == 1
+        assert result.output.strip() == "Error: no principal named 'zed'"
+        listed = json.loads(run("groups", "list", "--database-url", database_url, "--json").output)
+        assert listed == [{"name": "oncall", "members": []}]
+
+    def test_removing_a_non_member_removes_nobody(self, database_url: str) -> None:
+        key(database_url, "reviewer", "alice")
+        key(database_url, "reviewer", "bob")
+        run("groups", "create", "oncall", "--database-url", database_url)
+        run("groups", "add", "oncall", "alice", "--database-url", database_url)
+        result = run("groups", "remove", "oncall", "alice", "bob", "--database-url", database_url, ok=False)
+        assert result.exit_code == 1
+        assert result.output.strip() == "Error: not members of group:oncall: bob; nothing removed"
+        listed = json.loads(run("groups", "list", "--database-url", database_url, "--json").output)
+        assert listed == [{"name": "oncall", "members": [{"name": "alice", "email": None}]}]
+
+    def test_duplicate_and_invalid_names(self, database_url: str) -> None:
+        run("groups", "create", "oncall", "--database-url", database_url)
+        duplicate = run("groups", "create", "group:oncall", "--database-url", database_url, ok=False)
+        assert duplicate.exit_code == 1
+        assert duplicate.output.strip() == "Error: group 'oncall' already exists"
+        for bad in ("group:", "on call", "x" * 201):
+            result = run("groups", "create", bad, "--database-url", database_url, ok=False)
+            assert result.exit_code == 1
+            assert "a group name is 1-200 printable characters without spaces" in result.output
+        assert [
+            g["name"]
+            for g in json.loads(run("groups", "list", "--json", "--database-url", database_url).output)
+        ] == ["oncall"]
+
+    def test_names_ignore_case_as_group_entries_do(self, database_url: str) -> None:
+        key(database_url, "reviewer", "alice")
+        run("groups", "create", "ML-Leads", "--database-url", database_url)
+        clash = run("groups", "create", "group:ml-leads", "--database-url", database_url, ok=False)
+        assert clash.exit_code == 1
+        assert clash.output.strip() == "Error: group 'ML-Leads' already exists"
+        out = run("groups", "add", "GROUP:ml-leads", "alice", "--database-url", database_url).output
+        assert out.strip() == "added alice to group:ML-Leads"
+        listed = json.loads(run("groups", "list", "--database-url", database_url, "--json").output)
+        assert listed == [{"name": "ML-Leads", "members": [{"name": "alice", "email": None}]}]
+
+    def test_add_and_remove_need_a_principal(self, database_url: str) -> None:
+        run("groups", "create", "oncall", "--database-url", database_url)
+        for command in ("add", "remove"):
+            result = run("groups", command, "oncall", "--database-url", database_url, ok=False)
+            assert result.exit_code == 2
+            assert "Missing argument 'PRINCIPALS...'" in result.output
+
+
+class TestShowRules:
+    """``show`` and ``approve`` on a request with approval rules: progress, answers, members."""
+
+    @pytest.fixture
+    def call_id(self, database_url: str) -> str:
+        for name in ("alice", "bob", "carol"):
+            key(database_url, "reviewer", name, f"{name}@example.com")
+        for group, members in (("ml-leads", ["alice", "bob"]), ("compliance", ["carol"])):
+            run("groups", "create", group, "--database-url", database_url)
+            run("groups", "add", group, *members, "--database-url", database_url)
+        return add_call(
+            database_url,
+            state=rules_state(
+                [
+                    {"name": "ML lead", "approvers": ["group:ml-leads"], "required": 2},
+                    {"name": "Compliance", "approvers": ["group:compliance"], "required": 1},
+                ]
+            ),
+        )
+
+    def test_show_reports_progress_answers_and_members(self, database_url: str, call_id: str) -> None:
+        out = run("approve", call_id, "--as", "alice", "--comment", "fine", "--database-url", database_url)
+        assert out.output.strip() == (
+            f"{call_id} pending: alice approved toward ML lead (ML lead 1 of 2: alice; Compliance 0 of 1)"
+        )
+        text = run("show", call_id, "--database-url", database_url).output
+        assert "status:       pending" in text
+        assert "rules:\n  ML lead 1 of 2: alice\n  Compliance 0 of 1\n" in text
+        assert "answers:\n  alice <alice@example.com>  approve  toward ML lead: fine\n" in text
+        assert "members (as the request opened):\n" in text
+        assert "  group:compliance: carol, carol@example.com\n" in text
+        assert "  group:ml-leads: alice, alice@example.com, bob, bob@example.com\n" in text
+        shown = json.loads(run("show", call_id, "--database-url", database_url, "--json").output)
+        status = shown["status"]
+        assert status["approved"] is None
+        assert [(r["name"], r["approved_by"], r["met"]) for r in status["rules"]] == [
+            ("ML lead", ["alice"], False),
+            ("Compliance", [], False),
+        ]
+        assert [(a["name"], a["approved"], a["rule"]) for a in status["answers"]] == [
+            ("alice", True, "ML lead")
+        ]
+        assert status["members"]["group:ml-leads"] == ["alice", "alice@example.com", "bob", "bob@example.com"]
+        assert [e["event"] for e in shown["audit"]] == ["created", "answered"]
+        assert shown["audit"][1]["metadata"]["progress"] == "ML lead 1 of 2: alice; Compliance 0 of 1"
+
+    def test_rules_decide_through_the_cli(self, database_url: str, call_id: str) -> None:
+        run("approve", call_id, "--as", "alice", "--database-url", database_url)
+        twice = run("approve", call_id, "--as", "alice", "--database-url", database_url, ok=False)
+        assert twice.exit_code == 1
+        assert "alice has already answered this request" in twice.output
+        out = run("approve", call_id, "--as", "carol", "--database-url", database_url).output
+        assert out.strip() == (
+            f"{call_id} pending: carol approved toward Compliance (ML lead 1 of 2: alice; Compliance 1 of 1: carol)"
+        )
+        assert run("approve", call_id, "--as", "bob", "--database-url", database_url).output.strip() == (
+            f"{call_id} approved by bob"
+        )
+        text = run("show", call_id, "--database-url", database_url).output
+        assert "status:       approved" in text
+        assert "rules:\n  ML lead 2 of 2: alice, bob\n  Compliance 1 of 1: carol\n" in text
+        assert (
+            "  alice <alice@example.com>  approve  toward ML lead\n"
+            "  carol <carol@example.com>  approve  toward Compliance\n"
+            "  bob <bob@example.com>  approve  toward ML lead\n"
+        ) in text
+        events = [line.split()[1] for line in text.split("audit:\n")[1].splitlines()]
+        assert events == ["created", "answered", "refused", "answered", "responded"]
+
+    def test_non_vetoing_rejection_keeps_it_pending(self, database_url: str) -> None:
+        key(database_url, "reviewer", "alice", "alice@example.com")
+        key(database_url, "reviewer", "bob", "bob@example.com")
+        call_id = add_call(
+            database_url,
+            state=rules_state(
+                [{"name": "Review", "approvers": ["alice", "bob"], "required": 1, "veto": False}]
+            ),
+        )
+        out = run(
+            "reject", call_id, "--as", "alice", "--comment", "meh", "--database-url", database_url
+        ).output
+        assert out.strip() == f"{call_id} pending: alice rejected (Review 0 of 1)"
+        text = run("show", call_id, "--database-url", database_url).output
+        assert "answers:\n  alice <alice@example.com>  reject: meh\n" in text
+
+    def test_show_without_rules_or_answers(self, database_url: str) -> None:
+        call_id = add_call(database_url, state=policy_state(approvers=["alice@example.com"]))
+        text = run("show", call_id, "--database-url", database_url).output
+        assert "rules:\n  Approvers 0 of 1\nanswers:      -\naudit:\n" in text
+        assert "members" not in text

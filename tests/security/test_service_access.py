@@ -39,6 +39,7 @@ ROLE_MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/agent/human_contacts/{call_id}/cancel"): MANAGERS,
     ("GET", "/contact_requests/{call_id}/audit"): ANY_ROLE,
     ("GET", "/metrics/approvals"): ANY_ROLE,
+    ("GET", "/hlml/features"): ANY_ROLE,
 }
 PUBLIC = {("GET", "/healthz")}
 

@@ -48,12 +48,17 @@ def _body(row: ApprovalRequest, **answer: Any) -> dict[str, Any]:
 
 
 def function_call_body(row: ApprovalRequest) -> dict[str, Any]:
+    """A function call's body; ``status`` also reports its answers and each rule's progress."""
+    tally = store.policy_of(row).tally(store.answers_of(row))
     return _body(
         row,
         approved=row.approved,
         comment=row.comment,
         reject_option_name=row.reject_option_name,
         slack_message_ts=None,
+        answers=list(row.answers or []),
+        rules=[p.to_json() for p in tally.rules],
+        members=dict(row.members or {}),
     )
 
 

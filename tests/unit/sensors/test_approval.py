@@ -53,6 +53,7 @@ class TestHumanApprovalSensor:
             "body",
             "context",
             "approvers",
+            "approval_rules",
             "escalation_approvers",
         )
 
@@ -148,6 +149,8 @@ class TestHumanApprovalSensor:
             "approvers": ["alice@example.com", "bob"],
             "requester": "carol",
             "allow_self_approval": False,
+            # A model promotion bars the model's author too (this context names no run: no author).
+            "forbid": ["requester", "model_author"],
             "airflow": {
                 "dag_id": "dag",
                 "run_id": "manual__1",

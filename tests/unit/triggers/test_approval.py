@@ -73,6 +73,7 @@ class TestHumanApprovalTrigger:
                 "approvers": ["alice@example.com"],
                 "requester": "carol",
                 "allow_self_approval": False,
+                "policy": None,
                 "escalated": True,
             },
         )

@@ -11,6 +11,7 @@ from airflow_provider_hlml.approvals import store
 from airflow_provider_hlml.approvals.api.deps import CurrentActor, SessionDep, StateDep
 from airflow_provider_hlml.approvals.api.routes.function_calls import ERRORS
 from airflow_provider_hlml.approvals.schemas import MetricsPublic
+from airflow_provider_hlml.gate.wire import FEATURE_GROUPS, FEATURE_RULES, FEATURES_PATH
 
 router = APIRouter(tags=["service"])
 
@@ -20,6 +21,12 @@ def healthz(session: SessionDep, state: StateDep) -> dict[str, Any]:
     """Liveness, database reachability and the number of waiting long-polls (no authentication)."""
     session.execute(text("SELECT 1"))
     return {"status": "ok", "long_poll_waiters": state.hub.waiting}
+
+
+@router.get(FEATURES_PATH, responses=ERRORS)
+def features(actor: CurrentActor) -> dict[str, Any]:
+    """What this service supports beyond HumanLayer's API (a gate with groups or rules checks it)."""
+    return {"service": "hlml-approvals", "features": [FEATURE_GROUPS, FEATURE_RULES]}
 
 
 @router.get("/metrics/approvals", response_model=MetricsPublic, responses=ERRORS)
