@@ -28,7 +28,14 @@ from airflow_provider_hlml.gate.events import (
     settled_event,
 )
 from airflow_provider_hlml.gate.policy import ApprovalPolicy
-from airflow_provider_hlml.gate.state import DUTIES, ApprovalRule, Forbidden, GateLocation, GateState
+from airflow_provider_hlml.gate.state import (
+    DUTIES,
+    ApprovalRule,
+    Forbidden,
+    GateLocation,
+    GateState,
+    is_group,
+)
 from airflow_provider_hlml.links.approval import ApprovalRequestLink, approval_url
 from airflow_provider_hlml.utils.ids import approval_call_id_from_ti, deployment_id, humanlayer_run_id
 
@@ -476,9 +483,8 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         """Fail at once when the policy needs groups or counted rules and the server has none."""
         from airflow_provider_hlml.gate.wire import FEATURE_GROUPS, FEATURE_RULES
 
-        needed = [
-            f for f, used in ((FEATURE_GROUPS, policy.groups), (FEATURE_RULES, policy.is_quorum)) if used
-        ]
+        groups = bool(policy.groups) or any(is_group(a) for a in _names(self.escalation_approvers))
+        needed = [f for f, used in ((FEATURE_GROUPS, groups), (FEATURE_RULES, policy.is_quorum)) if used]
         if not needed:
             return
         missing = [f for f in needed if f not in self.hook.features()]
@@ -778,7 +784,10 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         """Send the request to the escalation approvers; their e-mails become approvers too."""
         from humanlayer.core.models import ContactChannel, EmailRecipient, Escalation
 
-        recipients = [EmailRecipient(address=a) for a in _names(self.escalation_approvers) if "@" in a]
+        # E-mail addresses, and groups (the approvals service makes their members approvers).
+        recipients = [
+            EmailRecipient(address=a) for a in _names(self.escalation_approvers) if "@" in a or is_group(a)
+        ]
         escalation = Escalation(
             escalation_msg=self.escalation_message
             or f"No decision within {self.response_timeout_seconds:g}s: please decide on this request.",

@@ -284,3 +284,73 @@ class TestSeparationOfDuties:
         forbidden = call["spec"]["state"]["hlml"]["forbidden"]
         assert {"who": "alice", "duty": "model_author"}.items() <= forbidden[0].items()
         assert call["spec"]["state"]["hlml"]["digest"]  # what alice and bob were shown, digested
+
+
+class RecordingNotifier:
+    """An Airflow notifier (``BaseNotifier``) that appends what it was told to a file."""
+
+    def __new__(cls, path: Path) -> Any:
+        from airflow.sdk import BaseNotifier
+
+        class _Recording(BaseNotifier):
+            template_fields = ("message",)
+
+            def __init__(self, message: str) -> None:
+                super().__init__()
+                self.message = message
+
+            def notify(self, context: Any) -> None:
+                approval = context["approval"]
+                with open(path, "a") as fh:
+                    fh.write(f"{self.message}|{approval['call_id']}|{approval['comment']}\n")
+
+        return _Recording("rejected {{ ti.task_id }}")
+
+
+class TestEscalationAndRejectionPolicy:
+    def test_timeout_escalates_to_a_group_whose_member_then_decides(
+        self, gate_env: Any, directory: Directory
+    ) -> None:
+        service = gate_env
+        dave = unique("dave")
+        dave_key = directory.reviewer(dave)
+        oncall = directory.group([dave])
+        dag_id = unique("gate_escalate_group")
+        dag = gate_dag(
+            dag_id,
+            subject="Go?",
+            approvers=["alice@example.com"],
+            response_timeout=1.5,
+            on_timeout="escalate",
+            escalation_approvers=[oncall],
+            escalation_timeout=30,
+        )
+        reviewer = Reviewer(
+            service,
+            dag_id,
+            [Decision(dave_key, True, "too early"), Decision(dave_key, True, "on call: ok", delay=3)],
+        ).start()
+        dag_run = run_dag(dag)
+        reviewer.join()
+        assert reviewer.outcomes[0].startswith("refused")  # not an approver before the escalation
+        assert reviewer.outcomes[1] == "accepted"
+        assert task_states(dag_run) == {"gate": "success", "after": "success"}
+        assert xcom_value(dag_run, "gate")["responded_by_user"]["name"] == dave
+        escalated = next(e for e in audit(service, reviewer.call_id or "") if e["event"] == "escalated")
+        assert escalated["metadata"]["members"] == {oncall: [dave, f"{dave}@example.com"]}
+
+    def test_a_rejection_notifies_the_rejection_notifiers(self, gate_env: Any, tmp_path: Path) -> None:
+        service = gate_env
+        record = tmp_path / "rejections.txt"
+        dag_id = unique("gate_reject_notify")
+        dag = gate_dag(
+            dag_id,
+            subject="Go?",
+            response_timeout=60,
+            rejection_notifiers=[RecordingNotifier(record)],
+        )
+        reviewer = Reviewer(service, dag_id, [Decision(service.reviewer_key, False, "not this one")]).start()
+        dag_run = run_dag(dag)
+        reviewer.join()
+        assert task_states(dag_run) == {"gate": "failed", "after": "upstream_failed"}
+        assert record.read_text().splitlines() == [f"rejected gate|{reviewer.call_id}|not this one"]
