@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-from airflow_provider_hlml.gate.events import ApprovalResult
+from airflow_provider_hlml.gate.events import ApprovalResult, ApproverRecord
 
 __all__ = [
     "BINDING_KEYS",
     "ApprovalResult",
+    "ApproverRecord",
     "MetricCheck",
     "ModelReference",
     "ModelReferenceKey",
@@ -126,6 +127,10 @@ class PromotionRecord(ModelReference, total=False):
     :param previous_version: (promote) the version that held the alias before, else ``None``.
     :param approved_by: (promote) the reviewer, when an approval bound the promotion.
     :param approval_call_id: (promote) the approval's call id.
+    :param approvers: (promote) every approval that counted toward the decision, as
+        :class:`ApproverRecord` s (``name``, ``email``, ``rule`` met, ``at``), also written as the
+        version's ``hlml.approvers`` tag; one record with rule ``None`` for a gate that reports
+        only the responder; empty without an approval binding.
     :param model_version_url: (promote) the version's page in the MLflow UI.
     :param rolled_back_version: (rollback) the version that held the alias before the rollback.
     :param run_id: **deprecated** alias of ``mlflow_run_id``; read ``mlflow_run_id``.
@@ -137,6 +142,7 @@ class PromotionRecord(ModelReference, total=False):
     previous_version: str | None
     approved_by: str | None
     approval_call_id: str | None
+    approvers: list[ApproverRecord]
     model_version_url: str | None
     rolled_back_version: str
     run_id: str | None

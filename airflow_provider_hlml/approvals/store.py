@@ -716,18 +716,9 @@ def respond_function_call(
     decided = tally.decided
     if decided is None:
         # Not decided yet: record the answer and wait for the others.
-        row.updated_at = now
-        _audit(
-            session,
-            row,
-            "answered",
-            actor=actor,
-            on_behalf_of=user_info["name"] if user_info["via_delegate"] else None,
-            comment=comment,
-            metadata={**metadata, "email": user_info["email"]},
+        return _record_response(
+            session, row, state=None, actor=actor, user_info=user_info, comment=comment, metadata=metadata
         )
-        _commit_change(session, row)
-        return row
     row.approved = decided
     row.comment = comment
     row.reject_option_name = reject_option_name if not decided else None
@@ -805,22 +796,24 @@ def _record_response(
     session: Session,
     row: ApprovalRequest,
     *,
-    state: str,
+    state: str | None,
     actor: Actor,
     user_info: dict[str, Any],
     comment: str | None,
     metadata: dict[str, Any],
 ) -> ApprovalRequest:
-    """Close ``row`` as answered by ``user_info``, audit the answer and commit."""
+    """Record ``user_info``'s answer, audit it and commit: closing ``row`` as ``state`` (audited
+    ``responded``), or with ``state=None`` keeping it pending for further answers (``answered``)."""
     now = utcnow()
-    row.state = state
-    row.responded_at = now
     row.updated_at = now
-    row.user_info = user_info
+    if state is not None:
+        row.state = state
+        row.responded_at = now
+        row.user_info = user_info
     _audit(
         session,
         row,
-        "responded",
+        "responded" if state is not None else "answered",
         actor=actor,
         on_behalf_of=user_info["name"] if user_info["via_delegate"] else None,
         comment=comment,

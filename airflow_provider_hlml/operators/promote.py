@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_hlml import audit
 from airflow_provider_hlml.contracts import BINDING_KEYS
+from airflow_provider_hlml.gate.digest import changed_facts, review_digest, review_facts
 from airflow_provider_hlml.hooks.mlflow import MLflowHook, RegistryStateError
 from airflow_provider_hlml.links.mlflow import MLflowRunLink
 from airflow_provider_hlml.operators.mlflow_runs import MAX_TAG_VALUE, push_run_link, utcnow_iso
@@ -21,9 +22,12 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from mlflow.entities.model_registry import ModelVersion
 
-    from airflow_provider_hlml.contracts import ApprovalResult, PromotionRecord
+    from airflow_provider_hlml.contracts import ApprovalResult, ApproverRecord, PromotionRecord
 
 __all__ = ["ModelPromoteOperator"]
+
+#: How a refusal because the reviewed facts changed starts (then the changes, ``; ``-separated).
+CHANGED_SINCE_APPROVAL = "the model changed since it was approved (re-approval needed): "
 
 
 def _responder(value: Any) -> str:
@@ -33,6 +37,41 @@ def _responder(value: Any) -> str:
                 return str(value[key])
         return ""
     return "" if value is None else str(value)
+
+
+def approvers_of(decision: Mapping[str, Any]) -> list[ApproverRecord]:
+    """Every approval that counted toward ``decision``, with the rule each met.
+
+    The gate's ``approvals``; a decision from a gate that predates them names one person, its
+    ``responded_by_user`` (rule ``None``).
+    """
+    if "approvals" in decision:
+        return [
+            {
+                "name": a.get("name"),
+                "email": a.get("email"),
+                "rule": a.get("rule"),
+                "at": a.get("at"),
+            }
+            for a in decision.get("approvals") or []
+            if isinstance(a, Mapping)
+        ]
+    user = decision.get("responded_by_user")
+    if not isinstance(user, Mapping) or not (user.get("email") or user.get("name")):
+        return []
+    at = decision.get("responded_at")
+    return [{"name": user.get("name"), "email": user.get("email"), "rule": None, "at": at}]
+
+
+def approvers_tag(approvers: Sequence[Mapping[str, Any]]) -> str:
+    """The value of :data:`~airflow_provider_hlml.audit.APPROVERS`: ``alice@example.com (ML lead);
+    carol (Compliance)`` (e-mail, else name; the rule in parentheses when there is one), at most
+    ``MAX_TAG_VALUE`` characters."""
+    parts = []
+    for approver in approvers:
+        who = str(approver.get("email") or approver.get("name") or "?")
+        parts.append(f"{who} ({approver['rule']})" if approver.get("rule") else who)
+    return "; ".join(parts)[:MAX_TAG_VALUE]
 
 
 class ModelPromoteOperator(BaseOperator):
@@ -48,6 +87,22 @@ class ModelPromoteOperator(BaseOperator):
     ``hlml.approval_call_id``, ``hlml.promoted_by_dag_id`` / ``_run_id``, and
     ``hlml.previous_version.<alias>`` naming the version that held the alias before), so
     ``mode="rollback"`` restores it in one step.
+
+    When the decision carries the digest of what the reviewers were shown (``review_digest``,
+    written by :class:`~airflow_provider_hlml.sensors.approval.HumanApprovalSensor`; see
+    :mod:`..gate.digest`), the operator also refuses when
+
+    - the context in the XCom result no longer has that digest (it was altered after the
+      approval), and, before a promotion,
+    - the facts shown (model, version, run, metrics, validation verdict and champion version)
+      read differently from MLflow now (:meth:`~..hooks.mlflow.MLflowHook.review_facts_now`:
+      e.g. a metric re-logged on the validation or training run): the message names each
+      change, and a new approval is needed. Facts MLflow cannot tell (``passed`` /
+      ``champion_version`` without the validation run's tag / report) are not compared.
+
+    Decisions without a digest (older gates, the HumanLayer cloud) are bound by the keys only.
+    ``hlml.approvers`` lists every approval that counted and the rule it met, and
+    ``hlml.review_digest`` the digest, next to ``hlml.approved_by`` (the last approver).
 
     :param model_name: registered model name (templated).
     :param version: version to promote (templated). When omitted the version is the one the
@@ -149,6 +204,38 @@ class ModelPromoteOperator(BaseOperator):
                 f"model being changed; refusing: {'; '.join(problems)}"
             )
 
+    # -- what the reviewers were shown ------------------------------------------------------------
+    def _check_review_digest(self, decision: Mapping[str, Any] | None) -> None:
+        """Refuse a decision whose context is not the one its ``review_digest`` was computed over."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        if decision is None or not decision.get("review_digest"):
+            return
+        facts = review_facts(self._approved_context(decision))
+        if facts is None or review_digest(facts) != decision["review_digest"]:
+            raise AirflowFailException(
+                f"approval {decision.get('call_id')!r} (task {self.approval_task_id!r}): the context in its "
+                "result is not what the reviewers were shown (its digest differs from the request's "
+                "review digest, so it was changed after the approval); refusing"
+            )
+
+    def _check_review_facts(
+        self, hook: MLflowHook, decision: Mapping[str, Any] | None, mv: ModelVersion
+    ) -> None:
+        """Refuse when a fact the reviewers were shown reads differently from MLflow now."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        if decision is None or not decision.get("review_digest"):
+            return
+        shown = review_facts(self._approved_context(decision))
+        if shown is None:  # pragma: no cover - _check_review_digest refused it already
+            return
+        now = hook.review_facts_now(mv, self._approved_context(decision))
+        # Only what MLflow can tell now is compared (see MLflowHook.review_facts_now).
+        changes = changed_facts({k: v for k, v in shown.items() if k in now}, now)
+        if changes:
+            raise AirflowFailException(CHANGED_SINCE_APPROVAL + "; ".join(changes))
+
     # -- version resolution ---------------------------------------------------------------------
     def _resolve_version(self, hook: MLflowHook, decision: Mapping[str, Any] | None) -> ModelVersion:
         import mlflow
@@ -187,6 +274,7 @@ class ModelPromoteOperator(BaseOperator):
 
         hook = MLflowHook(self.mlflow_conn_id)
         decision = self._approval(context)
+        self._check_review_digest(decision)
         try:
             with hook.fluent():
                 if self.mode == "rollback":
@@ -194,6 +282,7 @@ class ModelPromoteOperator(BaseOperator):
                 else:
                     mv = self._resolve_version(hook, decision)
                     self._check_binding(decision, mv)
+                    self._check_review_facts(hook, decision, mv)
                     result = self._promote(hook, context, decision, mv)
         except RegistryStateError as exc:
             raise AirflowFailException(str(exc)) from exc
@@ -219,6 +308,9 @@ class ModelPromoteOperator(BaseOperator):
             tags[audit.APPROVAL_CALL_ID] = str(decision.get("call_id") or "")
             if decision.get("approval_url"):
                 tags[audit.APPROVAL_URL] = str(decision["approval_url"])
+            tags[audit.APPROVERS] = approvers_tag(approvers_of(decision))
+            if decision.get("review_digest"):
+                tags[audit.REVIEW_DIGEST] = str(decision["review_digest"])
         return tags
 
     def _promote(
@@ -257,6 +349,7 @@ class ModelPromoteOperator(BaseOperator):
             "model_uri": f"models:/{name}/{version}",
             "approved_by": tags.get(audit.APPROVED_BY),
             "approval_call_id": tags.get(audit.APPROVAL_CALL_ID),
+            "approvers": approvers_of(decision) if decision is not None else [],
             "model_version_url": hook.ui_url_for_model_version(name, version),
         }
 

@@ -271,7 +271,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             if isinstance(rejection_notifiers, BaseNotifier)
             else list(rejection_notifiers or [])
         )
-        self.mlflow_conn_id = mlflow_conn_id
+        self.mlflow_conn_id = mlflow_conn_id or hlml_settings.mlflow_conn_id()
         self.deferrable = deferrable
         self.poll_interval = float(poll_interval)
         self.humanlayer_conn_id = humanlayer_conn_id or hlml_settings.humanlayer_conn_id()
@@ -343,7 +343,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             return ()
         from airflow_provider_hlml.hooks.mlflow import MLflowHook
 
-        authors = MLflowHook(self.mlflow_conn_id or hlml_settings.mlflow_conn_id()).run_authors(str(run_id))
+        authors = MLflowHook(self.mlflow_conn_id).run_authors(str(run_id))
         return tuple(Forbidden(who=who, duty="model_author", why=why) for who, why in authors)
 
     def request_policy(self, context: Context, sent_context: Any, urgency: str) -> ApprovalPolicy:

@@ -217,11 +217,14 @@ def _build_gate(spec: WorkflowSpec, stage: Stage, wiring: _Wiring, dag: DAG) -> 
         approval_type="model_promotion" if isinstance(stage, DeploymentStage) else "workflow_decision",
         urgency=stage.urgency,
         approvers=list(stage.approvers or spec.default_approvers) or None,
+        approval_rules=stage.approval_rules,
+        forbid=stage.forbid,
         allow_self_approval=spec.allow_self_approval,
         response_timeout=stage.response_timeout,
         on_timeout=stage.on_timeout,
         on_reject=stage.on_reject,
         **_conn_kwargs(spec, "humanlayer_conn_id"),
+        **_conn_kwargs(spec, "mlflow_conn_id"),  # the model's author is read from this MLflow
         **extra,
     )
 

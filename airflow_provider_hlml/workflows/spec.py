@@ -379,6 +379,10 @@ class _StageBase(_Strict):
     task_id: str | None = None
     approval_required: bool = False
     approvers: list[str] | None = None
+    #: Rules that must all be met (see ``HumanApprovalSensor(approval_rules=...)``).
+    approval_rules: list[dict[str, Any]] | None = None
+    #: Who may not decide (``requester``, ``model_author``); default: the gate's.
+    forbid: list[Literal["requester", "model_author"]] | None = None
     approval_subject: str | None = None
     approval_body: str | None = None
     urgency: Literal["low", "medium", "high", "critical"] = "medium"
@@ -396,6 +400,13 @@ class _StageBase(_Strict):
                 self.on_timeout,
             )
         return self
+
+    @field_validator("approval_rules")
+    @classmethod
+    def _valid_rules(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        from airflow_provider_hlml.gate.state import ApprovalRule
+
+        return [r.to_json() for r in ApprovalRule.parse_all(value)] if value is not None else None
 
     @field_validator("task_id")
     @classmethod
@@ -597,10 +608,9 @@ class WorkflowSpec(_Strict):
                         )
                     )
                 deployed = True
-            if stage.approvers is not None and stage.approvers and not stage.approval_required:
-                problems.append(
-                    (("stages", index, "approvers"), "set approval_required: true to use approvers")
-                )
+            for field in ("approvers", "approval_rules"):
+                if getattr(stage, field) and not stage.approval_required:
+                    problems.append((("stages", index, field), f"set approval_required: true to use {field}"))
         if problems:
             _raise("WorkflowSpec", problems, self.stages)
         return self

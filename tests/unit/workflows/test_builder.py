@@ -101,6 +101,20 @@ class TestBuildMlWorkflowDag:
         assert before_deploy.poke_interval == 0.5
         assert before_deploy.subject == "Promote churn_predictor to alias 'champion'"
 
+    def test_gate_rules_and_duties_from_the_stage(self) -> None:
+        spec = gated_spec()
+        rules = [{"name": "ML lead", "approvers": ["group:ml-leads"], "required": 2}]
+        spec["stages"][3].update(approval_rules=rules, forbid=["model_author"])
+        spec["mlflow_conn_id"] = "mlflow_spec"
+        gate = build_ml_workflow_dag(spec).get_task("approve_production_deployment")
+        assert gate.approval_rules == [{**rules[0], "veto": True, "source": "gate"}]
+        assert gate.forbid == ["model_author"]
+        assert gate.mlflow_conn_id == "mlflow_spec"  # where the model's author is read
+        assert build_ml_workflow_dag(gated_spec()).get_task("approve_production_deployment").forbid == [
+            "requester",
+            "model_author",
+        ]
+
     def test_stage_wiring(self) -> None:
         dag = build_ml_workflow_dag(gated_spec())
         train = dag.get_task("model_training")

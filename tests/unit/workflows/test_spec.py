@@ -143,6 +143,26 @@ class TestWorkflowSpec:
 # Each case: how to break the good spec, the field path, and a piece of the message.
 BROKEN_SPECS: list[tuple[str, Any, str, str]] = [
     (
+        "approval_rule_needs_more_than_it_names",
+        lambda d: d["stages"][3].update(
+            approval_rules=[{"name": "Two", "approvers": ["a@x"], "required": 2}]
+        ),
+        "stages[3].approval_rules",
+        "requires 2 approvals but names only 1 approvers",
+    ),
+    (
+        "approval_rules_without_a_gate",
+        lambda d: d["stages"][2].update(approval_rules=[{"name": "Any"}]),
+        "stages[2].approval_rules",
+        "set approval_required: true to use approval_rules",
+    ),
+    (
+        "unknown_duty",
+        lambda d: d["stages"][3].update(forbid=["everyone"]),
+        "stages[3].forbid[0]",
+        "'requester' or 'model_author'",
+    ),
+    (
         "threshold_out_of_range",
         lambda d: d["stages"][2]["config"]["thresholds"].update(accuracy=1.5),
         "stages[2].config.thresholds.accuracy",
