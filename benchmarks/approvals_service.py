@@ -8,7 +8,14 @@ wait on them, once with long-polling (``?wait=30``) and once with plain polling 
 ``--poll-interval`` seconds, and prints how long each client took to learn the decision; a third
 row decides straight in the database (as ``hlml-approvals approve`` does from another process).
 
+The ``quorum`` section compares requests with approval rules against single-approver requests:
+the server CPU of each approval POST (``.../respond``) on a single-approver request (a plain
+``approvers`` list; its one approval decides it) and on a 3-rule request (ML lead x2, Compliance
+x1, Product x1, group approvers; four approvals decide it), and of status reads of a pending
+request of each kind. The kinds alternate within every round; medians over the rounds.
+
 Usage: python benchmarks/approvals_service.py [--rates 250,1000] [--seconds 10] [--decisions 30]
+       python benchmarks/approvals_service.py --sections quorum [--quorum-rounds 15] [--quorum-batch 40]
 """
 
 from __future__ import annotations
@@ -27,12 +34,29 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 VENV_BIN = Path(sys.executable).parent
 PREFIX = "/humanlayer/v1"
+SECTIONS = ("reads", "decisions", "quorum")
+
+# The quorum requests: three rules over three groups, four approvals to decide.
+QUORUM_GROUPS = ("ml-leads", "compliance", "product")
+QUORUM_RULES = [
+    {"name": "ML lead", "approvers": ["group:ml-leads"], "required": 2},
+    {"name": "Compliance", "approvers": ["group:compliance"], "required": 1},
+    {"name": "Product", "approvers": ["group:product"], "required": 1},
+]
+SOLO_EMAIL = "solo@bench.example"
+
+
+def gate_state(**hlml: Any) -> dict[str, Any]:
+    """A ``spec.state`` as a gate writes it (``hlml`` overrides the approvers, adds rules)."""
+    return {"hlml": {"approvers": [], "requester": "bench-requester", "allow_self_approval": False, **hlml}}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -49,7 +73,8 @@ def free_port() -> int:
 class Service:
     """``hlml-approvals serve`` on a temp SQLite database, with an agent and a reviewer key."""
 
-    def __init__(self) -> None:
+    def __init__(self, group_size: int = 4) -> None:
+        self.group_size = group_size
         self.root = Path(tempfile.mkdtemp(prefix="hlml-approvals-bench-"))
         self.database_url = f"sqlite:///{self.root / 'approvals.db'}"
         self.port = free_port()
@@ -64,6 +89,17 @@ class Service:
         with db.make_sessionmaker(engine)() as session:
             self.agent_key = store.create_key(session, name="bench-agent", role="agent")[1]
             self.reviewer_key = store.create_key(session, name="bench-reviewer", role="reviewer")[1]
+            # quorum section: one reviewer for single-approver requests, three groups of reviewers
+            self.solo_key = store.create_key(session, name="solo", role="reviewer", email=SOLO_EMAIL)[1]
+            self.group_keys: dict[str, list[str]] = {}
+            for group in QUORUM_GROUPS:
+                store.create_group(session, name=group)
+                members = [f"{group}-{i + 1}" for i in range(self.group_size)]
+                self.group_keys[group] = [
+                    store.create_key(session, name=m, role="reviewer", email=f"{m}@bench.example")[1]
+                    for m in members
+                ]
+                store.add_to_group(session, name=group, principals=members)
         engine.dispose()
         log = open(self.root / "service.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -96,17 +132,22 @@ class Service:
             self.proc.wait(timeout=20)
 
 
-async def create_calls(session: aiohttp.ClientSession, service: Service, count: int) -> list[str]:
+async def create_calls(
+    session: aiohttp.ClientSession, service: Service, count: int, state: dict[str, Any] | None = None
+) -> list[str]:
+    """Create ``count`` pending function calls (with ``spec.state`` when given, as a gate sends it)."""
     headers = {"Authorization": f"Bearer {service.agent_key}"}
     ids = [f"bench-{uuid.uuid4().hex[:16]}" for _ in range(count)]
     sem = asyncio.Semaphore(20)
 
     async def one(call_id: str) -> None:
-        body = {
-            "run_id": "bench",
-            "call_id": call_id,
-            "spec": {"fn": "model_promotion", "kwargs": {"subject": "Promote churn", "context": {"v": 3}}},
+        spec: dict[str, Any] = {
+            "fn": "model_promotion",
+            "kwargs": {"subject": "Promote churn", "context": {"v": 3}},
         }
+        if state is not None:
+            spec["state"] = state
+        body = {"run_id": "bench", "call_id": call_id, "spec": spec}
         async with (
             sem,
             session.post(f"{service.base_url}/function_calls", json=body, headers=headers) as resp,
@@ -223,8 +264,171 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_clock(pid: int) -> tuple[Callable[[], float], str]:
+    """A function returning the CPU seconds ``pid`` has used, and how it reads them.
+
+    On Linux, the process's own CPU-time clock (``clock_gettime`` of
+    ``MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)``, all threads, nanoseconds), since ``/proc``
+    counts whole clock ticks (10 ms), coarser than one request; elsewhere ``/proc`` ticks.
+    """
+    clock_id = ((~pid) << 3) | 2
+    try:
+        time.clock_gettime(clock_id)
+    except (OSError, OverflowError, AttributeError):
+        return (lambda: cpu_seconds(pid)), "/proc ticks"
+    return (lambda: time.clock_gettime(clock_id)), "process CPU clock, ns"
+
+
+async def respond(session: aiohttp.ClientSession, service: Service, key: str, call_id: str) -> dict[str, Any]:
+    async with session.post(
+        f"{service.base_url}/agent/function_calls/{call_id}/respond",
+        json={"approved": True, "comment": "bench"},
+        headers={"Authorization": f"Bearer {key}"},
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+        return body
+
+
+async def quorum_cost(
+    session: aiohttp.ClientSession, service: Service, rounds: int, batch: int, reads: int
+) -> None:
+    """Server CPU per approval POST and per status read: single-approver vs 3-rule requests.
+
+    Every round creates ``batch`` requests of each kind, then runs five measurement windows, each
+    ``batch`` sequential POSTs by one reviewer key (the single approval of every single-approver
+    request; the 1st, 2nd, 3rd and 4th approval of every 3-rule request), the single-approver
+    window moving one place each round; then two windows of ``reads`` sequential GETs of one
+    pending request of each kind (the 3-rule one with 3 of its 4 approvals in), alternating which
+    goes first. Round 0 is a warm-up and is not counted.
+    """
+    clock, clock_kind = cpu_clock(service.proc.pid)  # type: ignore[union-attr]
+    single_state = gate_state(approvers=[SOLO_EMAIL])
+    quorum_state = gate_state(rules=QUORUM_RULES)
+    keys = service.group_keys
+    steps = [keys["ml-leads"][0], keys["ml-leads"][1], keys["compliance"][0], keys["product"][0]]
+    step_labels = ["1st (ML lead)", "2nd (ML lead)", "3rd (Compliance)", "4th (Product, decides)"]
+    agent = {"Authorization": f"Bearer {service.agent_key}"}
+
+    # The read targets: one pending request of each kind.
+    read_single = (await create_calls(session, service, 1, state=single_state))[0]
+    read_quorum = (await create_calls(session, service, 1, state=quorum_state))[0]
+    for key in steps[:3]:
+        assert (await respond(session, service, key, read_quorum))["status"]["approved"] is None
+    read_targets = {"single": read_single, "quorum": read_quorum}
+
+    single_ms: list[float] = []  # per round: server CPU ms per POST
+    step_ms: list[list[float]] = [[] for _ in steps]
+    read_ms: dict[str, list[float]] = {"single": [], "quorum": []}  # per round: CPU ms per GET
+    read_latency: dict[str, list[float]] = {"single": [], "quorum": []}  # every GET, ms
+    read_bytes: dict[str, int] = {}
+
+    async def answer_window(key: str, ids: list[str], decides: bool) -> float:
+        before = clock()
+        for call_id in ids:
+            body = await respond(session, service, key, call_id)
+            assert (body["status"]["approved"] is True) == decides, body["status"]
+        return (clock() - before) * 1000 / len(ids)
+
+    async def read_window(kind: str, count: int) -> tuple[float, list[float]]:
+        url = f"{service.base_url}/function_calls/{read_targets[kind]}"
+        latencies: list[float] = []
+        before = clock()
+        for _ in range(count):
+            t0 = time.perf_counter()
+            async with session.get(url, headers=agent) as resp:
+                data = await resp.read()
+                assert resp.status == 200, data
+            latencies.append((time.perf_counter() - t0) * 1000)
+        read_bytes[kind] = len(data)
+        return (clock() - before) * 1000 / count, latencies
+
+    started = time.monotonic()
+    for rnd in range(rounds + 1):
+        warmup = rnd == 0
+        size = max(5, batch // 4) if warmup else batch
+        singles = await create_calls(session, service, size, state=single_state)
+        quorums = await create_calls(session, service, size, state=quorum_state)
+        order: list[int | None] = [0, 1, 2, 3]
+        order.insert(rnd % 5, None)  # None: the single-approver window
+        for step in order:
+            if step is None:
+                cost = await answer_window(service.solo_key, singles, decides=True)
+                if not warmup:
+                    single_ms.append(cost)
+            else:
+                cost = await answer_window(steps[step], quorums, decides=step == 3)
+                if not warmup:
+                    step_ms[step].append(cost)
+        for kind in ("single", "quorum") if rnd % 2 else ("quorum", "single"):
+            cost, latencies = await read_window(kind, max(10, reads // 4) if warmup else reads)
+            if not warmup:
+                read_ms[kind].append(cost)
+                read_latency[kind] += latencies
+    elapsed = time.monotonic() - started
+
+    med = statistics.median
+    mean_ms = [statistics.fmean(per_step) for per_step in zip(*step_ms, strict=True)]  # per round
+    whole_ms = [sum(per_step) for per_step in zip(*step_ms, strict=True)]
+    per_round_mean_ratio = med([q / s for q, s in zip(mean_ms, single_ms, strict=True)])
+    per_round_last_ratio = med([q / s for q, s in zip(step_ms[3], single_ms, strict=True)])
+    per_round_whole_ratio = med([q / s for q, s in zip(whole_ms, single_ms, strict=True)])
+    print(
+        f"\nquorum requests: server CPU per approval POST, {rounds} rounds x {batch} requests of each kind, "
+        f"sequential POSTs, kinds alternating ({clock_kind}; {elapsed:.0f}s, load average {os.getloadavg()[0]:.1f})"
+    )
+    print(
+        "rules of the 3-rule request: ML lead x2, Compliance x1, Product x1 (group approvers, "
+        f"{service.group_size} members per group)"
+    )
+    print(f"{'request':<36} {'approval':<24} {'CPU ms/POST p50':>15} {'min':>7} {'max':>7} {'x single':>9}")
+    s50 = med(single_ms)
+    print(
+        f"{'single approver (plain approvers)':<36} {'1st (decides)':<24} {s50:>15.3f} "
+        f"{min(single_ms):>7.3f} {max(single_ms):>7.3f} {1.0:>9.2f}"
+    )
+    for label, values in zip(step_labels, step_ms, strict=True):
+        print(
+            f"{'3 rules (4 approvals decide)':<36} {label:<24} {med(values):>15.3f} "
+            f"{min(values):>7.3f} {max(values):>7.3f} {med(values) / s50:>9.2f}"
+        )
+    print(
+        f"{'3 rules (4 approvals decide)':<36} {'mean of the 4':<24} {med(mean_ms):>15.3f} "
+        f"{min(mean_ms):>7.3f} {max(mean_ms):>7.3f} {med(mean_ms) / s50:>9.2f}"
+    )
+    print(
+        f"per whole decision: single approver {s50:.3f} ms (1 POST), 3 rules {med(whole_ms):.3f} ms "
+        f"(4 POSTs), x{med(whole_ms) / s50:.2f} (median of per-round ratios x{per_round_whole_ratio:.2f})"
+    )
+    verdict = "met" if per_round_mean_ratio <= 1.5 else "NOT met"
+    print(
+        f"ratio 3-rule/single, server CPU per approval POST (median of per-round ratios): "
+        f"mean of the 4 approvals x{per_round_mean_ratio:.2f}, decision-completing approval "
+        f"x{per_round_last_ratio:.2f}  (target <= 1.5 on the mean per approval: {verdict})"
+    )
+    print(f"\nstatus reads of one pending request, {rounds} rounds x {reads} sequential GETs of each kind")
+    print(f"{'request':<36} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/GET p50':>15} {'body bytes':>11}")
+    rows = {"single": "single approver, pending", "quorum": "3 rules, 3 of 4 approvals in"}
+    for kind, label in rows.items():
+        lat = read_latency[kind]
+        print(
+            f"{label:<36} {med(lat):>8.2f} {percentile(lat, 0.99):>8.2f} "
+            f"{med(read_ms[kind]):>15.3f} {read_bytes[kind]:>11}"
+        )
+    print(
+        f"{'ratio 3-rule/single':<36} {med(read_latency['quorum']) / med(read_latency['single']):>8.2f} "
+        f"{percentile(read_latency['quorum'], 0.99) / percentile(read_latency['single'], 0.99):>8.2f} "
+        f"{med(read_ms['quorum']) / med(read_ms['single']):>15.2f} "
+        f"{read_bytes['quorum'] / read_bytes['single']:>11.2f}"
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
-    service = Service()
+    sections = set(args.sections.split(","))
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    service = Service(group_size=args.group_size)
     service.start()
     load = os.getloadavg()[0]
     print(
@@ -234,62 +438,69 @@ async def main(args: argparse.Namespace) -> None:
     try:
         async with aiohttp.ClientSession(connector=connector) as session:
             pools: dict[int, list[str]] = {}
-            for rate in (float(r) for r in args.rates.split(",")):
-                print(
-                    f"\nstatus reads, offered {rate:.0f} req/s for {args.seconds:.0f}s, "
-                    f"pooled client ({args.connections} connections)"
-                )
-                print(
-                    f"{'pending calls':>13} {'pollers':>8} {'interval':>9} {'requests':>9} {'req/s':>8} "
-                    f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'server CPU ms/req':>17} "
-                    f"{'client CPU ms/req':>17} {'load':>5}"
-                )
-                for count in (1, 100, 1000):
-                    if count not in pools:
-                        pools[count] = await create_calls(session, service, count)
-                    ids = pools[count]
-                    await poll_load(session, service, ids, rate, 1.0)  # warm-up
-                    cpu_before = cpu_seconds(service.proc.pid)  # type: ignore[union-attr]
-                    client_before = time.process_time()
-                    r = await poll_load(session, service, ids, rate, args.seconds)
-                    requests = max(1, r["requests"])
-                    server_cpu_ms = (cpu_seconds(service.proc.pid) - cpu_before) * 1000 / requests  # type: ignore[union-attr]
-                    client_cpu_ms = (time.process_time() - client_before) * 1000 / requests
+            if "reads" in sections:
+                for rate in (float(r) for r in args.rates.split(",")):
                     print(
-                        f"{count:>13} {r['pollers']:>8.0f} {r['interval_s']:>8.2f}s {r['requests']:>9.0f} "
-                        f"{r['throughput']:>8.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7.0f} "
-                        f"{server_cpu_ms:>17.3f} {client_cpu_ms:>17.3f} {os.getloadavg()[0]:>5.1f}"
+                        f"\nstatus reads, offered {rate:.0f} req/s for {args.seconds:.0f}s, "
+                        f"pooled client ({args.connections} connections)"
                     )
-            waiters = await start_idle_waiters(
-                service, pools.get(1000) or await create_calls(session, service, 1000)
-            )
-            await asyncio.sleep(3)
-            cpu_before, wall_before = cpu_seconds(service.proc.pid), time.monotonic()  # type: ignore[union-attr]
-            await asyncio.sleep(5)
-            idle_cpu = (cpu_seconds(service.proc.pid) - cpu_before) / (time.monotonic() - wall_before)  # type: ignore[union-attr]
-            with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/healthz", timeout=10) as resp:
-                waiting = json.load(resp)["long_poll_waiters"]
-            print(
-                f"\n{len(waiters.tasks)} clients long-polling 1,000 pending calls ({waiting} waiting in the server): "
-                f"server CPU {100 * idle_cpu:.1f}% of one core "
-                f"({waiters.requests} requests answered in {time.monotonic() - waiters.started:.0f}s, {waiters.errors} errors)"
-            )
-            print(
-                f"\ndecision-to-client latency, {args.decisions} calls each, while those clients keep waiting (milliseconds)"
-            )
-            print(f"{'mode':<50} {'p50':>8} {'p99':>8} {'max':>8}")
-            for mode in ("long-poll", "plain polling", "long-poll, decided in the DB by another process"):
-                lat = [
-                    1000 * x
-                    for x in await decision_latency(
-                        session, service, mode, args.decisions, args.poll_interval
+                    print(
+                        f"{'pending calls':>13} {'pollers':>8} {'interval':>9} {'requests':>9} {'req/s':>8} "
+                        f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'server CPU ms/req':>17} "
+                        f"{'client CPU ms/req':>17} {'load':>5}"
                     )
-                ]
-                label = f"plain polling every {args.poll_interval:g}s" if mode == "plain polling" else mode
-                print(
-                    f"{label:<50} {statistics.median(lat):>8.1f} {percentile(lat, 0.99):>8.1f} {max(lat):>8.1f}"
+                    for count in (1, 100, 1000):
+                        if count not in pools:
+                            pools[count] = await create_calls(session, service, count)
+                        ids = pools[count]
+                        await poll_load(session, service, ids, rate, 1.0)  # warm-up
+                        cpu_before = cpu_seconds(service.proc.pid)  # type: ignore[union-attr]
+                        client_before = time.process_time()
+                        r = await poll_load(session, service, ids, rate, args.seconds)
+                        requests = max(1, r["requests"])
+                        server_cpu_ms = (cpu_seconds(service.proc.pid) - cpu_before) * 1000 / requests  # type: ignore[union-attr]
+                        client_cpu_ms = (time.process_time() - client_before) * 1000 / requests
+                        print(
+                            f"{count:>13} {r['pollers']:>8.0f} {r['interval_s']:>8.2f}s {r['requests']:>9.0f} "
+                            f"{r['throughput']:>8.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7.0f} "
+                            f"{server_cpu_ms:>17.3f} {client_cpu_ms:>17.3f} {os.getloadavg()[0]:>5.1f}"
+                        )
+            if "decisions" in sections:
+                waiters = await start_idle_waiters(
+                    service, pools.get(1000) or await create_calls(session, service, 1000)
                 )
-            await waiters.stop()
+                await asyncio.sleep(3)
+                cpu_before, wall_before = cpu_seconds(service.proc.pid), time.monotonic()  # type: ignore[union-attr]
+                await asyncio.sleep(5)
+                idle_cpu = (cpu_seconds(service.proc.pid) - cpu_before) / (time.monotonic() - wall_before)  # type: ignore[union-attr]
+                with urllib.request.urlopen(f"http://127.0.0.1:{service.port}/healthz", timeout=10) as resp:
+                    waiting = json.load(resp)["long_poll_waiters"]
+                print(
+                    f"\n{len(waiters.tasks)} clients long-polling 1,000 pending calls ({waiting} waiting in the server): "
+                    f"server CPU {100 * idle_cpu:.1f}% of one core "
+                    f"({waiters.requests} requests answered in {time.monotonic() - waiters.started:.0f}s, {waiters.errors} errors)"
+                )
+                print(
+                    f"\ndecision-to-client latency, {args.decisions} calls each, while those clients keep waiting (milliseconds)"
+                )
+                print(f"{'mode':<50} {'p50':>8} {'p99':>8} {'max':>8}")
+                for mode in ("long-poll", "plain polling", "long-poll, decided in the DB by another process"):
+                    lat = [
+                        1000 * x
+                        for x in await decision_latency(
+                            session, service, mode, args.decisions, args.poll_interval
+                        )
+                    ]
+                    label = (
+                        f"plain polling every {args.poll_interval:g}s" if mode == "plain polling" else mode
+                    )
+                    print(
+                        f"{label:<50} {statistics.median(lat):>8.1f} {percentile(lat, 0.99):>8.1f} {max(lat):>8.1f}"
+                    )
+                await waiters.stop()
+            if "quorum" in sections:
+                await asyncio.sleep(1)  # let closed waiters' connections settle
+                await quorum_cost(session, service, args.quorum_rounds, args.quorum_batch, args.quorum_reads)
     finally:
         service.stop()
 
@@ -341,6 +552,18 @@ if __name__ == "__main__":
     parser.add_argument("--connections", type=int, default=100, help="pooled client connections")
     parser.add_argument("--decisions", type=int, default=30, help="decisions per latency mode")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="plain polling interval (s)")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated parts to run: {', '.join(SECTIONS)}"
+    )
+    parser.add_argument("--quorum-rounds", type=int, default=15, help="measured rounds of the quorum section")
+    parser.add_argument(
+        "--quorum-batch",
+        type=int,
+        default=40,
+        help="requests of each kind per quorum round (POSTs per window)",
+    )
+    parser.add_argument("--quorum-reads", type=int, default=100, help="GETs of each kind per quorum round")
+    parser.add_argument("--group-size", type=int, default=4, help="reviewers per group of the 3-rule request")
     try:
         import uvloop
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_hlml.gate.state import (
@@ -108,7 +109,7 @@ class Responder:
             principal=None if get("via_delegate") else text["principal"],
         )
 
-    @property
+    @cached_property
     def identities(self) -> frozenset[str]:
         return _identities((self.name, self.email, self.principal, self.user_id))
 
@@ -337,7 +338,7 @@ class ApprovalPolicy:
         return replace(self, members={**self.members, **resolved})
 
     # ---- the rules ----------------------------------------------------------------------------
-    @property
+    @cached_property
     def effective_rules(self) -> tuple[ApprovalRule, ...]:
         """The rules to meet: the gate's rules, or the approver list as one "one of these" rule."""
         if self.rules:
@@ -372,13 +373,18 @@ class ApprovalPolicy:
                 out.append(name)
         return out
 
+    @cached_property
+    def _rule_identities(self) -> tuple[frozenset[str] | None, ...]:
+        """Per rule, the identities that may approve toward it (None: anyone), computed once."""
+        extra = _identities(self._people(self.extra_approvers))
+        return tuple(
+            _identities(self._people(rule.approvers)) | extra if rule.approvers else None
+            for rule in self.effective_rules
+        )
+
     def _eligible_rules(self, who: Responder) -> list[int]:
-        extra = self._people(self.extra_approvers)
-        return [
-            i
-            for i, rule in enumerate(self.effective_rules)
-            if not rule.approvers or names_any(who.identities, [*self._people(rule.approvers), *extra])
-        ]
+        identities = who.identities
+        return [i for i, people in enumerate(self._rule_identities) if people is None or identities & people]
 
     @property
     def allowed(self) -> tuple[str, ...]:
