@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
-from airflow_provider_hlml.gate.policy import ApprovalPolicy
+from airflow_provider_hlml.gate.policy import Answer, ApprovalPolicy, is_group
 from airflow_provider_hlml.gate.state import GateLocation, GateState
 from airflow_provider_hlml.plugins.auth import Identity
 
@@ -37,6 +38,93 @@ def call_status(status: dict[str, Any] | None) -> str:
     return "pending"
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def call_answers(status: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """The answers of a request (``status.answers``), each with the ``label`` it is shown by.
+
+    A backend that does not report answers (the HumanLayer cloud, a request decided before the
+    service kept them) has one: the decision ``status.user_info`` reports.
+    """
+    raw = status.get("answers")
+    entries = [a for a in raw if isinstance(a, dict)] if isinstance(raw, list) else []
+    if not entries and kind in ("approved", "rejected") and isinstance(status.get("user_info"), dict):
+        entries = [{**status["user_info"], "approved": kind == "approved", "comment": status.get("comment")}]
+    answers = []
+    for entry in entries:
+        parsed = Answer.from_json(entry)
+        if parsed is None:
+            continue
+        answers.append(
+            {
+                "name": _text(entry.get("name")),
+                "email": _text(entry.get("email")),
+                "principal": _text(entry.get("principal")),
+                "via_delegate": entry.get("via_delegate") is True,
+                "approved": parsed.approved,
+                "comment": parsed.comment,
+                "at": parsed.at,
+                "rule": _text(entry.get("rule")),
+                "label": parsed.who.label,
+            }
+        )
+    return answers
+
+
+def item_policy(item: dict[str, Any]) -> ApprovalPolicy:
+    """The approval policy of a normalized request: its gate's rules and separation of duties,
+    the approvers an escalation added and the groups as the service resolved them."""
+    members = item.get("members")
+    return ApprovalPolicy.from_state(
+        item.get("policy_state"),
+        item.get("extra_approvers") or (),
+        members if isinstance(members, dict) else None,
+    )
+
+
+def item_answers(item: dict[str, Any]) -> list[Answer]:
+    """The answers of a normalized request, as the policy reads them."""
+    return [a for a in (Answer.from_json(raw) for raw in item.get("answers") or ()) if a is not None]
+
+
+def _eligible(policy: ApprovalPolicy, approvers: Iterable[str]) -> list[str]:
+    """A rule's approvers as reviewers read them: a group with the members it resolved to."""
+    shown = []
+    for entry in approvers:
+        people = policy.members.get(entry.strip().casefold()) if is_group(entry) else None
+        shown.append(f"{entry} ({', '.join(people)})" if people else entry)
+    return shown
+
+
+def rule_progress(policy: ApprovalPolicy, answers: list[Answer]) -> tuple[list[dict[str, Any]], str]:
+    """Each rule's progress (its JSON with ``count``, ``summary`` and ``eligible``, the approvers
+    with their groups' members) and the one-line summary ``"ML lead 1 of 2: alice; ..."``."""
+    tally = policy.tally(answers)
+    rules = [
+        {
+            **p.to_json(),
+            "count": p.count,
+            "summary": p.summary,
+            "eligible": _eligible(policy, p.rule.approvers),
+        }
+        for p in tally.rules
+    ]
+    return rules, tally.summary
+
+
+def progress_text(rules: list[dict[str, Any]]) -> str:
+    """Each rule's count without the names: ``"ML lead 1 of 2; Compliance 0 of 1"``."""
+    return "; ".join(f"{r['name']} {r['count']} of {r['required']}" for r in rules)
+
+
+def recorded_message(item: dict[str, Any], *, approved: bool) -> str:
+    """What a reviewer is told after an answer that leaves the request pending."""
+    what = "approval" if approved else "rejection (it does not veto this request)"
+    return f"Your {what} was recorded: {progress_text(item['rules'])}"
+
+
 def normalize_call(call: dict[str, Any], *, airflow_base_path: str) -> dict[str, Any]:
     """A flat view of one function call, with the gate's policy and its Airflow task."""
     spec = call.get("spec") or {}
@@ -55,7 +143,15 @@ def normalize_call(call: dict[str, Any], *, airflow_base_path: str) -> dict[str,
         if isinstance(o, dict) and o.get("name")
     ]
     extra = status.get("extra_approvers")
-    return {
+    extra_approvers = [a for a in extra if isinstance(a, str)] if isinstance(extra, list) else []
+    raw_members = status.get("members")
+    members = (
+        {str(k): [m for m in v if isinstance(m, str)] for k, v in raw_members.items() if isinstance(v, list)}
+        if isinstance(raw_members, dict)
+        else {}
+    )
+    answers = call_answers(status, kind)
+    item: dict[str, Any] = {
         "call_id": call.get("call_id"),
         "run_id": call.get("run_id"),
         "fn": spec.get("fn"),
@@ -79,9 +175,16 @@ def normalize_call(call: dict[str, Any], *, airflow_base_path: str) -> dict[str,
         "responded_by_email": user_info.get("email"),
         "approvers": list(gate.approvers),
         # Approvers an escalation added (the service reports them; they extend the approvers).
-        "extra_approvers": [a for a in extra if isinstance(a, str)] if isinstance(extra, list) else [],
+        "extra_approvers": extra_approvers,
         "requester": gate.requester,
         "allow_self_approval": gate.allow_self_approval,
+        # The policy as the gate wrote it and the groups as the service resolved them: what
+        # item_policy() reads, so every check of this item uses the one ApprovalPolicy path.
+        "policy_state": spec.get("state"),
+        "members": members,
+        # Who answered so far (each rule's progress is added below, from these answers).
+        "answers": answers,
+        "approved_by": [a["label"] for a in answers if a["approved"]],
         "dag_id": airflow.dag_id,
         "dag_run_id": airflow.run_id,
         "task_id": airflow.task_id,
@@ -91,6 +194,11 @@ def normalize_call(call: dict[str, Any], *, airflow_base_path: str) -> dict[str,
             airflow_base_path, airflow.dag_id, airflow.run_id, airflow.task_id, airflow.map_index
         ),
     }
+    policy = item_policy(item)
+    item["rules"], item["progress"] = rule_progress(policy, item_answers(item))
+    # Whether the gate declared rules (a plain approver list is one "one of these" rule).
+    item["has_rules"] = bool(policy.rules)
+    return item
 
 
 def task_instance_path(
@@ -112,18 +220,7 @@ def decision_block_reason(item: dict[str, Any], identity: Identity, *, may_edit_
     if not may_edit_dag:
         target = f"DAG {item['dag_id']}" if item["dag_id"] else "all DAGs"
         return f"You need edit access to {target} to decide"
-    policy = ApprovalPolicy(
-        approvers=tuple(item["approvers"]),
-        requester=item.get("requester"),
-        allow_self_approval=item["allow_self_approval"],
-        extra_approvers=tuple(item.get("extra_approvers") or ()),
-    )
-    who = identity.responder
-    if not policy.is_approver(who):
-        return "Only these approvers may decide: " + ", ".join(policy.allowed)
-    if policy.is_requester(who):
-        return "You triggered this run and self-approval is off for this gate"
-    return None
+    return item_policy(item).block_reason(identity.responder, item_answers(item))
 
 
 def approval_figures(items: list[dict[str, Any]], metrics: dict[str, Any] | None) -> dict[str, Any]:
@@ -166,6 +263,23 @@ def recent_activity(
                     "status": "requested",
                 }
             )
+        # Answers that did not decide the request (a partial approval toward its rules): the
+        # deciding one of an approved or rejected request is the last, and shows as the decision.
+        answers = item.get("answers") or []
+        undeciding = answers[:-1] if item["status"] in ("approved", "rejected") else answers
+        for answer in undeciding:
+            if answer.get("at"):
+                verb = "Approval" if answer["approved"] else "Rejection"
+                toward = f" ({answer['rule']})" if answer.get("rule") else ""
+                events.append(
+                    {
+                        "at": answer["at"],
+                        "kind": "approval_answered",
+                        "text": f"{verb} recorded by {answer['label']}{toward}: {item['subject']}",
+                        "url": item["ti_url"],
+                        "status": "answered",
+                    }
+                )
         if item["responded_at"]:
             who = f" by {item['responded_by']}" if item["responded_by"] else ""
             events.append(

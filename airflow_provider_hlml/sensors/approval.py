@@ -343,7 +343,14 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             return ()
         from airflow_provider_hlml.hooks.mlflow import MLflowHook
 
-        authors = MLflowHook(self.mlflow_conn_id).run_authors(str(run_id))
+        try:
+            authors = MLflowHook(self.mlflow_conn_id).run_authors(str(run_id))
+        except Exception as exc:
+            # Separation of duties cannot be enforced without the author: no request is made.
+            raise AirflowException(
+                f"forbid has model_author, but the author of MLflow run {run_id!r} cannot be read "
+                f"through connection {self.mlflow_conn_id!r}: {exc}"
+            ) from None
         return tuple(Forbidden(who=who, duty="model_author", why=why) for who, why in authors)
 
     def request_policy(self, context: Context, sent_context: Any, urgency: str) -> ApprovalPolicy:

@@ -111,11 +111,19 @@ class DashboardServer:
         requester: str | None = None,
         ti_url: str | None = None,
         map_index: int = -1,
+        rules: list[dict[str, Any]] | None = None,
+        forbidden: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """A pending request shaped like the HumanApprovalSensor's, created with the agent key.
 
         ``ti_url`` is whatever the agent writes there (the dashboard must not trust it).
+        ``rules`` and ``forbidden`` are the gate's approval rules and separation of duties.
         """
+        policy: dict[str, Any] = {}
+        if rules is not None:
+            policy["rules"] = rules
+        if forbidden is not None:
+            policy["forbidden"] = forbidden
         body = {
             "run_id": f"airflow-{dag_id}",
             "call_id": call_id,
@@ -138,6 +146,7 @@ class DashboardServer:
                         "approvers": approvers,
                         "requester": requester,
                         "allow_self_approval": False,
+                        **policy,
                         "airflow": {
                             "dag_id": dag_id,
                             "run_id": "manual__1",

@@ -172,6 +172,8 @@ class TestDecisions:
                 "status": "approved",
                 "responded_by": "approver",
                 "comment": "ship it",
+                "progress": "Approvers 1 of 1: approver",
+                "message": "Approved as approver.",
             }
             again = client.post(
                 f"/hlml/api/approvals/{call_id}/decision", json={"approved": False, "comment": "no"}
@@ -223,6 +225,96 @@ class TestDecisions:
         with server.client("approver") as client:
             resp = client.post("/hlml/api/approvals/does-not-exist/decision", json={"approved": True})
         assert resp.status_code == 404
+
+
+class TestApprovalRules:
+    """A request with a rule needing two approvers: progress in the JSON, one answer per person."""
+
+    RULES = [{"name": "Reviewers", "approvers": ["approver", "outsider"], "required": 2}]
+    FORBIDDEN = [{"who": "admin", "duty": "model_author", "why": "trained this model"}]
+
+    def _item(self, client: httpx.Client, call_id: str) -> dict[str, object]:
+        listed = client.get("/hlml/api/approvals", params={"status": "pending"}).json()
+        return next(i for i in listed["items"] if i["call_id"] == call_id)
+
+    def test_two_approvers_approve_one_after_the_other(self, server: DashboardServer) -> None:
+        call_id = _pending(server, approvers=[], rules=self.RULES, forbidden=self.FORBIDDEN)
+        with server.client("approver") as client:
+            item = self._item(client, call_id)
+            assert item["has_rules"] is True
+            assert item["progress"] == "Reviewers 0 of 2"
+            assert item["rules"] == [
+                {
+                    "name": "Reviewers",
+                    "approvers": ["approver", "outsider"],
+                    "eligible": ["approver", "outsider"],
+                    "required": 2,
+                    "veto": True,
+                    "source": "gate",
+                    "approved_by": [],
+                    "count": 0,
+                    "met": False,
+                    "summary": "Reviewers 0 of 2",
+                }
+            ]
+            assert item["answers"] == []
+            assert item["can_decide"] is True
+
+            first = client.post(
+                f"/hlml/api/approvals/{call_id}/decision", json={"approved": True, "comment": "first"}
+            )
+            assert first.status_code == 200, first.text
+            assert first.json() == {
+                "call_id": call_id,
+                "status": "pending",
+                "responded_by": "approver",
+                "comment": "first",
+                "progress": "Reviewers 1 of 2: approver",
+                "message": "Your approval was recorded: Reviewers 1 of 2",
+            }
+            detail = client.get(f"/hlml/api/approvals/{call_id}").json()
+            assert detail["status"] == "pending"
+            assert detail["progress"] == "Reviewers 1 of 2: approver"
+            assert detail["rules"][0]["approved_by"] == ["approver"]
+            assert detail["approved_by"] == ["approver"]
+            assert [(a["label"], a["approved"], a["rule"], a["comment"]) for a in detail["answers"]] == [
+                ("approver", True, "Reviewers", "first")
+            ]
+            assert detail["can_decide"] is False
+            assert detail["decide_blocked_reason"] == "You have already answered; each person counts once"
+            assert any(e["event"] == "answered" for e in detail["audit"])
+            again = client.post(f"/hlml/api/approvals/{call_id}/decision", json={"approved": True})
+            assert again.status_code == 403
+            assert "already answered" in again.json()["detail"]
+        assert server.get_call(call_id)["status"]["approved"] is None
+
+        # The model's author may edit the DAG but is barred by separation of duties.
+        with server.client("admin") as client:
+            item = self._item(client, call_id)
+            assert item["can_decide"] is False
+            assert item["decide_blocked_reason"] == "You trained this model (separation of duties)"
+            barred = client.post(f"/hlml/api/approvals/{call_id}/decision", json={"approved": True})
+            assert barred.status_code == 403
+        assert server.get_call(call_id)["status"]["approved"] is None
+
+        with server.client("outsider") as client:
+            page = client.get("/hlml/approvals", params={"status": "pending"})
+            card = page.text.split(f'data-call-id="{call_id}"', 1)[1].split("</article>", 1)[0]
+            assert '<span class="progress">Reviewers 1 of 2: approver</span>' in card
+            assert "<strong>approver</strong> approved (toward Reviewers)" in card
+            assert 'class="approve"' in card
+            assert self._item(client, call_id)["can_decide"] is True
+            second = client.post(f"/hlml/api/approvals/{call_id}/decision", json={"approved": True})
+            assert second.status_code == 200, second.text
+            assert second.json()["status"] == "approved"
+            assert second.json()["progress"] == "Reviewers 2 of 2: approver, outsider"
+            assert second.json()["message"] == "Approved as outsider."
+            decided = client.get(f"/hlml/api/approvals/{call_id}").json()
+        assert decided["approved_by"] == ["approver", "outsider"]
+        assert decided["rules"][0]["met"] is True
+        status = server.get_call(call_id)["status"]
+        assert status["approved"] is True
+        assert [a["name"] for a in status["answers"]] == ["approver", "outsider"]
 
 
 class TestPages:

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ CHROMIUM_ARGS = [
 ]
 REPO_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 DAG_ID = "hlml_dashboard_browser"
+#: Stands in DAG_FILE for the MLflow run of the candidate (model_promotion gates look its authors up).
+CANDIDATE_RUN = "__CANDIDATE_MLFLOW_RUN_ID__"
 GATE_TASK = "approve_model"
 DAG_FILE = textwrap.dedent(
     f'''
@@ -70,7 +73,7 @@ DAG_FILE = textwrap.dedent(
             context={{
                 "model_name": "churn-model",
                 "model_version": "3",
-                "mlflow_run_id": "0123456789abcdef",
+                "mlflow_run_id": "{CANDIDATE_RUN}",
                 "passed": True,
                 "metrics": {{
                     "accuracy": {{"candidate": 0.912, "champion": 0.887, "threshold": 0.8, "passed": True, "reason": None}},
@@ -89,6 +92,51 @@ DAG_FILE = textwrap.dedent(
     '''
 )
 
+# A gate whose one rule needs two people of an approvals-service group: two dashboard users
+# approve it one after the other.
+QUORUM_DAG_ID = "hlml_dashboard_quorum"
+QUORUM_GROUP = "quorum-reviewers"
+QUORUM_USERS = ("lead-ann", "lead-bob")
+QUORUM_SUBJECT = "Quorum: promote churn-model v4"
+QUORUM_DAG_FILE = textwrap.dedent(
+    f'''
+    import pendulum
+    from airflow.sdk import DAG
+    from airflow.providers.standard.operators.empty import EmptyOperator
+
+    from airflow_provider_hlml.sensors.approval import HumanApprovalSensor
+
+    with DAG("{QUORUM_DAG_ID}", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False):
+        gate = HumanApprovalSensor(
+            task_id="{GATE_TASK}",
+            subject="{QUORUM_SUBJECT}",
+            body="Two reviewers must approve this promotion.",
+            approval_type="model_promotion",
+            urgency="high",
+            approval_rules=[{{"name": "Reviewers", "approvers": ["group:{QUORUM_GROUP}"], "required": 2}}],
+            response_timeout=900,
+            deferrable=True,
+            poll_interval=1,
+        )
+        gate >> EmptyOperator(task_id="promote")
+    '''
+)
+
+
+def _seed_quorum_group(approvals_db: str) -> None:
+    """The approvals-service group the quorum gate names, with the two dashboard users as members."""
+    from airflow_provider_hlml.approvals import db, store
+
+    engine = db.make_engine(approvals_db, pool_size=1)
+    try:
+        with db.make_sessionmaker(engine)() as session:
+            for user in QUORUM_USERS:
+                store.create_key(session, name=user, role="reviewer", email=f"{user}@example.com")
+            store.create_group(session, name=QUORUM_GROUP)
+            store.add_to_group(session, name=QUORUM_GROUP, principals=list(QUORUM_USERS))
+    finally:
+        engine.dispose()
+
 
 @dataclass
 class BrowserStack:
@@ -101,7 +149,8 @@ class BrowserStack:
         return self.stack.api_url + APPROVALS_PATH
 
 
-def _seed_mlflow(url: str) -> None:
+def _seed_mlflow(url: str) -> str:
+    """Three versions of churn-model, v2 the champion; returns the MLflow run of v3 (the candidate)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=url)
@@ -118,6 +167,7 @@ def _seed_mlflow(url: str) -> None:
     client.set_registered_model_alias(model, "champion", "2")
     client.set_model_version_tag(model, "2", "hlml.approval.approved_by", "approver")
     client.set_model_version_tag(model, "2", "hlml.approval.call_id", "seed-approval")
+    return str(run.info.run_id)
 
 
 def _seed_history(env: BrowserStack) -> None:
@@ -171,8 +221,9 @@ def browser_stack(metadata_databases: MetadataDatabases, mlflow_server: Any) -> 
     workdir = Path(tempfile.mkdtemp(prefix="hlml-dashboard-browser-"))
     approvals_db = f"sqlite:///{workdir / 'hlml_approvals.db'}"
     keys = make_approval_keys(approvals_db)
-    _seed_mlflow(mlflow_server.url)
-    users = {**USERS, REVIEWER_USER: "op"}
+    _seed_quorum_group(approvals_db)
+    candidate_run = _seed_mlflow(mlflow_server.url)
+    users = {**USERS, REVIEWER_USER: "op", **dict.fromkeys(QUORUM_USERS, "user")}
     # The gates reach the approvals service mounted in the API server, as the embedded default does.
     stack = start_airflow_stack(
         workdir,
@@ -190,7 +241,8 @@ def browser_stack(metadata_databases: MetadataDatabases, mlflow_server: Any) -> 
         include_examples=False,
     )
     try:
-        (stack.dags_folder / "dashboard_gate.py").write_text(DAG_FILE)
+        (stack.dags_folder / "dashboard_gate.py").write_text(DAG_FILE.replace(CANDIDATE_RUN, candidate_run))
+        (stack.dags_folder / "dashboard_quorum.py").write_text(QUORUM_DAG_FILE)
         # SimpleAuthManager adds the users the stack did not know, with generated passwords.
         passwords = json.loads((stack.home / PASSWORDS_FILE).read_text())
         env = BrowserStack(stack=stack, keys=keys, passwords=passwords)
@@ -289,3 +341,111 @@ def test_approve_a_real_gate_from_the_airflow_navigation(browser_stack: BrowserS
         if os.environ.get("HLML_UPDATE_SCREENSHOTS") == "1":
             REPO_IMAGES.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, REPO_IMAGES / path.name)
+
+
+def _sign_in(page: Any, base_url: str, user: str, password: str) -> None:
+    """Log in on Airflow's login page and wait for the session cookie the dashboard reads."""
+    page.goto(f"{base_url}/")
+    page.fill("input[name='username']", user)
+    page.fill("input[name='password']", password)
+    page.get_by_role("button", name="Sign in").click()
+    deadline = time.monotonic() + 60
+    while not any(c["name"] == "_token" for c in page.context.cookies()):
+        assert time.monotonic() < deadline, f"{user} got no session cookie after signing in"
+        page.wait_for_timeout(200)
+
+
+def _pending_quorum_calls(env: BrowserStack) -> list[dict[str, Any]]:
+    """The pending requests of the quorum gate, as the approvals service holds them."""
+    resp = httpx.get(
+        f"{env.approvals_url}/function_calls",
+        params={"status": "pending"},
+        headers={"Authorization": f"Bearer {env.keys.agent}"},
+        timeout=30,
+    )
+    resp.raise_for_status()
+    return [c for c in resp.json() if c["spec"]["kwargs"].get("subject") == QUORUM_SUBJECT]
+
+
+def test_two_reviewers_meet_a_quorum_rule_one_after_the_other(browser_stack: BrowserStack) -> None:
+    """A rule needing two approvals: the first leaves the gate waiting, the second releases it."""
+    from playwright.sync_api import expect, sync_playwright
+
+    stack = browser_stack.stack
+    stack.api.wait_for_dag(QUORUM_DAG_ID, timeout=180)
+    stack.api.unpause(QUORUM_DAG_ID)
+    run_id = stack.api.trigger(QUORUM_DAG_ID)
+    stack.api.wait_for_task_state(QUORUM_DAG_ID, run_id, GATE_TASK, "deferred", timeout=240)
+    approvals = f"{stack.api_url}/hlml/approvals?status=pending"
+    first, second = QUORUM_USERS
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            # The first reviewer approves: the request stays pending at 1 of 2.
+            ann = browser.new_context(viewport={"width": 1360, "height": 860})
+            page = ann.new_page()
+            page.set_default_timeout(60_000)
+            _sign_in(page, stack.api_url, first, browser_stack.passwords[first])
+            page.goto(approvals)
+            listed = page.locator("article[data-status='pending']").filter(has_text=QUORUM_SUBJECT)
+            expect(listed).to_have_count(1, timeout=60_000)
+            call_id = listed.get_attribute("data-call-id")
+            card = page.locator(f"article[data-call-id='{call_id}']")
+            expect(card.locator("li.rule .progress")).to_have_text("Reviewers 0 of 2")
+            expect(card.locator("li.rule")).to_contain_text(f"group:{QUORUM_GROUP}")
+            card.locator("textarea[name='comment']").fill("Looks right to me.")
+            # The page reloads itself 1.2 s after the answer.
+            with page.expect_navigation(timeout=30_000):
+                card.locator("button.approve").click()
+                expect(card.locator(".result")).to_have_text(
+                    "Your approval was recorded: Reviewers 1 of 2", timeout=30_000
+                )
+            expect(card).to_have_attribute("data-status", "pending")
+            expect(card.locator("li.rule .progress")).to_have_text(f"Reviewers 1 of 2: {first}")
+            expect(card.locator("ul.answers")).to_contain_text(f"{first} approved (toward Reviewers)")
+            expect(card.locator(".blocked")).to_have_text(
+                "You have already answered; each person counts once"
+            )
+            expect(card.locator("button.approve")).to_have_count(0)
+            ann.close()
+
+            # The gate keeps waiting: its trigger reads the request every second and finds the
+            # rule unmet.
+            time.sleep(8)
+            assert stack.api.task_states(QUORUM_DAG_ID, run_id)[GATE_TASK] == "deferred"
+            assert stack.api.dag_run(QUORUM_DAG_ID, run_id)["state"] == "running"
+            waiting = _pending_quorum_calls(browser_stack)
+            assert len(waiting) == 1
+            assert waiting[0]["status"]["approved"] is None
+            assert [a["name"] for a in waiting[0]["status"]["answers"]] == [first]
+
+            # The second reviewer sees 1 of 2, is offered the buttons, and approves.
+            bob = browser.new_context(viewport={"width": 1360, "height": 860})
+            page = bob.new_page()
+            page.set_default_timeout(60_000)
+            _sign_in(page, stack.api_url, second, browser_stack.passwords[second])
+            page.goto(approvals)
+            card = page.locator(f"article[data-call-id='{call_id}']")
+            expect(card).to_have_attribute("data-status", "pending")
+            expect(card.locator("li.rule .progress")).to_have_text(f"Reviewers 1 of 2: {first}")
+            expect(card.locator(".blocked")).to_have_count(0)
+            expect(card.locator("button.approve")).to_have_count(1)
+            with page.expect_navigation(timeout=30_000):
+                card.locator("button.approve").click()
+                expect(card.locator(".result")).to_have_text(f"Approved as {second}.", timeout=30_000)
+                expect(card).to_have_attribute("data-status", "approved")
+            bob.close()
+        finally:
+            browser.close()
+
+    finished = stack.api.wait_for_run(QUORUM_DAG_ID, run_id, timeout=240)
+    assert finished["state"] == "success"
+    assert stack.api.task_states(QUORUM_DAG_ID, run_id) == {GATE_TASK: "success", "promote": "success"}
+    result = stack.api.xcom(QUORUM_DAG_ID, run_id, GATE_TASK)
+    assert result["approved"] is True
+    assert [(a["name"], a["rule"]) for a in result["approvals"]] == [
+        (first, "Reviewers"),
+        (second, "Reviewers"),
+    ]
+    assert _pending_quorum_calls(browser_stack) == []

@@ -106,13 +106,28 @@ async def decide(user: CurrentUser, data: Data, call_id: str, body: DecisionBody
     except ApprovalsRequestError as exc:
         code = exc.status_code if exc.status_code in (403, 404, 409, 422) else status.HTTP_502_BAD_GATEWAY
         raise HTTPException(code, f"approvals service: {exc.message}") from exc
-    log.info("Approval %s %s by %s", call_id, "approved" if body.approved else "rejected", identity.name)
     decided = views.normalize_call(result, airflow_base_path=data.base_path) if result else item
+    outcome = decided["status"] if result else ("approved" if body.approved else "rejected")
+    responded_by = decided.get("responded_by") or identity.name
+    log.info(
+        "Approval %s %s by %s (now %s)",
+        call_id,
+        "approved" if body.approved else "rejected",
+        identity.name,
+        outcome,
+    )
+    if outcome == "pending":
+        # The answer counted, but the request's rules need more approvals.
+        message = views.recorded_message(decided, approved=body.approved)
+    else:
+        message = f"{outcome.capitalize()} as {responded_by}."
     return DecisionResult(
         call_id=call_id,
-        status=decided["status"] if result else ("approved" if body.approved else "rejected"),
-        responded_by=decided.get("responded_by") or identity.name,
+        status=outcome,
+        responded_by=responded_by,
         comment=comment,
+        progress=decided.get("progress") if result else None,
+        message=message,
     )
 
 

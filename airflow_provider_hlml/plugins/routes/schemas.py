@@ -36,6 +36,36 @@ class Overview(BaseModel):
     backends: BackendStatus
 
 
+class RuleProgressItem(BaseModel):
+    """How far one approval rule of a request is."""
+
+    name: str
+    approvers: list[str] = Field(default_factory=list, description="As written; empty: any reviewer")
+    eligible: list[str] = Field(
+        default_factory=list, description="The approvers, each group with the members it resolved to"
+    )
+    required: int
+    veto: bool = True
+    source: str = Field("gate", description="gate (the DAG's own rule) or policy (the approval policy file)")
+    approved_by: list[str] = Field(default_factory=list, description="Who approved toward this rule")
+    count: int
+    met: bool
+    summary: str = Field(description='E.g. "ML lead 1 of 2: alice"')
+
+
+class AnswerItem(BaseModel):
+    """One person's answer to a request (a request with rules collects several)."""
+
+    label: str
+    name: str | None = None
+    email: str | None = None
+    via_delegate: bool = False
+    approved: bool
+    comment: str | None = None
+    at: str | None = None
+    rule: str | None = Field(None, description="The rule the approval counts toward")
+
+
 class ApprovalItem(BaseModel):
     """One approval request with the caller's right to decide it."""
 
@@ -56,7 +86,13 @@ class ApprovalItem(BaseModel):
     reject_option_name: str | None = None
     responded_by: str | None = None
     approvers: list[str] = Field(default_factory=list)
+    extra_approvers: list[str] = Field(default_factory=list, description="Approvers an escalation added")
     requester: str | None = None
+    rules: list[RuleProgressItem] = Field(default_factory=list, description="Each rule's progress")
+    has_rules: bool = Field(False, description="Whether the gate declared rules (else one approver list)")
+    progress: str | None = Field(None, description='E.g. "ML lead 1 of 2: alice; Compliance 0 of 1"')
+    answers: list[AnswerItem] = Field(default_factory=list, description="Who answered so far, in order")
+    approved_by: list[str] = Field(default_factory=list, description="Who approved so far")
     dag_id: str | None = None
     dag_run_id: str | None = None
     task_id: str | None = None
@@ -88,12 +124,14 @@ class DecisionBody(BaseModel):
 
 
 class DecisionResult(BaseModel):
-    """The request after the decision."""
+    """The request after the decision (still ``pending`` after an approval its rules need more of)."""
 
     call_id: str
     status: str
     responded_by: str | None = None
     comment: str | None = None
+    progress: str | None = Field(None, description="Each rule's progress after the answer")
+    message: str = Field(description="What the reviewer is told")
 
 
 class Experiments(BaseModel):

@@ -42,8 +42,10 @@
         return data;
       });
     }).then(function (data) {
-      result.textContent = (data.status === "approved" ? "Approved" : "Rejected") + " as " + (data.responded_by || "you") + ".";
-      result.className = "result done";
+      // A request with approval rules stays pending until every rule is met: the answer was
+      // recorded, and the message says how far the rules are ("Reviewers 1 of 2").
+      result.textContent = data.message || ((data.status === "approved" ? "Approved" : data.status === "pending" ? "Recorded" : "Rejected") + " as " + (data.responded_by || "you") + ".");
+      result.className = "result done" + (data.status === "pending" ? " partial" : "");
       var card = form.closest("article");
       if (card) { card.setAttribute("data-status", data.status); }
       busy = false;

@@ -273,3 +273,341 @@ class TestEscalationApprovers:
         assert call.status is not None
         call.status.extra_approvers = None
         assert settled_event(call, ApprovalPolicy.of_gate(gate))[1] is not None
+
+
+def _rules_call(
+    answers: list[dict[str, Any]] | None = None, approved: bool | None = None, **extra_status: Any
+) -> dict[str, Any]:
+    """A request with two rules, a group and a model author, as the approvals service reports it."""
+    call = _call({"requested_at": NOW.isoformat(), "approved": approved, **extra_status})
+    call["spec"]["state"]["hlml"].update(
+        {
+            "requester": "dave",
+            "rules": [
+                {"name": "ML lead", "approvers": ["group:ml-leads"], "required": 2},
+                {
+                    "name": "Compliance",
+                    "approvers": ["carol@example.com"],
+                    "required": 1,
+                    "source": "policy",
+                },
+            ],
+            "forbid": ["model_author"],
+            "forbidden": [{"who": "mallory", "duty": "model_author", "why": "trained this model"}],
+        }
+    )
+    call["status"]["answers"] = answers or []
+    call["status"]["members"] = {
+        "group:ml-leads": ["alice", "alice@example.com", "bob", "bob@example.com", "mallory"]
+    }
+    return call
+
+
+def _answer(name: str, approved: bool = True, rule: str | None = "ML lead", **more: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "email": f"{name}@example.com",
+        "principal": "airflow-ui",
+        "via_delegate": True,
+        "approved": approved,
+        "comment": more.get("comment"),
+        "at": more.get("at", NOW.isoformat()),
+        "rule": rule,
+    }
+
+
+class TestRuleProgress:
+    def test_partial_approval_shows_each_rule_and_who_approved(self) -> None:
+        item = views.normalize_call(_rules_call([_answer("alice", comment="lgtm")]), airflow_base_path="")
+        assert item["status"] == "pending"
+        assert item["has_rules"] is True
+        assert [r["summary"] for r in item["rules"]] == ["ML lead 1 of 2: alice", "Compliance 0 of 1"]
+        assert item["progress"] == "ML lead 1 of 2: alice; Compliance 0 of 1"
+        assert item["approved_by"] == ["alice"]
+        lead, compliance = item["rules"]
+        assert (lead["count"], lead["required"], lead["met"], lead["source"]) == (1, 2, False, "gate")
+        assert lead["eligible"] == [
+            "group:ml-leads (alice, alice@example.com, bob, bob@example.com, mallory)"
+        ]
+        assert (compliance["count"], compliance["source"], compliance["eligible"]) == (
+            0,
+            "policy",
+            ["carol@example.com"],
+        )
+        assert item["answers"] == [
+            {
+                "name": "alice",
+                "email": "alice@example.com",
+                "principal": "airflow-ui",
+                "via_delegate": True,
+                "approved": True,
+                "comment": "lgtm",
+                "at": NOW.isoformat(),
+                "rule": "ML lead",
+                "label": "alice",
+            }
+        ]
+        assert views.recorded_message(item, approved=True) == (
+            "Your approval was recorded: ML lead 1 of 2; Compliance 0 of 1"
+        )
+
+    def test_block_reasons_follow_the_answers_members_and_duties(self) -> None:
+        item = views.normalize_call(_rules_call([_answer("alice")]), airflow_base_path="")
+
+        def reason(name: str, email: str | None = None) -> str | None:
+            who = Identity(name=name, email=email, user_id=name)
+            return views.decision_block_reason(item, who, may_edit_dag=True)
+
+        assert reason("alice") == "You have already answered; each person counts once"
+        # The same person by their e-mail address counts once too.
+        assert (
+            reason("Alice Smith", "ALICE@example.com") == "You have already answered; each person counts once"
+        )
+        assert reason("bob") is None  # a member of the group, not yet counted
+        assert reason("carol", "carol@example.com") is None
+        assert reason("mallory") == "You trained this model (separation of duties)"
+        assert reason("dave") == "You triggered this run and self-approval is off for this gate"
+        assert reason("eve") == "Only these approvers may decide: group:ml-leads, carol@example.com"
+
+    def test_an_unresolved_group_lists_nobody(self) -> None:
+        call = _rules_call()
+        call["status"]["members"] = {}
+        item = views.normalize_call(call, airflow_base_path="")
+        bob = Identity(name="bob", email="bob@example.com", user_id="bob")
+        assert "Only these approvers may decide" in str(
+            views.decision_block_reason(item, bob, may_edit_dag=True)
+        )
+        assert item["rules"][0]["eligible"] == ["group:ml-leads"]
+
+    def test_approved_request_lists_everyone_who_approved(self) -> None:
+        answers = [_answer("alice"), _answer("bob"), _answer("carol", rule="Compliance")]
+        item = views.normalize_call(
+            _rules_call(answers, approved=True, user_info={"name": "carol"}), airflow_base_path=""
+        )
+        assert item["status"] == "approved"
+        assert item["approved_by"] == ["alice", "bob", "carol"]
+        assert all(r["met"] for r in item["rules"])
+        assert item["progress"] == "ML lead 2 of 2: alice, bob; Compliance 1 of 1: carol"
+        carol = Identity(name="carol", email="carol@example.com", user_id="carol")
+        assert views.decision_block_reason(item, carol, may_edit_dag=True) == "Already approved"
+
+    def test_rejection_without_veto_is_recorded(self) -> None:
+        call = _rules_call([_answer("alice", approved=False, rule=None, comment="not yet")])
+        call["spec"]["state"]["hlml"]["rules"][0]["veto"] = False
+        item = views.normalize_call(call, airflow_base_path="")
+        assert item["approved_by"] == []
+        assert item["answers"][0]["approved"] is False
+        assert item["rules"][0]["veto"] is False
+        assert views.recorded_message(item, approved=False) == (
+            "Your rejection (it does not veto this request) was recorded: ML lead 0 of 2; Compliance 0 of 1"
+        )
+
+    def test_plain_approver_list_is_one_rule_and_a_reported_decision_its_answer(self) -> None:
+        item = views.normalize_call(
+            _call(
+                {"approved": True, "user_info": {"name": "ann", "email": "ann@example.com"}},
+                approvers=["ann"],
+            ),
+            airflow_base_path="",
+        )
+        assert item["has_rules"] is False
+        # A backend without status.answers (the cloud): the reported decider is the one answer.
+        assert item["approved_by"] == ["ann"]
+        assert [r["summary"] for r in item["rules"]] == ["Approvers 1 of 1: ann"]
+        pending = views.normalize_call(_call(None, approvers=["ann"]), airflow_base_path="")
+        assert pending["answers"] == []
+        assert pending["progress"] == "Approvers 0 of 1"
+
+    def test_malformed_answers_and_members_are_ignored(self) -> None:
+        call = _rules_call([_answer("alice"), "junk", {"name": "x", "approved": "yes"}])  # type: ignore[list-item]
+        call["status"]["members"] = {"group:ml-leads": "alice", 3: ["x"]}
+        item = views.normalize_call(call, airflow_base_path="")
+        assert [a["label"] for a in item["answers"]] == ["alice"]
+        assert item["members"] == {"3": ["x"]}
+        # alice is no member any more (the members were unreadable): her approval counts nowhere.
+        assert item["rules"][0]["count"] == 0
+
+    def test_recent_activity_shows_partial_approvals(self) -> None:
+        earlier = (NOW - dt.timedelta(minutes=3)).isoformat()
+        item = views.normalize_call(_rules_call([_answer("alice", at=earlier)]), airflow_base_path="/af")
+        events = views.recent_activity([item], [])
+        answered = [e for e in events if e["kind"] == "approval_answered"]
+        assert [e["text"] for e in answered] == ["Approval recorded by alice (ML lead): Promote v3"]
+        assert answered[0]["at"] == earlier
+        assert answered[0]["url"] == "/af/dags/churn/runs/manual__1/tasks/approve"
+        decided = views.normalize_call(
+            _rules_call(
+                [_answer("alice"), _answer("bob"), _answer("carol", rule="Compliance")],
+                approved=True,
+                responded_at=NOW.isoformat(),
+                user_info={"name": "carol"},
+            ),
+            airflow_base_path="",
+        )
+        kinds = [e["kind"] for e in views.recent_activity([decided], [])]
+        # alice's and bob's approvals were recorded; carol's decided the request.
+        assert kinds.count("approval_answered") == 2
+        assert kinds.count("approval_approved") == 1
+
+
+class TestApprovalsPage:
+    """The Approvals tab renders rule progress, answers and the reason to the user, escaped."""
+
+    def _render(self, items: list[dict[str, Any]]) -> str:
+        from airflow_provider_hlml.plugins.routes.deps import templates
+        from airflow_provider_hlml.plugins.routes.schemas import BackendStatus
+
+        return (
+            templates()
+            .get_template("approvals.html")
+            .render(
+                root="/hlml",
+                tab="approvals",
+                user=Identity(name="bob", email=None, user_id="bob"),
+                refresh_seconds=0,
+                airflow_base="",
+                items=items,
+                filters={"status": "pending", "fn": "", "dag_id": "", "q": ""},
+                fns=[],
+                dag_ids=[],
+                pending_count=len(items),
+                backends=BackendStatus.of(None, None),
+            )
+        )
+
+    def test_rule_lines_answers_and_block_reason(self) -> None:
+        item = views.normalize_call(_rules_call([_answer("alice", comment="lgtm")]), airflow_base_path="")
+        item["can_decide"] = False
+        item["decide_blocked_reason"] = "You have already answered; each person counts once"
+        html = self._render([item])
+        assert '<span class="progress">ML lead 1 of 2: alice</span>' in html
+        assert '<span class="progress">Compliance 0 of 1</span>' in html
+        assert "from the approval policy" in html
+        assert html.count("from the approval policy") == 1
+        assert 'data-progress="ML lead 1 of 2: alice; Compliance 0 of 1"' in html
+        assert "<strong>alice</strong> approved (toward ML lead)" in html
+        assert ": lgtm" in html
+        assert "You have already answered; each person counts once" in html
+        assert 'class="decide"' not in html
+
+    def test_second_approver_is_offered_the_buttons(self) -> None:
+        item = views.normalize_call(_rules_call([_answer("alice")]), airflow_base_path="")
+        item["can_decide"] = True
+        item["decide_blocked_reason"] = None
+        html = self._render([item])
+        assert 'button type="button" class="approve"' in html
+        assert "ML lead 1 of 2: alice" in html
+
+    def test_rule_names_and_answers_are_escaped(self) -> None:
+        call = _rules_call([_answer("<img src=x onerror=alert(1)>", comment="<script>x</script>")])
+        call["spec"]["state"]["hlml"]["rules"][0]["name"] = "<b>lead</b>"
+        call["status"]["members"]["group:ml-leads"].append("<img src=x onerror=alert(1)>")
+        item = views.normalize_call(call, airflow_base_path="")
+        item["can_decide"] = False
+        item["decide_blocked_reason"] = "<i>no</i>"
+        html = self._render([item])
+        assert "<script>x</script>" not in html
+        assert "<img src=x" not in html
+        assert "<b>lead</b>" not in html
+        assert "<i>no</i>" not in html
+        assert "&lt;b&gt;lead&lt;/b&gt; 1 of 2: &lt;img src=x onerror=alert(1)&gt;" in html
+        assert "&lt;script&gt;x&lt;/script&gt;" in html
+
+    def test_decided_quorum_names_every_approver(self) -> None:
+        answers = [_answer("alice"), _answer("bob"), _answer("carol", rule="Compliance")]
+        item = views.normalize_call(
+            _rules_call(answers, approved=True, user_info={"name": "carol"}), airflow_base_path=""
+        )
+        html = self._render([item])
+        assert "Approved by <strong>alice, bob, carol</strong>" in html
+        assert "ML lead 2 of 2: alice, bob" in html
+
+    def test_plain_request_shows_no_rule_section(self) -> None:
+        item = views.normalize_call(_call(None, approvers=["ann"]), airflow_base_path="")
+        item["can_decide"] = True
+        html = self._render([item])
+        assert "approvers: ann" in html
+        assert 'class="rules"' not in html
+
+
+class TestQuorumAgainstTheService:
+    """What the dashboard shows and offers for a request with rules is what the service enforces."""
+
+    async def test_two_group_members_approve_one_after_the_other(self, approvals_service: Any) -> None:
+        import uuid
+
+        import httpx
+
+        from airflow_provider_hlml.approvals import db, store
+        from airflow_provider_hlml.gate.state import GateState
+        from airflow_provider_hlml.plugins.approvals_client import ApprovalsClient, ApprovalsRequestError
+
+        group = f"leads-{uuid.uuid4().hex[:8]}"
+        engine = db.make_engine(approvals_service.database_url, pool_size=1)
+        try:
+            with db.make_sessionmaker(engine)() as session:
+                store.create_group(session, name=group)
+                store.add_to_group(session, name=group, principals=["alice", "bob"])
+        finally:
+            engine.dispose()
+        call_id = f"quorum-{uuid.uuid4().hex}"
+        state = GateState(requester="dave").to_state()
+        state["hlml"]["rules"] = [{"name": "Leads", "approvers": [f"group:{group}"], "required": 2}]
+        spec = {"fn": "model_promotion", "kwargs": {"subject": "Promote v4"}, "state": state}
+        httpx.post(
+            f"{approvals_service.base_url}/function_calls",
+            json={"run_id": "r", "call_id": call_id, "spec": spec},
+            headers={"Authorization": f"Bearer {approvals_service.agent_key}"},
+        ).raise_for_status()
+
+        client = ApprovalsClient(approvals_service.base_url, approvals_service.delegate_key)
+        alice = Identity(name="alice", email="alice@example.com", user_id="1")
+        bob = Identity(name="bob", email="bob@example.com", user_id="2")
+        item = views.normalize_call(await client.get_call(call_id), airflow_base_path="")
+        assert item["progress"] == "Leads 0 of 2"
+        assert views.decision_block_reason(item, alice, may_edit_dag=True) is None
+
+        partial = await client.respond(
+            call_id,
+            approved=True,
+            comment="first",
+            reject_option_name=None,
+            requested_at=None,
+            user_info=alice.user_info(),
+        )
+        item = views.normalize_call(partial, airflow_base_path="")
+        assert item["status"] == "pending"
+        assert item["progress"] == "Leads 1 of 2: alice"
+        # The service's own account of the rules agrees with the dashboard's.
+        assert [(r["name"], r["approved_by"], r["met"]) for r in partial["status"]["rules"]] == [
+            (r["name"], r["approved_by"], r["met"]) for r in item["rules"]
+        ]
+        assert views.recorded_message(item, approved=True) == "Your approval was recorded: Leads 1 of 2"
+        # The dashboard refuses alice a second time, and so does the service.
+        assert views.decision_block_reason(item, alice, may_edit_dag=True) == (
+            "You have already answered; each person counts once"
+        )
+        with pytest.raises(ApprovalsRequestError) as refused:
+            await client.respond(
+                call_id,
+                approved=True,
+                comment=None,
+                reject_option_name=None,
+                requested_at=None,
+                user_info=alice.user_info(),
+            )
+        assert refused.value.status_code == 403
+        assert views.decision_block_reason(item, bob, may_edit_dag=True) is None
+
+        done = await client.respond(
+            call_id,
+            approved=True,
+            comment="second",
+            reject_option_name=None,
+            requested_at=None,
+            user_info=bob.user_info(),
+        )
+        item = views.normalize_call(done, airflow_base_path="")
+        assert item["status"] == "approved"
+        assert item["approved_by"] == ["alice", "bob"]
+        assert item["progress"] == "Leads 2 of 2: alice, bob"

@@ -129,3 +129,36 @@ class TestSentPolicy:
         assert sent_state(sensor)["digest"] == review_digest(facts)
         sensor.context = {**shown, "metrics": {"accuracy": {"candidate": 0.92, "champion": 0.9}}}
         assert sent_state(sensor)["digest"] != review_digest(facts)
+
+
+class TestModelAuthor:
+    def test_an_unreadable_author_makes_no_request(
+        self, faulty_conn: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import json
+
+        from airflow.sdk.exceptions import AirflowException
+
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_MLFLOW_DOWN",
+            json.dumps(
+                {
+                    "conn_type": "mlflow",
+                    "host": "http://127.0.0.1:1",
+                    "extra": {"max_retries": 0, "timeout": 2},
+                }
+            ),
+        )
+        sensor = HumanApprovalSensor(
+            task_id="gate",
+            subject="Promote?",
+            approval_type="model_promotion",
+            context={"model_name": "churn", "model_version": "1", "mlflow_run_id": "0123abcd"},
+            mlflow_conn_id="mlflow_down",
+            humanlayer_conn_id=faulty_conn,
+        )
+        with pytest.raises(AirflowException, match="author of MLflow run '0123abcd' cannot be read"):
+            sent_state(sensor)
+        # Without model_author in forbid, MLflow is not asked.
+        sensor.forbid = ["requester"]
+        assert "forbidden" not in sent_state(sensor)
