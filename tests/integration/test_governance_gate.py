@@ -128,7 +128,11 @@ class TestQuorum:
             f"ML lead 2 of 2: alice, bob; Compliance 1 of 1: {carol}"
         )
         created = events[0]["metadata"]
-        assert sorted(created["members"]) == sorted([ml_leads, compliance])
+        groups = {k: v for k, v in created["members"].items() if k.startswith("group:")}
+        assert groups == {
+            ml_leads: ["alice", "alice@example.com", "bob", "bob@example.com"],
+            compliance: ["bob", "bob@example.com", carol, f"{carol}@example.com"],
+        }
 
     def test_a_rejection_vetoes_partial_approvals(self, gate_env: Any, directory: Directory) -> None:
         service = gate_env
