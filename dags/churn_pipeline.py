@@ -22,7 +22,7 @@ from airflow_provider_hlml.operators.mlflow import (
     MLflowValidateOperator,
     ModelPromoteOperator,
 )
-from airflow_provider_hlml.sensors.approval import HumanApprovalSensor
+from airflow_provider_hlml.sensors.approval import MODEL_REJECT_OPTIONS, HumanApprovalSensor
 from airflow_provider_hlml.workflows.monitoring import log_monitoring_metrics
 
 EXPERIMENT_NAME = "churn_prediction_v2"
@@ -90,6 +90,7 @@ with DAG(
         context=validate_model.output,
         approval_type="model_promotion",
         urgency="high",
+        reject_options=MODEL_REJECT_OPTIONS,  # needs retraining, data issue, not now
     )
 
     promote_model = ModelPromoteOperator(

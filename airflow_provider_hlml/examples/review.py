@@ -43,8 +43,17 @@ def pending_calls(
     return selected
 
 
-def respond(base_url: str, api_key: str, call_id: str, *, approved: bool, comment: str | None = None) -> Any:
-    """Answer one call with the SDK (a rejection needs a comment, as in HumanLayer)."""
+def respond(
+    base_url: str,
+    api_key: str,
+    call_id: str,
+    *,
+    approved: bool,
+    comment: str | None = None,
+    reject_option: str | None = None,
+) -> Any:
+    """Answer one call with the SDK (a rejection needs a comment, as in HumanLayer, and may name
+    one of the call's reject options)."""
     from humanlayer.core.cloud import CloudHumanLayerBackend, HumanLayerCloudConnection
     from humanlayer.core.models import FunctionCallStatus
 
@@ -53,7 +62,8 @@ def respond(base_url: str, api_key: str, call_id: str, *, approved: bool, commen
     backend = CloudHumanLayerBackend(
         HumanLayerCloudConnection(api_key=api_key, api_base_url=base_url, http_timeout_seconds=15)
     )
-    return backend.functions().respond(call_id, FunctionCallStatus(approved=approved, comment=comment))
+    status = FunctionCallStatus(approved=approved, comment=comment, reject_option_name=reject_option)
+    return backend.functions().respond(call_id, status)
 
 
 def approve_when_pending(
@@ -67,6 +77,7 @@ def approve_when_pending(
     poll_interval: float = 1.0,
     comment: str = "Approved",
     approved: bool = True,
+    reject_option: str | None = None,
     stop: Any = None,
 ) -> list[dict[str, Any]]:
     """Wait for ``count`` approval requests of a DAG (run) and decide each as it appears.
@@ -80,6 +91,7 @@ def approve_when_pending(
     :param poll_interval: seconds between listings.
     :param comment: the reviewer's comment.
     :param approved: approve (default) or reject.
+    :param reject_option: with a rejection, the reject option (reason) to name.
     :param stop: optional ``threading.Event``; set it to give up early.
     :return: the calls as answered (the SDK's ``FunctionCall`` dumps).
     :raises TimeoutError: when fewer than ``count`` calls appeared in time.
@@ -99,7 +111,9 @@ def approve_when_pending(
             if call_id in seen:
                 continue
             seen.add(call_id)
-            result = respond(base_url, api_key, call_id, approved=approved, comment=comment)
+            result = respond(
+                base_url, api_key, call_id, approved=approved, comment=comment, reject_option=reject_option
+            )
             answered.append(result.model_dump(mode="json") if hasattr(result, "model_dump") else dict(result))
             if len(answered) >= count:
                 break

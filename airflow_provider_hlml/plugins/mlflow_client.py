@@ -8,6 +8,7 @@ hold a page for minutes while the tracking server is down.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -111,14 +112,23 @@ class MLflowReader:
             headers={"Authorization": authorization} if authorization else {},
         )
 
-    async def _call(self, client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    async def _call(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        *,
+        missing: tuple[int, ...] = (),
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """One REST call's JSON body; ``{}`` when the server answers one of the ``missing`` codes."""
         where = f"MLflow at {redact_url(self.target.tracking_uri)}"
         try:
             async with self._slots:
                 response = await client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise MLflowUnavailable(f"{where} unreachable: {type(exc).__name__}") from exc
-        if response.status_code == 404 and path.startswith("/runs/get"):
+        if response.status_code in missing or (response.status_code == 404 and path.startswith("/runs/get")):
             return {}
         if response.status_code >= 400:
             raise MLflowUnavailable(f"{where} answered {response.status_code}")
@@ -192,6 +202,59 @@ class MLflowReader:
                 for model, body in zip(models, version_bodies, strict=True)
             ],
         }
+
+    async def run_experiments(self, run_ids: Iterable[str]) -> dict[str, str | None]:
+        """Each run's experiment id (None for a run MLflow does not know, or a malformed id).
+
+        :raises MLflowUnavailable: when the server cannot be reached or fails.
+        """
+        wanted = sorted(set(run_ids))
+        if not wanted:
+            return {}
+        async with self._client() as client:
+            bodies = await asyncio.gather(
+                *(
+                    self._call(client, "GET", "/runs/get", params={"run_id": rid}, missing=(400, 404))
+                    for rid in wanted
+                )
+            )
+        out: dict[str, str | None] = {}
+        for rid, body in zip(wanted, bodies, strict=True):
+            info = body.get("run", {}).get("info", {}) if isinstance(body.get("run"), dict) else {}
+            experiment = info.get("experiment_id") if isinstance(info, dict) else None
+            out[rid] = str(experiment) if experiment not in (None, "") else None
+        return out
+
+    async def version_runs(self, versions: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        """Each registered model version's MLflow run: ``(name, version) -> run_id`` (``""`` for a
+        version registered without a run); None for a version that does not exist.
+
+        :raises MLflowUnavailable: when the server cannot be reached or fails.
+        """
+        wanted = sorted(set(versions))
+        if not wanted:
+            return {}
+        async with self._client() as client:
+            bodies = await asyncio.gather(
+                *(
+                    self._call(
+                        client,
+                        "GET",
+                        "/model-versions/get",
+                        params={"name": name, "version": version},
+                        missing=(400, 404),
+                    )
+                    for name, version in wanted
+                )
+            )
+        out: dict[tuple[str, str], str | None] = {}
+        for key, body in zip(wanted, bodies, strict=True):
+            version = body.get("model_version")
+            if isinstance(version, dict):
+                out[key] = str(version.get("run_id") or "")
+            else:
+                out[key] = None
+        return out
 
     def _experiment(self, exp: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
         exp_id = str(exp.get("experiment_id"))

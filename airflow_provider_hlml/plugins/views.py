@@ -11,6 +11,7 @@ from typing import Any
 from airflow_provider_hlml.gate.policy import Answer, ApprovalPolicy, is_group
 from airflow_provider_hlml.gate.state import GateLocation, GateState
 from airflow_provider_hlml.plugins.auth import Identity
+from airflow_provider_hlml.review.card import Card, MetricRow
 
 DECIDED_STATUSES = ("approved", "rejected", "expired", "cancelled")
 ALL_STATUSES = ("pending", *DECIDED_STATUSES)
@@ -151,6 +152,8 @@ def normalize_call(call: dict[str, Any], *, airflow_base_path: str) -> dict[str,
         else {}
     )
     answers = call_answers(status, kind)
+    chosen = status.get("reject_option_name") if isinstance(status.get("reject_option_name"), str) else None
+    titles = {o["name"]: str(o["title"]) for o in reject_options if isinstance(o["name"], str)}
     item: dict[str, Any] = {
         "call_id": call.get("call_id"),
         "run_id": call.get("run_id"),
@@ -169,7 +172,9 @@ def normalize_call(call: dict[str, Any], *, airflow_base_path: str) -> dict[str,
         if requested and responded and kind != "pending"
         else None,
         "comment": status.get("comment"),
-        "reject_option_name": status.get("reject_option_name"),
+        "reject_option_name": chosen,
+        # The chosen reject reason as reviewers read it (its title among the request's options).
+        "reject_option_title": (titles.get(chosen) or chosen) if chosen else None,
         "cancel_reason": status.get("cancel_reason"),
         "responded_by": user_info.get("name") or user_info.get("email") or user_info.get("principal"),
         "responded_by_email": user_info.get("email"),
@@ -198,6 +203,56 @@ def normalize_call(call: dict[str, Any], *, airflow_base_path: str) -> dict[str,
     item["rules"], item["progress"] = rule_progress(policy, item_answers(item))
     # Whether the gate declared rules (a plain approver list is one "one of these" rule).
     item["has_rules"] = bool(policy.rules)
+    # The wire body, for the reviewer's card (built with links for the items a page shows).
+    item["call"] = call
+    return item
+
+
+def format_delta(row: MetricRow) -> dict[str, str]:
+    """A metric's difference column: ``{"text": "+0.012 (+1.4%)", "cls": "delta better"}``.
+
+    The class says whether the candidate is better than the champion in the metric's direction
+    (``better``, ``worse``, ``same``); without a champion value the text is ``-``.
+    """
+    if row.delta is None:
+        return {"text": "-", "cls": "delta none"}
+    text = f"{row.delta:+.4g}"
+    if row.delta_relative is not None:
+        text += f" ({row.delta_relative:+.1%})"
+    verdict = "same" if row.better is None else ("better" if row.better else "worse")
+    return {"text": text, "cls": f"delta {verdict}"}
+
+
+def metric_json(row: MetricRow) -> dict[str, Any]:
+    """One row of a card's metric table as the JSON API returns it."""
+    return {
+        "name": row.name,
+        "candidate": row.candidate,
+        "champion": row.champion,
+        "delta": row.delta,
+        "delta_relative": row.delta_relative,
+        "delta_text": format_delta(row)["text"],
+        "better": row.better,
+        "greater_is_better": row.greater_is_better,
+        "direction": row.direction,
+        "rule": row.rule,
+        "passed": row.passed,
+        "reason": row.reason,
+    }
+
+
+def attach_card(item: dict[str, Any], card: Card) -> dict[str, Any]:
+    """``item`` with its reviewer's card (``item["card"]``, what the page renders) and the card's
+    parts the JSON API returns: the rendered body, the model, the metric rows and the links."""
+    item["card"] = card
+    item["body_html"] = card.body_html
+    item["model"] = dict(card.model)
+    item["metrics"] = [metric_json(r) for r in card.metrics]
+    item["has_report"] = card.has_report
+    item["no_champion"] = card.no_champion
+    item["links"] = [{"label": lk.label, "url": lk.url, "kind": lk.kind} for lk in card.links]
+    if card.decision and card.decision.get("reject_option_title"):
+        item["reject_option_title"] = card.decision["reject_option_title"]
     return item
 
 
@@ -282,11 +337,12 @@ def recent_activity(
                 )
         if item["responded_at"]:
             who = f" by {item['responded_by']}" if item["responded_by"] else ""
+            reason = f" ({item['reject_option_title']})" if item.get("reject_option_title") else ""
             events.append(
                 {
                     "at": item["responded_at"],
                     "kind": f"approval_{item['status']}",
-                    "text": f"{item['status'].capitalize()}{who}: {item['subject']}",
+                    "text": f"{item['status'].capitalize()}{who}{reason}: {item['subject']}",
                     "url": item["ti_url"],
                     "status": item["status"],
                 }

@@ -1,10 +1,11 @@
-"""The one rule for URLs the dashboard renders as links.
+"""The one rule for URLs a reviewer is shown as links, on every channel.
 
-Every ``href`` a page builds from data (approval requests, Airflow runs, MLflow) goes through
-:func:`safe_link`, registered as the ``safe_link`` Jinja filter and used by the ``link`` macro of
-``_macros.html``. A URL that fails the rule is shown as text, never as a link: a request created
-with an agent key must not be able to put ``javascript:`` (or any other active scheme) in front
-of a reviewer's click.
+Every ``href`` built from data (approval requests, Airflow runs, MLflow, Markdown in a request's
+body) goes through :func:`safe_link`: the reviewer's card (:mod:`.card`), the Markdown sanitiser
+(:mod:`.markdown`) and the dashboard's ``link`` macro (``plugins/templates/_macros.html``, the
+``safe_link`` Jinja filter). A URL that fails the rule is shown as text, never as a link: a request
+created with an agent key must not be able to put ``javascript:`` (or any other active scheme) in
+front of a reviewer's click.
 """
 
 from __future__ import annotations

@@ -60,6 +60,21 @@ APPROVAL_TYPES = ("code_execution", "content_publishing", "workflow_decision", "
 URGENCIES = ("low", "medium", "high", "critical")
 ON_TIMEOUT = ("fail", "skip", "approve", "reject", "escalate")
 ON_REJECT = ("fail", "skip")
+#: Reasons a reviewer can pick when rejecting a model promotion (the example gates offer them;
+#: the chosen one is the result's ``reject_option``).
+MODEL_REJECT_OPTIONS: tuple[dict[str, str], ...] = (
+    {
+        "name": "needs_retraining",
+        "title": "Needs retraining",
+        "description": "The model is not good enough: retrain it (other data, features or parameters).",
+    },
+    {
+        "name": "data_issue",
+        "title": "Data issue",
+        "description": "The training or validation data looks wrong: fix the data before anything else.",
+    },
+    {"name": "not_now", "title": "Not now", "description": "Fine, but not the moment to change production."},
+)
 DEPLOYMENT_HINT = " Deployments sharing an approvals backend need distinct [hlml] deployment_id values."
 
 
@@ -714,20 +729,12 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         call: GateFunctionCall | None,
         timed_out: bool = False,
     ) -> ApprovalResult:
-        """The XCom result for a decision; a rejection first applies ``on_reject``.
+        """The XCom result for a decision; a rejection then applies ``on_reject``.
 
-        ``on_reject="fail"`` raises; ``"skip"`` skips the direct downstream tasks and returns the result.
+        ``on_reject="fail"`` pushes the result (who rejected, the ``reject_option``, the comment)
+        and fails the task without retry; ``"skip"`` skips the direct downstream tasks and returns
+        the result.
         """
-        if not event["approved"]:
-            who = (event.get("responded_by_user") or {}).get("name") or "the on_timeout policy"
-            reason = f" ({event['reject_option']})" if event.get("reject_option") else ""
-            message = (
-                f"Approval request {event['call_id']} was rejected by {who}{reason}: {event.get('comment')}"
-            )
-            if self.on_reject == "fail":
-                self.notify_rejection(context, dict(event))
-                raise AirflowFailException(message)
-            self.log.info("%s. Skipping the downstream tasks.", message)
         sent_context = None
         if event.get("context") is None and (call is None or call.spec.kwargs.get("context") is None):
             sent_context = self.sent_context(context)
@@ -738,15 +745,22 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             timed_out=timed_out,
             sent_context=sent_context,
         )
-        if not event["approved"]:
-            self.notify_rejection(context, result)
-            downstream = [
-                t for t in context["task"].get_direct_relatives(upstream=False) if not t.is_teardown
-            ]
-            if downstream:
-                # skip() ends the task by raising DownstreamTasksSkipped: push the result first.
-                context["ti"].xcom_push(key="return_value", value=result)
-                self.skip(ti=context["ti"], tasks=downstream)
+        if event["approved"]:
+            return result
+        who = (event.get("responded_by_user") or {}).get("name") or "the on_timeout policy"
+        reason = f" ({event['reject_option']})" if event.get("reject_option") else ""
+        message = f"Approval request {event['call_id']} was rejected by {who}{reason}: {event.get('comment')}"
+        self.notify_rejection(context, result)
+        downstream = [t for t in context["task"].get_direct_relatives(upstream=False) if not t.is_teardown]
+        if self.on_reject == "fail" or downstream:
+            # Failing, and skip() (it raises DownstreamTasksSkipped), end the task: push the
+            # result first, so the rejection and its reason stay readable in XCom.
+            context["ti"].xcom_push(key="return_value", value=result)
+        if self.on_reject == "fail":
+            raise AirflowFailException(message)
+        self.log.info("%s. Skipping the downstream tasks.", message)
+        if downstream:
+            self.skip(ti=context["ti"], tasks=downstream)
         return result
 
     def notify_rejection(self, context: Context, approval: Mapping[str, Any]) -> None:

@@ -202,7 +202,7 @@ def _build_stage(spec: WorkflowSpec, stage: Stage, wiring: _Wiring, dag: DAG) ->
 
 
 def _build_gate(spec: WorkflowSpec, stage: Stage, wiring: _Wiring, dag: DAG) -> BaseOperator:
-    from airflow_provider_hlml.sensors.approval import HumanApprovalSensor
+    from airflow_provider_hlml.sensors.approval import MODEL_REJECT_OPTIONS, HumanApprovalSensor
 
     subject, body = _gate_text(spec, stage, wiring)
     extra: dict[str, Any] = {}
@@ -218,6 +218,7 @@ def _build_gate(spec: WorkflowSpec, stage: Stage, wiring: _Wiring, dag: DAG) -> 
         urgency=stage.urgency,
         approvers=list(stage.approvers or spec.default_approvers) or None,
         approval_rules=stage.approval_rules,
+        reject_options=MODEL_REJECT_OPTIONS if isinstance(stage, DeploymentStage) else None,
         forbid=stage.forbid,
         allow_self_approval=spec.allow_self_approval,
         response_timeout=stage.response_timeout,

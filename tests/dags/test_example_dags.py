@@ -77,7 +77,9 @@ def xcom_value(dag_run: Any, task_id: str) -> Any:
 
 
 @contextmanager
-def reviewer(service: Any, dag_id: str, count: int, approved: bool = True) -> Iterator[list[Any]]:
+def reviewer(
+    service: Any, dag_id: str, count: int, approved: bool = True, reject_option: str | None = None
+) -> Iterator[list[Any]]:
     """Decide ``count`` requests of ``dag_id`` as alice in a background thread while the block runs."""
     answered: list[Any] = []
     errors: list[BaseException] = []
@@ -95,6 +97,7 @@ def reviewer(service: Any, dag_id: str, count: int, approved: bool = True) -> It
                     poll_interval=POLL,
                     approved=approved,
                     comment="Looks good" if approved else "Not in production, please",
+                    reject_option=reject_option,
                     stop=stop,
                 )
             )
@@ -173,6 +176,37 @@ class TestChurnPipeline:
         assert set(run.data.metrics) == {"accuracy", "latency_ms", "predicted_churn_rate"}
         assert 0.8 <= run.data.metrics["accuracy"] <= 1.0
         assert run.data.tags["hlml.model_version"] == str(version.version)
+
+    def test_a_rejection_with_a_reason_stops_before_promotion(
+        self, example_env: Path, approvals_service: Any, mlflow_server: Any
+    ) -> None:
+        from mlflow.tracking import MlflowClient
+
+        dag = load_dag("churn_pipeline")
+        gate = dag.get_task("approve_promotion")
+        assert [o["name"] for o in gate.reject_options] == ["needs_retraining", "data_issue", "not_now"]
+        client = MlflowClient(tracking_uri=mlflow_server.url)
+
+        def holder() -> str | None:
+            versions = client.search_model_versions("name='churn_predictor'")
+            return next((str(v.version) for v in versions if "champion" in (v.aliases or [])), None)
+
+        before = {str(v.version) for v in client.search_model_versions("name='churn_predictor'")}
+        champion_before = holder()
+        with reviewer(
+            approvals_service, "churn_pipeline", count=1, approved=False, reject_option="needs_retraining"
+        ):
+            dag_run = run_dag(dag)
+        states = task_states(dag_run)
+        assert states["approve_promotion"] == "failed"
+        assert states["promote_model"] == "upstream_failed"
+        decision = xcom_value(dag_run, "approve_promotion")
+        assert decision["approved"] is False
+        assert decision["reject_option"] == "needs_retraining"
+        assert decision["chosen_options"] == ["Reject"]
+        after = {str(v.version) for v in client.search_model_versions("name='churn_predictor'")}
+        assert after - before  # the candidate was registered by training ...
+        assert holder() == champion_before  # ... and not promoted
 
 
 class TestChurnPipelineFromSpec:

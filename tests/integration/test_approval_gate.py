@@ -255,6 +255,13 @@ class TestHumanApprovalSensorEndToEnd:
         reviewer.join()
         assert task_states(dag_run) == {"gate": "failed", "after": "upstream_failed"}
         assert len(calls_for_dag(service, dag_id)) == 1  # AirflowFailException: no retry asked again
+        # The failed gate still records who rejected and why.
+        result = xcom_value(dag_run, "gate")
+        assert (result["approved"], result["reject_option"], result["comment"]) == (
+            False,
+            "not_now",
+            "metrics regressed",
+        )
 
     def test_reject_skip_skips_downstream(self, gate_env: Any) -> None:
         service = gate_env

@@ -204,7 +204,12 @@ class TestDecisions:
                 f"/hlml/api/approvals/{call_id}/decision",
                 json={"approved": False, "comment": "needs more data", "reject_option": "retrain"},
             )
+            detail = client.get(f"/hlml/api/approvals/{call_id}").json()
+            page = client.get("/hlml/approvals", params={"status": "rejected"})
         assert ok.status_code == 200
+        # The reason is shown by its title.
+        assert (detail["reject_option_name"], detail["reject_option_title"]) == ("retrain", "Retrain")
+        assert '<strong class="reject-reason" data-option="retrain">Retrain</strong>' in page.text
         status = server.get_call(call_id)["status"]
         assert status["approved"] is False
         assert status["reject_option_name"] == "retrain"
@@ -339,6 +344,40 @@ class TestPages:
             experiments = client.get("/hlml/api/experiments").json()
         assert experiments["backends"]["mlflow_ok"] is False
         assert "unreachable" in experiments["backends"]["mlflow_message"]
+
+    def test_the_reviewers_card_in_the_json_and_on_the_page_with_mlflow_down(
+        self, server: DashboardServer
+    ) -> None:
+        call_id = _pending(server, approvers=["approver"], context=VALIDATION_CONTEXT)
+        with server.client("approver") as client:
+            listed = client.get("/hlml/api/approvals", params={"status": "pending"}).json()
+            detail = client.get(f"/hlml/api/approvals/{call_id}").json()
+            page = client.get("/hlml/approvals", params={"status": "pending"})
+        item = next(i for i in listed["items"] if i["call_id"] == call_id)
+        assert item["body_html"] == "<p>Candidate beats the champion on accuracy.</p>\n"
+        assert [(m["name"], m["delta_text"], m["better"], m["passed"]) for m in item["metrics"]] == [
+            ("accuracy", "+0.025 (+2.8%)", True, True),
+            ("f1_score", "-0.03 (-4.1%)", False, False),
+        ]
+        assert item["model"] == {
+            "model_name": "churn-model",
+            "model_version": "3",
+            "mlflow_run_id": "0123456789abcdef",
+        }
+        # MLflow is down: its links are labels without a URL, the Airflow ones are there.
+        links = {lk["kind"]: lk["url"] for lk in item["links"]}
+        assert links == {
+            "mlflow_run": None,
+            "model_version": None,
+            "airflow_task": f"/dags/{DAG_ID}/runs/manual__1/tasks/approve",
+            "airflow_dag_run": f"/dags/{DAG_ID}/runs/manual__1",
+        }
+        assert {k: detail[k] for k in ("body_html", "metrics", "links", "no_champion")} == {
+            k: item[k] for k in ("body_html", "metrics", "links", "no_champion")
+        }
+        assert page.status_code == 200
+        assert '<td class="num delta better" title="higher is better">+0.025 (+2.8%)</td>' in page.text
+        assert '<li data-kind="mlflow_run"><span class="card-link">MLflow run</span></li>' in page.text
 
     def test_approvals_filters(self, server: DashboardServer) -> None:
         call_id = _pending(server, approvers=["approver"], subject="Unique subject for filter")

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -56,6 +57,8 @@ REPO_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 DAG_ID = "hlml_dashboard_browser"
 #: Stands in DAG_FILE for the MLflow run of the candidate (model_promotion gates look its authors up).
 CANDIDATE_RUN = "__CANDIDATE_MLFLOW_RUN_ID__"
+#: Stands in DAG_FILE for the MLflow run the validation logged to.
+VALIDATION_RUN = "__VALIDATION_MLFLOW_RUN_ID__"
 GATE_TASK = "approve_model"
 DAG_FILE = textwrap.dedent(
     f'''
@@ -69,15 +72,19 @@ DAG_FILE = textwrap.dedent(
         gate = HumanApprovalSensor(
             task_id="{GATE_TASK}",
             subject="Promote churn-model v3 to @champion",
-            body="The candidate beats the champion on accuracy and passes every threshold.",
+            body="The candidate `churn-model` v3 beats the **champion** on accuracy and passes every threshold.",
             context={{
                 "model_name": "churn-model",
                 "model_version": "3",
                 "mlflow_run_id": "{CANDIDATE_RUN}",
+                "model_uri": "models:/churn-model/3",
+                "validation_run_id": "{VALIDATION_RUN}",
+                "champion_version": "2",
                 "passed": True,
                 "metrics": {{
-                    "accuracy": {{"candidate": 0.912, "champion": 0.887, "threshold": 0.8, "passed": True, "reason": None}},
-                    "f1_score": {{"candidate": 0.744, "champion": 0.731, "threshold": 0.7, "passed": True, "reason": None}},
+                    "accuracy": {{"candidate": 0.912, "champion": 0.887, "threshold": {{"threshold": 0.8}}, "passed": True, "reason": "passed"}},
+                    "f1_score": {{"candidate": 0.744, "champion": 0.731, "threshold": {{"threshold": 0.7}}, "passed": True, "reason": "passed"}},
+                    "log_loss": {{"candidate": 0.41, "champion": 0.39, "threshold": {{"threshold": 0.5, "greater_is_better": False}}, "passed": True, "reason": "passed"}},
                 }},
             }},
             approval_type="model_promotion",
@@ -123,6 +130,56 @@ QUORUM_DAG_FILE = textwrap.dedent(
 )
 
 
+# A first version of a model (nothing holds @champion yet) that a reviewer rejects with one of the
+# reject reasons the example DAGs offer (MODEL_REJECT_OPTIONS of the sensor module: the demo's
+# churn_pipeline gate has the same three). The gate skips on a rejection (on_reject="skip"), so
+# its XCom result, with the reason, is there to read; the demo's gate fails instead.
+FIRST_DAG_ID = "hlml_dashboard_first_model"
+FIRST_MODEL = "fraud-model"
+FIRST_SUBJECT = "Promote fraud-model v1 to @champion"
+FIRST_RUN = "__FIRST_MLFLOW_RUN_ID__"
+REJECT_OPTIONS = [
+    {"name": "needs_retraining", "title": "Needs retraining"},
+    {"name": "data_issue", "title": "Data issue"},
+    {"name": "not_now", "title": "Not now"},
+]
+FIRST_DAG_FILE = textwrap.dedent(
+    f'''
+    import pendulum
+    from airflow.sdk import DAG
+    from airflow.providers.standard.operators.empty import EmptyOperator
+
+    from airflow_provider_hlml.sensors.approval import HumanApprovalSensor
+
+    with DAG("{FIRST_DAG_ID}", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False):
+        gate = HumanApprovalSensor(
+            task_id="{GATE_TASK}",
+            subject="{FIRST_SUBJECT}",
+            body="The first `{FIRST_MODEL}`: there is no champion to compare with.",
+            context={{
+                "model_name": "{FIRST_MODEL}",
+                "model_version": "1",
+                "mlflow_run_id": "{FIRST_RUN}",
+                "champion_version": None,
+                "passed": True,
+                "metrics": {{
+                    "accuracy": {{"candidate": 0.83, "champion": None, "threshold": {{"threshold": 0.8}}, "passed": True, "reason": "passed"}},
+                }},
+            }},
+            approval_type="model_promotion",
+            urgency="high",
+            approvers=["approver"],
+            reject_options={REJECT_OPTIONS!r},
+            on_reject="skip",
+            response_timeout=900,
+            deferrable=True,
+            poll_interval=1,
+        )
+        gate >> EmptyOperator(task_id="promote")
+    '''
+)
+
+
 def _seed_quorum_group(approvals_db: str) -> None:
     """The approvals-service group the quorum gate names, with the two dashboard users as members."""
     from airflow_provider_hlml.approvals import db, store
@@ -143,20 +200,34 @@ class BrowserStack:
     stack: AirflowStack
     keys: ApprovalKeys
     passwords: dict[str, str]
+    mlflow_url: str
+    mlflow: SeededMLflow
 
     @property
     def approvals_url(self) -> str:
         return self.stack.api_url + APPROVALS_PATH
 
 
-def _seed_mlflow(url: str) -> str:
-    """Three versions of churn-model, v2 the champion; returns the MLflow run of v3 (the candidate)."""
+@dataclass
+class SeededMLflow:
+    """What _seed_mlflow created: MLflow run ids by name, and the experiments."""
+
+    runs: dict[str, str]
+    experiment_id: str
+    validation_experiment_id: str
+
+
+def _seed_mlflow(url: str) -> SeededMLflow:
+    """Three versions of churn-model (runs train-1..3, v2 the champion, v3 the candidate) with
+    the validation run of v3, and a first fraud-model version (run fraud-train-1, no champion)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=url)
-    exp_id = client.create_experiment(f"churn-prediction-{uuid.uuid4().hex[:6]}")
+    suffix = uuid.uuid4().hex[:6]
+    exp_id = client.create_experiment(f"churn-prediction-{suffix}")
     model = "churn-model"
     client.create_registered_model(model)
+    runs: dict[str, str] = {}
     for i, (acc, f1) in enumerate([(0.861, 0.69), (0.887, 0.731), (0.912, 0.744)], start=1):
         run = client.create_run(exp_id, run_name=f"train-{i}")
         client.log_metric(run.info.run_id, "accuracy", acc)
@@ -164,10 +235,20 @@ def _seed_mlflow(url: str) -> str:
         client.log_param(run.info.run_id, "n_estimators", str(50 * i))
         client.set_terminated(run.info.run_id)
         client.create_model_version(model, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+        runs[f"train-{i}"] = run.info.run_id
     client.set_registered_model_alias(model, "champion", "2")
     client.set_model_version_tag(model, "2", "hlml.approval.approved_by", "approver")
     client.set_model_version_tag(model, "2", "hlml.approval.call_id", "seed-approval")
-    return str(run.info.run_id)
+    validation_exp = client.create_experiment(f"churn-validation-{suffix}")
+    validation = client.create_run(validation_exp, run_name="validate-3")
+    client.set_terminated(validation.info.run_id)
+    runs["validate-3"] = validation.info.run_id
+    client.create_registered_model(FIRST_MODEL)
+    fraud = client.create_run(exp_id, run_name="fraud-train-1")
+    client.set_terminated(fraud.info.run_id)
+    client.create_model_version(FIRST_MODEL, f"runs:/{fraud.info.run_id}/model", run_id=fraud.info.run_id)
+    runs["fraud-train-1"] = fraud.info.run_id
+    return SeededMLflow(runs=runs, experiment_id=exp_id, validation_experiment_id=validation_exp)
 
 
 def _seed_history(env: BrowserStack) -> None:
@@ -222,7 +303,7 @@ def browser_stack(metadata_databases: MetadataDatabases, mlflow_server: Any) -> 
     approvals_db = f"sqlite:///{workdir / 'hlml_approvals.db'}"
     keys = make_approval_keys(approvals_db)
     _seed_quorum_group(approvals_db)
-    candidate_run = _seed_mlflow(mlflow_server.url)
+    seeded = _seed_mlflow(mlflow_server.url)
     users = {**USERS, REVIEWER_USER: "op", **dict.fromkeys(QUORUM_USERS, "user")}
     # The gates reach the approvals service mounted in the API server, as the embedded default does.
     stack = start_airflow_stack(
@@ -241,11 +322,20 @@ def browser_stack(metadata_databases: MetadataDatabases, mlflow_server: Any) -> 
         include_examples=False,
     )
     try:
-        (stack.dags_folder / "dashboard_gate.py").write_text(DAG_FILE.replace(CANDIDATE_RUN, candidate_run))
+        (stack.dags_folder / "dashboard_gate.py").write_text(
+            DAG_FILE.replace(CANDIDATE_RUN, seeded.runs["train-3"]).replace(
+                VALIDATION_RUN, seeded.runs["validate-3"]
+            )
+        )
         (stack.dags_folder / "dashboard_quorum.py").write_text(QUORUM_DAG_FILE)
+        (stack.dags_folder / "dashboard_first_model.py").write_text(
+            FIRST_DAG_FILE.replace(FIRST_RUN, seeded.runs["fraud-train-1"])
+        )
         # SimpleAuthManager adds the users the stack did not know, with generated passwords.
         passwords = json.loads((stack.home / PASSWORDS_FILE).read_text())
-        env = BrowserStack(stack=stack, keys=keys, passwords=passwords)
+        env = BrowserStack(
+            stack=stack, keys=keys, passwords=passwords, mlflow_url=mlflow_server.url, mlflow=seeded
+        )
         _seed_history(env)
         yield env
     finally:
@@ -296,8 +386,10 @@ def test_approve_a_real_gate_from_the_airflow_navigation(browser_stack: BrowserS
             expect(pending).to_have_count(1)
             card = frame.locator(f"article[data-call-id='{pending.get_attribute('data-call-id')}']")
             expect(card.locator("table.validation")).to_contain_text("f1_score")
+            _assert_the_reviewers_card(card, browser_stack, run_id)
             shots["approvals"] = tmp_path / "dashboard-approvals.png"
             page.screenshot(path=str(shots["approvals"]))
+            _assert_mlflow_pages_show_the_runs(browser, card, browser_stack)
 
             card.locator("textarea[name='comment']").fill("Metrics hold up; promote.")
             # The page reloads itself 1.2 s after a decision, and the gate may finish sooner: wait
@@ -341,6 +433,89 @@ def test_approve_a_real_gate_from_the_airflow_navigation(browser_stack: BrowserS
         if os.environ.get("HLML_UPDATE_SCREENSHOTS") == "1":
             REPO_IMAGES.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, REPO_IMAGES / path.name)
+
+
+def _href(card: Any, kind: str) -> str:
+    href = card.locator(f"li[data-kind='{kind}'] a").get_attribute("href")
+    assert href, kind
+    return str(href)
+
+
+def _mlflow_get(env: BrowserStack, path: str, **params: str) -> dict[str, Any]:
+    resp = httpx.get(f"{env.mlflow_url}/api/2.0/mlflow/{path}", params=params, timeout=30)
+    assert resp.status_code == 200, (path, params, resp.text[:300])
+    return dict(resp.json())
+
+
+def _assert_the_reviewers_card(card: Any, env: BrowserStack, dag_run_id: str) -> None:
+    """The card of the candidate: Markdown body, the difference to the champion, and links into
+    MLflow (the test server) and Airflow whose targets exist."""
+    from playwright.sync_api import expect
+
+    # The Markdown body, rendered.
+    expect(card.locator(".body.markdown code")).to_have_text("churn-model")
+    expect(card.locator(".body.markdown strong")).to_have_text("champion")
+    # The difference to the champion, in each metric's direction.
+    for metric, text, verdict in [
+        ("accuracy", "+0.025 (+2.8%)", "better"),
+        ("f1_score", "+0.013 (+1.8%)", "better"),
+        ("log_loss", "+0.02 (+5.1%)", "worse"),  # lower is better
+    ]:
+        cell = card.locator(f"tr[data-metric='{metric}'] td.delta")
+        expect(cell).to_have_text(text)
+        expect(cell).to_have_class(f"num delta {verdict}")
+    expect(card.locator("tr[data-metric='log_loss'] td.rule")).to_have_text("<= 0.5")
+    expect(card.locator(".no-champion")).to_have_count(0)
+
+    # Every MLflow link points at the test server, at things that exist there.
+    mlflow = f"{env.mlflow_url}/#/"
+    runs = env.mlflow.runs
+    run_link = _href(card, "mlflow_run")
+    assert run_link == f"{mlflow}experiments/{env.mlflow.experiment_id}/runs/{runs['train-3']}"
+    run = _mlflow_get(env, "runs/get", run_id=run_link.rsplit("/runs/", 1)[1])["run"]
+    assert run["info"]["run_name"] == "train-3"
+    assert run["info"]["experiment_id"] == env.mlflow.experiment_id
+    validation_link = _href(card, "validation_run")
+    assert validation_link == (
+        f"{mlflow}experiments/{env.mlflow.validation_experiment_id}/runs/{runs['validate-3']}"
+    )
+    validation = _mlflow_get(env, "runs/get", run_id=validation_link.rsplit("/runs/", 1)[1])["run"]
+    assert validation["info"]["experiment_id"] == env.mlflow.validation_experiment_id
+    for kind, version, run_name in [("model_version", "3", "train-3"), ("champion_version", "2", "train-2")]:
+        link = _href(card, kind)
+        assert link == f"{mlflow}models/churn-model/versions/{version}", kind
+        name, number = link.split("#/models/", 1)[1].split("/versions/")
+        found = _mlflow_get(env, "model-versions/get", name=name, version=number)["model_version"]
+        assert found["run_id"] == runs[run_name], kind
+    champion = _mlflow_get(env, "registered-models/alias", name="churn-model", alias="champion")
+    assert champion["model_version"]["version"] == "2"
+    compare = _href(card, "compare")
+    query = parse_qs(urlsplit(compare.split("#", 1)[1]).query)
+    assert json.loads(query["runs"][0]) == [runs["train-3"], runs["train-2"]]
+    assert json.loads(query["experiments"][0]) == [env.mlflow.experiment_id]
+    # Airflow links: the task instance and the DAG run, built from the gate's ids.
+    assert _href(card, "airflow_task").endswith(
+        f"/dags/{DAG_ID}/runs/{quote(dag_run_id, safe='')}/tasks/{GATE_TASK}"
+    )
+    assert _href(card, "airflow_dag_run").endswith(f"/dags/{DAG_ID}/runs/{quote(dag_run_id, safe='')}")
+
+
+def _assert_mlflow_pages_show_the_runs(browser: Any, card: Any, env: BrowserStack) -> None:
+    """The MLflow UI opens the card's run and comparison links on the right runs."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1360, "height": 860})
+    try:
+        page.set_default_timeout(90_000)
+        page.goto(_href(card, "mlflow_run"))
+        expect(page.get_by_text("train-3").first).to_be_visible()
+        page.goto(_href(card, "compare"))
+        expect(page.get_by_text("train-2").first).to_be_visible()
+        expect(page.get_by_text("train-3").first).to_be_visible()
+        page.goto(_href(card, "champion_version"))
+        expect(page.get_by_text("Version 2").first).to_be_visible()
+    finally:
+        page.close()
 
 
 def _sign_in(page: Any, base_url: str, user: str, password: str) -> None:
@@ -449,3 +624,72 @@ def test_two_reviewers_meet_a_quorum_rule_one_after_the_other(browser_stack: Bro
         (second, "Reviewers"),
     ]
     assert _pending_quorum_calls(browser_stack) == []
+
+
+def test_first_version_rejected_with_a_reject_reason(browser_stack: BrowserStack) -> None:
+    """A first model version has no champion; the reviewer rejects it with a reason, which the gate
+    returns as its result's ``reject_option`` and the dashboard shows by its title."""
+    from playwright.sync_api import expect, sync_playwright
+
+    stack = browser_stack.stack
+    stack.api.wait_for_dag(FIRST_DAG_ID, timeout=180)
+    stack.api.unpause(FIRST_DAG_ID)
+    run_id = stack.api.trigger(FIRST_DAG_ID)
+    stack.api.wait_for_task_state(FIRST_DAG_ID, run_id, GATE_TASK, "deferred", timeout=240)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1360, "height": 860})
+            page.set_default_timeout(60_000)
+            _sign_in(page, stack.api_url, "approver", browser_stack.passwords["approver"])
+            page.goto(f"{stack.api_url}/hlml/approvals?status=pending")
+            listed = page.locator("article[data-status='pending']").filter(has_text=FIRST_SUBJECT)
+            expect(listed).to_have_count(1, timeout=60_000)
+            call_id = listed.get_attribute("data-call-id")
+            card = page.locator(f"article[data-call-id='{call_id}']")
+            expect(card.locator(".no-champion")).to_have_text(
+                "No champion yet: this would be the first version under @champion."
+            )
+            expect(card.locator(".body.markdown code")).to_have_text(FIRST_MODEL)
+            expect(card.locator("tr[data-metric='accuracy'] td.champion")).to_have_text("-")
+            expect(card.locator("tr[data-metric='accuracy'] td.delta")).to_have_text("-")
+            expect(card.locator("li[data-kind='champion_version']")).to_have_count(0)
+            expect(card.locator("li[data-kind='compare']")).to_have_count(0)
+            # The candidate's version and run exist in MLflow: linked.
+            version_link = _href(card, "model_version")
+            assert version_link == f"{browser_stack.mlflow_url}/#/models/{FIRST_MODEL}/versions/1"
+            run_link = _href(card, "mlflow_run")
+            assert run_link.endswith(f"/runs/{browser_stack.mlflow.runs['fraud-train-1']}")
+            assert run_link.startswith(f"{browser_stack.mlflow_url}/#/experiments/")
+
+            # The reasons offered are the example DAGs' reject options, by title.
+            options = card.locator("select[name='reject_option'] option")
+            expect(options).to_have_text(["reject reason…", *(o["title"] for o in REJECT_OPTIONS)])
+            card.locator("select[name='reject_option']").select_option(label="Needs retraining")
+            card.locator("textarea[name='comment']").fill("Accuracy is too close to the threshold.")
+            with page.expect_navigation(timeout=30_000):
+                card.locator("button.reject").click()
+                expect(card.locator(".result")).to_have_text("Rejected as approver.", timeout=30_000)
+
+            finished = stack.api.wait_for_run(FIRST_DAG_ID, run_id, timeout=240)
+            assert finished["state"] == "success"
+            assert stack.api.task_states(FIRST_DAG_ID, run_id) == {GATE_TASK: "success", "promote": "skipped"}
+            result = stack.api.xcom(FIRST_DAG_ID, run_id, GATE_TASK)
+            assert result["approved"] is False
+            assert result["reject_option"] == "needs_retraining"
+            assert result["comment"] == "Accuracy is too close to the threshold."
+            assert result["responded_by_user"]["name"] == "approver"
+
+            # The decided card and the recent activity name the reason by its title.
+            page.goto(f"{stack.api_url}/hlml/approvals?status=rejected")
+            decided = page.locator(f"article[data-call-id='{call_id}']")
+            expect(decided).to_have_attribute("data-status", "rejected")
+            expect(decided.locator(".reject-reason")).to_have_text("Needs retraining")
+            expect(decided.locator(".reject-reason")).to_have_attribute("data-option", "needs_retraining")
+            page.goto(f"{stack.api_url}/hlml/")
+            expect(page.locator(".activity")).to_contain_text(
+                f"Rejected by approver (Needs retraining): {FIRST_SUBJECT}"
+            )
+        finally:
+            browser.close()

@@ -202,13 +202,13 @@ BAD_LINKS = [
 class TestLinkRule:
     @pytest.mark.parametrize("url", GOOD_LINKS)
     def test_allowed(self, url: str) -> None:
-        from airflow_provider_hlml.plugins.links import safe_link
+        from airflow_provider_hlml.review.links import safe_link
 
         assert safe_link(url) == url
 
     @pytest.mark.parametrize("url", BAD_LINKS, ids=lambda v: repr(v)[:40])
     def test_refused(self, url: Any) -> None:
-        from airflow_provider_hlml.plugins.links import safe_link
+        from airflow_provider_hlml.review.links import safe_link
 
         assert safe_link(url) is None
 

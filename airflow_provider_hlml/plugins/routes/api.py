@@ -61,6 +61,7 @@ async def approvals_json(
 async def approval_json(user: CurrentUser, data: Data, call_id: str) -> ApprovalDetail:
     client, item = await gather.load_call(data, user, call_id)
     await data.with_permissions(user, [item])
+    await data.with_cards([item])
     try:
         audit = await client.audit(call_id)
     except (ApprovalsUnavailable, ApprovalsRequestError):

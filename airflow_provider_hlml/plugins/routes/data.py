@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 
-from airflow_provider_hlml.plugins import views
+from airflow_provider_hlml.plugins import card_links, views
 from airflow_provider_hlml.plugins.airflow_data import pipeline_figures, pipeline_runs
 from airflow_provider_hlml.plugins.approvals_client import (
     ApprovalsClient,
@@ -43,6 +43,8 @@ class DashboardData:
     #: Seconds an MLflow read is reused: MLflow data is the same for every user, and several tabs
     #: (and every auto-refresh) read it.
     MLFLOW_CACHE_SECONDS = 10.0
+    #: Seconds a card's MLflow look-ups may take (a page of cards waits for them).
+    LINK_LOOKUP_TIMEOUT = 5.0
 
     def __init__(self, settings: DashboardSettings, embedded_approvals: Any | None = None) -> None:
         self.settings = settings
@@ -50,6 +52,7 @@ class DashboardData:
         self.base_path = airflow_base_path()
         self._mlflow_cache: tuple[float, MLflowTarget, dict[str, Any]] | None = None
         self._mlflow_lock = asyncio.Lock()
+        self.link_lookups = card_links.MLflowLookups()
 
     def _approvals_endpoint(self) -> tuple[str, float] | None:
         """(base URL, timeout) of the ``humanlayer`` connection, read by the hook's parser."""
@@ -143,6 +146,32 @@ class DashboardData:
         """Approvals, pipeline runs and MLflow data at once."""
         return await asyncio.gather(self.visible_approvals(user), self.runs(user), self.mlflow())
 
+    async def links_for(self, calls: list[dict[str, Any]]) -> card_links.DashboardLinks:
+        """The links of the cards of ``calls``: Airflow paths, and MLflow URLs for what MLflow
+        knows of their runs and model versions (none while MLflow is down or not configured)."""
+        links = card_links.DashboardLinks(airflow_base_path=self.base_path)
+        runs, versions = card_links.wanted_lookups(calls)
+        if not runs and not versions:
+            return links
+        try:
+            target = await run_in_threadpool(MLflowTarget.from_connection, self.settings.mlflow_conn_id)
+        except MLflowUnavailable:
+            return links
+        if target is None:
+            return links
+        reader = MLflowReader(target, timeout=min(self.settings.http_timeout, self.LINK_LOOKUP_TIMEOUT))
+        found = await self.link_lookups.resolve(reader, runs, versions)
+        if found is None:
+            return links
+        return card_links.DashboardLinks(airflow_base_path=self.base_path, mlflow=target, lookups=found)
+
+    async def with_cards(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``items`` each with its reviewer's card (:func:`views.attach_card`), links included."""
+        links = await self.links_for([item["call"] for item in items])
+        for item in items:
+            views.attach_card(item, card_links.card_for(item["call"], links))
+        return items
+
     async def with_permissions(self, user: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         identity = Identity.of(user)
         edit_cache: dict[str | None, bool] = {}
@@ -199,6 +228,7 @@ async def approvals(
     items, _metrics, problem = await data.visible_approvals(user)
     selected = filter_items(items, status_filter=status_filter, fn=fn, dag_id=dag_id, q=q)
     await data.with_permissions(user, selected)
+    await data.with_cards(selected)
     return selected, items, problem
 
 

@@ -11,10 +11,10 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from airflow_provider_hlml.plugins import charts
+from airflow_provider_hlml.plugins import charts, views
 from airflow_provider_hlml.plugins.auth import CurrentUser, Identity
-from airflow_provider_hlml.plugins.links import safe_link
 from airflow_provider_hlml.plugins.routes.data import DashboardData
+from airflow_provider_hlml.review.links import safe_link
 
 __all__ = ["CurrentUser", "Data", "Page", "PageRenderer", "templates"]
 
@@ -57,6 +57,7 @@ def templates() -> Environment:
     env.filters["pct"] = lambda v: "-" if v is None else f"{100 * float(v):.0f}%"
     env.filters["duration"] = format_duration
     env.filters["safe_link"] = safe_link
+    env.filters["delta"] = views.format_delta
     return env
 
 

@@ -66,6 +66,38 @@ class AnswerItem(BaseModel):
     rule: str | None = Field(None, description="The rule the approval counts toward")
 
 
+class MetricRowItem(BaseModel):
+    """One metric of the reviewer's card: the candidate against the champion."""
+
+    name: str
+    candidate: float | None = None
+    champion: float | None = None
+    delta: float | None = Field(None, description="candidate - champion")
+    delta_relative: float | None = Field(None, description="delta / |champion|")
+    delta_text: str = Field("-", description='E.g. "+0.012 (+1.4%)"')
+    better: bool | None = Field(
+        None,
+        description="Whether the candidate is better, in the metric's direction (None: equal or no champion)",
+    )
+    greater_is_better: bool = True
+    direction: str = Field("higher is better", description='"higher is better" or "lower is better"')
+    rule: str = Field("", description='The metric\'s rule in words, e.g. ">= 0.85"')
+    passed: bool | None = None
+    reason: str | None = None
+
+
+class CardLinkItem(BaseModel):
+    """A link of the reviewer's card (``url`` None: shown as text, it could not be a safe link)."""
+
+    label: str
+    url: str | None = None
+    kind: str = Field(
+        "",
+        description="mlflow_run, model_version, champion_version, compare, validation_run, "
+        "airflow_task or airflow_dag_run",
+    )
+
+
 class ApprovalItem(BaseModel):
     """One approval request with the caller's right to decide it."""
 
@@ -84,6 +116,7 @@ class ApprovalItem(BaseModel):
     response_seconds: float | None = None
     comment: str | None = None
     reject_option_name: str | None = None
+    reject_option_title: str | None = Field(None, description="The chosen reject reason's title")
     responded_by: str | None = None
     approvers: list[str] = Field(default_factory=list)
     extra_approvers: list[str] = Field(default_factory=list, description="Approvers an escalation added")
@@ -99,6 +132,18 @@ class ApprovalItem(BaseModel):
     ti_url: str | None = None
     can_decide: bool = False
     decide_blocked_reason: str | None = None
+    # The reviewer's card (airflow_provider_hlml.review.card), as the Approvals tab shows it.
+    body_html: str = Field(
+        "", description="The Markdown body rendered and sanitised (safe to insert as HTML)"
+    )
+    model: dict[str, str] = Field(
+        default_factory=dict,
+        description="model_name, model_version, mlflow_run_id, model_uri, validation_run_id, champion_version",
+    )
+    metrics: list[MetricRowItem] = Field(default_factory=list, description="Candidate, champion, difference")
+    has_report: bool = Field(False, description="Whether the context is a validation report")
+    no_champion: bool = Field(False, description="A validation report without a champion (a first version)")
+    links: list[CardLinkItem] = Field(default_factory=list, description="Links into MLflow and Airflow")
 
 
 class ApprovalList(BaseModel):

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+from html.parser import HTMLParser
 from typing import Any
 
 import pytest
@@ -450,30 +452,35 @@ class TestRuleProgress:
         assert kinds.count("approval_approved") == 1
 
 
+def render_approvals(items: list[dict[str, Any]]) -> str:
+    """The Approvals tab with ``items``, rendered as the page route renders it."""
+    from airflow_provider_hlml.plugins.routes.deps import templates
+    from airflow_provider_hlml.plugins.routes.schemas import BackendStatus
+
+    return (
+        templates()
+        .get_template("approvals.html")
+        .render(
+            root="/hlml",
+            tab="approvals",
+            user=Identity(name="bob", email=None, user_id="bob"),
+            refresh_seconds=0,
+            airflow_base="",
+            items=items,
+            filters={"status": "pending", "fn": "", "dag_id": "", "q": ""},
+            fns=[],
+            dag_ids=[],
+            pending_count=len(items),
+            backends=BackendStatus.of(None, None),
+        )
+    )
+
+
 class TestApprovalsPage:
     """The Approvals tab renders rule progress, answers and the reason to the user, escaped."""
 
     def _render(self, items: list[dict[str, Any]]) -> str:
-        from airflow_provider_hlml.plugins.routes.deps import templates
-        from airflow_provider_hlml.plugins.routes.schemas import BackendStatus
-
-        return (
-            templates()
-            .get_template("approvals.html")
-            .render(
-                root="/hlml",
-                tab="approvals",
-                user=Identity(name="bob", email=None, user_id="bob"),
-                refresh_seconds=0,
-                airflow_base="",
-                items=items,
-                filters={"status": "pending", "fn": "", "dag_id": "", "q": ""},
-                fns=[],
-                dag_ids=[],
-                pending_count=len(items),
-                backends=BackendStatus.of(None, None),
-            )
-        )
+        return render_approvals(items)
 
     def test_rule_lines_answers_and_block_reason(self) -> None:
         item = views.normalize_call(_rules_call([_answer("alice", comment="lgtm")]), airflow_base_path="")
@@ -611,3 +618,333 @@ class TestQuorumAgainstTheService:
         assert item["status"] == "approved"
         assert item["approved_by"] == ["alice", "bob"]
         assert item["progress"] == "Leads 2 of 2: alice, bob"
+
+
+# ----------------------------------------------------------------------------- the reviewer's card
+
+REPORT_CONTEXT: dict[str, Any] = {
+    "model_name": "churn_predictor",
+    "model_version": "4",
+    "mlflow_run_id": "run4",
+    "validation_run_id": "runval",
+    "champion_version": "3",
+    "passed": False,
+    "metrics": {
+        "accuracy": {
+            "candidate": 0.912,
+            "champion": 0.9,
+            "threshold": {"threshold": 0.85, "greater_is_better": True},
+            "passed": True,
+            "reason": "passed",
+        },
+        "log_loss": {
+            "candidate": 0.33,
+            "champion": 0.3,
+            "threshold": {"threshold": 0.5, "greater_is_better": False},
+            "passed": True,
+            "reason": "passed",
+        },
+        "latency_ms": {
+            "candidate": 40.0,
+            "champion": 50.0,
+            "threshold": {"threshold": 45, "greater_is_better": False},
+            "passed": True,
+            "reason": "passed",
+        },
+        "recall": {
+            "candidate": 0.7,
+            "champion": 0.7,
+            "threshold": {"threshold": 0.75},
+            "passed": False,
+            "reason": "0.7 < 0.75",
+        },
+    },
+    "dataset_rows": 4000,
+}
+MODEL_REJECT_OPTIONS = [
+    {"name": "needs_retraining", "title": "Needs retraining"},
+    {"name": "data_issue", "title": "Data issue"},
+    {"name": "not_now", "title": "Not now"},
+]
+
+
+def _card_item(
+    context: dict[str, Any],
+    *,
+    body: str = "A body.",
+    status: dict[str, Any] | None = None,
+    links: Any = None,
+) -> dict[str, Any]:
+    """A normalized request with its reviewer's card, as the Approvals tab gets it (by default
+    with the links of a dashboard whose MLflow confirmed nothing: Airflow links only)."""
+    from airflow_provider_hlml.plugins.card_links import DashboardLinks, card_for
+
+    links = links if links is not None else DashboardLinks("/af")
+
+    call = _call(status)
+    call["spec"]["kwargs"].update(body=body, context=context)
+    call["spec"]["reject_options"] = MODEL_REJECT_OPTIONS
+    item = views.normalize_call(call, airflow_base_path="/af")
+    views.attach_card(item, card_for(call, links))
+    item["can_decide"] = item["status"] == "pending"
+    item["decide_blocked_reason"] = None
+    return item
+
+
+def _article(html: str, call_id: str = "c1") -> str:
+    start = html.index(f'data-call-id="{call_id}"')
+    return html[start : html.index("</article>", start)]
+
+
+class _Tags(HTMLParser):
+    """Every start tag of a page with its attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def _tags(html: str) -> list[tuple[str, dict[str, str | None]]]:
+    parser = _Tags()
+    parser.feed(html)
+    return parser.tags
+
+
+class TestReviewerCardPage:
+    """The Approvals tab lays out the reviewer's card: Markdown body, model, links, metrics."""
+
+    def test_markdown_body_is_rendered(self) -> None:
+        item = _card_item(
+            REPORT_CONTEXT, body="Promote `churn_predictor` v4: **better** on accuracy.\n\n- one\n- two"
+        )
+        card = _article(render_approvals([item]))
+        assert (
+            '<div class="body markdown"><p>Promote <code>churn_predictor</code> v4: '
+            "<strong>better</strong> on accuracy.</p>" in card
+        )
+        assert "<li>one</li>" in card
+        assert item["body_html"].startswith("<p>Promote <code>churn_predictor</code>")
+
+    def test_hostile_markdown_and_html_in_the_body_are_inert(self) -> None:
+        body = (
+            "<script>alert('x')</script>\n\n"
+            "[click me](javascript:alert(document.cookie)) [data](data:text/html,<b>x</b>)\n\n"
+            "<img src=x onerror=alert(1)> ![pic](https://example.com/p.png)\n\n"
+            '<a href="javascript:alert(2)" onclick="alert(3)">raw</a>\n\n'
+            "[fine](https://example.com/docs)"
+        )
+        html = render_approvals([_card_item(REPORT_CONTEXT, body=body)])
+        card = _article(html)
+        tags = _tags(card)
+        assert not [t for t, _ in tags if t in ("script", "img", "iframe", "object", "svg")]
+        assert not [(t, a) for t, a in tags if any(name.startswith("on") for name in a)]
+        hrefs = [a.get("href") for t, a in tags if t == "a"]
+        assert all(h and h.startswith(("https://", "/", "http://")) for h in hrefs), hrefs
+        assert "https://example.com/docs" in hrefs
+        assert '<a href="https://example.com/docs" rel="noopener noreferrer nofollow">fine</a>' in card
+        # The hostile markup is shown as text.
+        assert "&lt;script&gt;" in card
+        assert "&lt;img src=x onerror=alert(1)&gt;" in card
+        # The page's only script is the dashboard's own.
+        assert [a.get("src") for t, a in _tags(html) if t == "script"] == ["/hlml/static/dashboard.js"]
+
+    def test_hostile_values_outside_the_body_are_escaped(self) -> None:
+        context = {
+            **REPORT_CONTEXT,
+            "model_name": "<img src=x onerror=alert(1)>",
+            "metrics": {"<b>acc</b>": {"candidate": 0.9, "champion": 0.8, "passed": True}},
+        }
+        card = _article(render_approvals([_card_item(context, body="**ok**")]))
+        assert "<img" not in card
+        assert "<b>acc</b>" not in card
+        assert "&lt;b&gt;acc&lt;/b&gt;" in card
+        assert "&lt;img src=x onerror=alert(1)&gt;" in card
+
+    def test_only_the_card_body_is_marked_safe_in_the_templates(self) -> None:
+        from airflow_provider_hlml.plugins.routes.deps import TEMPLATES_DIR
+
+        marked = {
+            path.name: re.findall(r"\{\{[^}]*\|\s*safe\b[^}]*\}\}", path.read_text())
+            for path in TEMPLATES_DIR.glob("*.html")
+        }
+        assert {name: found for name, found in marked.items() if found} == {
+            "approvals.html": ["{{ c.body_html|safe }}"]
+        }
+
+    def test_metrics_against_the_champion_with_the_difference(self) -> None:
+        item = _card_item(REPORT_CONTEXT)
+        card = _article(render_approvals([item]))
+        delta_cells = r'data-metric="([^"]+)">.*?<td class="num (delta [a-z]+)"[^>]*>([^<]*)</td>'
+        rows = {name: (cls, text) for name, cls, text in re.findall(delta_cells, card, re.S)}
+        assert rows == {
+            "accuracy": ("delta better", "+0.012 (+1.3%)"),
+            # Lower is better: a higher candidate is worse, a lower one better.
+            "log_loss": ("delta worse", "+0.03 (+10.0%)"),
+            "latency_ms": ("delta better", "-10 (-20.0%)"),
+            "recall": ("delta same", "+0 (+0.0%)"),
+        }
+        assert '<td class="rule">&lt;= 0.5</td>' in card
+        assert '<td class="rule">&gt;= 0.85</td>' in card
+        assert '<div class="muted reason">0.7 &lt; 0.75</div>' in card
+        assert '<tr class="fail" data-metric="recall">' in card
+        assert "<th>Candidate</th><th>Champion</th><th>Difference</th><th>Rule</th><th>Result</th>" in card
+        assert 'Validation report <span class="pill rejected">failed</span>' in card
+        # The rest of the context stays in the generic table; the report is not shown twice.
+        assert "<tr><th>dataset_rows</th><td>4000</td></tr>" in card
+        assert card.count("data-metric=") == 4
+        assert "No champion yet" not in card
+        assert [(m["name"], m["delta_text"], m["better"]) for m in item["metrics"]] == [
+            ("accuracy", "+0.012 (+1.3%)", True),
+            ("log_loss", "+0.03 (+10.0%)", False),
+            ("latency_ms", "-10 (-20.0%)", True),
+            ("recall", "+0 (+0.0%)", None),
+        ]
+
+    def test_first_version_says_there_is_no_champion_yet(self) -> None:
+        context = {
+            **REPORT_CONTEXT,
+            "champion_version": None,
+            "passed": True,
+            "metrics": {
+                "accuracy": {
+                    "candidate": 0.91,
+                    "champion": None,
+                    "threshold": {"threshold": 0.85},
+                    "passed": True,
+                    "reason": "no champion",
+                }
+            },
+        }
+        item = _card_item(context)
+        card = _article(render_approvals([item]))
+        assert (
+            '<p class="no-champion">No champion yet: this would be the first version under '
+            "<code>@champion</code>.</p>" in card
+        )
+        assert '<td class="num delta none" title="higher is better">-</td>' in card
+        assert '<td class="num champion">-</td>' in card
+        assert item["no_champion"] is True
+        assert 'data-kind="champion_version"' not in card
+
+    def test_model_summary_and_links(self) -> None:
+        from airflow_provider_hlml.plugins.card_links import DashboardLinks, Lookups
+        from airflow_provider_hlml.plugins.mlflow_client import MLflowTarget
+
+        links = DashboardLinks(
+            "/af",
+            MLflowTarget(tracking_uri="http://t", ui_url="http://mlflow.example"),
+            Lookups(
+                experiments={"run4": "2", "run3": "2", "runval": "5"},
+                versions={("churn_predictor", "4"): "run4", ("churn_predictor", "3"): "run3"},
+            ),
+        )
+        card = _article(render_approvals([_card_item(REPORT_CONTEXT, links=links)]))
+        anchor = r'<li data-kind="([a-z_]+)"><a href="([^"]+)" target="([^"]+)"'
+        anchors = {
+            kind: (href.replace("&amp;", "&"), target) for kind, href, target in re.findall(anchor, card)
+        }
+        assert {kind: href for kind, (href, _target) in anchors.items()} == {
+            "mlflow_run": "http://mlflow.example/#/experiments/2/runs/run4",
+            "model_version": "http://mlflow.example/#/models/churn_predictor/versions/4",
+            "champion_version": "http://mlflow.example/#/models/churn_predictor/versions/3",
+            "compare": "http://mlflow.example/#/compare-runs?runs=%5B%22run4%22%2C%20%22run3%22%5D"
+            "&experiments=%5B%222%22%5D",
+            "validation_run": "http://mlflow.example/#/experiments/5/runs/runval",
+            "airflow_task": "/af/dags/churn/runs/manual__1/tasks/approve",
+            "airflow_dag_run": "/af/dags/churn/runs/manual__1",
+        }
+        # MLflow opens in a new tab; Airflow pages in the Airflow window around the dashboard.
+        assert {kind for kind, (_href, target) in anchors.items() if target == "_top"} == {
+            "airflow_task",
+            "airflow_dag_run",
+        }
+        assert {target for _href, target in anchors.values()} == {"_top", "_blank"}
+        assert "<dt>Model</dt><dd>churn_predictor <strong>v4</strong></dd>" in card
+        assert "<dt>Champion</dt><dd>v3</dd>" in card
+
+    def test_links_mlflow_cannot_confirm_are_text(self) -> None:
+        card = _article(render_approvals([_card_item(REPORT_CONTEXT)]))
+        assert '<li data-kind="mlflow_run"><span class="card-link">MLflow run</span></li>' in card
+        assert "http://" not in card
+
+    def test_decided_card_names_the_reject_reason_by_its_title(self) -> None:
+        status = {
+            "requested_at": (NOW - dt.timedelta(minutes=5)).isoformat(),
+            "responded_at": NOW.isoformat(),
+            "approved": False,
+            "comment": "accuracy is not enough",
+            "reject_option_name": "needs_retraining",
+            "user_info": {"name": "ann"},
+        }
+        item = _card_item(REPORT_CONTEXT, status=status)
+        card = _article(render_approvals([item]))
+        assert (
+            '· reason: <strong class="reject-reason" data-option="needs_retraining">Needs retraining</strong>'
+            in card
+        )
+        assert "<blockquote>accuracy is not enough</blockquote>" in card
+        assert 'class="decide"' not in card
+        assert item["reject_option_title"] == "Needs retraining"
+        events = views.recent_activity([item], [])
+        assert [e["text"] for e in events if e["kind"] == "approval_rejected"] == [
+            "Rejected by ann (Needs retraining): Promote v3"
+        ]
+
+    def test_pending_card_offers_the_reject_reasons(self) -> None:
+        card = _article(render_approvals([_card_item(REPORT_CONTEXT)]))
+        assert re.findall(r'<option value="([a-z_]+)" title="">([^<]+)</option>', card) == [
+            ("needs_retraining", "Needs retraining"),
+            ("data_issue", "Data issue"),
+            ("not_now", "Not now"),
+        ]
+
+    def test_a_request_without_a_report_keeps_its_plain_layout(self) -> None:
+        item = _card_item({"metrics": {"accuracy": 0.91}, "note": "retrained on March data"}, body="Plain")
+        card = _article(render_approvals([item]))
+        assert '<tr data-metric="accuracy"><th>accuracy</th><td>0.91</td></tr>' in card
+        assert "Difference" not in card
+        assert "<tr><th>note</th><td>retrained on March data</td></tr>" in card
+        assert item["has_report"] is False
+        assert item["no_champion"] is False
+
+    def test_metric_checks_without_a_champion_version_key_are_still_a_report(self) -> None:
+        context = {key: value for key, value in REPORT_CONTEXT.items() if key != "champion_version"}
+        item = _card_item(context)
+        card = _article(render_approvals([item]))
+        assert item["has_report"] is False
+        assert "<h4>Validation report" in card
+        assert '<td class="num delta better" title="higher is better">+0.012 (+1.3%)</td>' in card
+        assert "No champion yet" not in card
+
+    def test_json_item_carries_the_card(self) -> None:
+        from airflow_provider_hlml.plugins.routes.schemas import ApprovalItem
+
+        item = _card_item(REPORT_CONTEXT, body="Use `v4`")
+        body = ApprovalItem(**item).model_dump()
+        assert body["body_html"] == "<p>Use <code>v4</code></p>\n"
+        assert body["has_report"] is True
+        assert body["no_champion"] is False
+        assert body["model"]["champion_version"] == "3"
+        assert body["metrics"][0] == {
+            "name": "accuracy",
+            "candidate": 0.912,
+            "champion": 0.9,
+            "delta": pytest.approx(0.012),
+            "delta_relative": pytest.approx(0.012 / 0.9),
+            "delta_text": "+0.012 (+1.3%)",
+            "better": True,
+            "greater_is_better": True,
+            "direction": "higher is better",
+            "rule": ">= 0.85",
+            "passed": True,
+            "reason": "passed",
+        }
+        assert [(lk["kind"], lk["url"]) for lk in body["links"]][-2:] == [
+            ("airflow_task", "/af/dags/churn/runs/manual__1/tasks/approve"),
+            ("airflow_dag_run", "/af/dags/churn/runs/manual__1"),
+        ]
+        assert "card" not in body
+        assert "call" not in body

@@ -110,6 +110,8 @@ class TestBuildMlWorkflowDag:
         assert gate.approval_rules == [{**rules[0], "veto": True, "source": "gate"}]
         assert gate.forbid == ["model_author"]
         assert gate.mlflow_conn_id == "mlflow_spec"  # where the model's author is read
+        assert [o["name"] for o in gate.reject_options] == ["needs_retraining", "data_issue", "not_now"]
+        assert build_ml_workflow_dag(spec).get_task("approve_model_validation").reject_options == []
         assert build_ml_workflow_dag(gated_spec()).get_task("approve_production_deployment").forbid == [
             "requester",
             "model_author",
