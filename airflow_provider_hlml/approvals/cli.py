@@ -423,6 +423,7 @@ def show(call_id: str, database_url: str, as_json: bool) -> None:
     """Show one function call with its audit trail."""
     from airflow_provider_hlml.approvals import store
     from airflow_provider_hlml.approvals.api.serialize import audit_body
+    from airflow_provider_hlml.review.card import build_card
 
     with _session(database_url) as session:
         row = store.get_request(session, kind=store.FUNCTION_CALL, call_id=call_id)
@@ -442,6 +443,11 @@ def show(call_id: str, database_url: str, as_json: bool) -> None:
             f"requested_at: {status['requested_at']}",
             f"responded_at: {status['responded_at'] or '-'}",
             f"comment:      {status['comment'] or '-'}",
+        ]
+        decision = build_card(d).decision
+        if decision and decision["reject_option"]:
+            lines.append(f"reason:       {decision['reject_option_title']} ({decision['reject_option']})")
+        lines += [
             f"kwargs:       {json.dumps(d['spec']['kwargs'], default=str)}",
             "rules:",
         ]

@@ -118,7 +118,7 @@ class TestCli:
         assert "already approved" in again.output
 
     def test_reject_with_option_as_cli_admin(self, database_url: str) -> None:
-        call_id = add_call(database_url, reject_options=[{"name": "retrain"}])
+        call_id = add_call(database_url, reject_options=[{"name": "retrain", "title": "Needs retraining"}])
         out = run(
             "reject",
             call_id,
@@ -133,6 +133,8 @@ class TestCli:
         status = json.loads(out)["status"]
         assert (status["approved"], status["reject_option_name"]) == (False, "retrain")
         assert status["user_info"]["principal"] == "cli-admin"
+        text = run("show", call_id, "--database-url", database_url).output
+        assert "reason:       Needs retraining (retrain)" in text.splitlines()
 
     def test_unknown_principal_and_call(self, database_url: str) -> None:
         call_id = add_call(database_url)
