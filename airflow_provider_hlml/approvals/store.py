@@ -602,6 +602,7 @@ def _may_respond(
     row: ApprovalRequest,
     actor: Actor,
     on_behalf_of: dict[str, Any] | None,
+    policy: ApprovalPolicy,
     approving: bool | None = None,
 ) -> dict[str, Any]:
     """The ``user_info`` of a permitted answer; a 403, audited, when ``actor`` may not answer ``row``.
@@ -622,7 +623,7 @@ def _may_respond(
         reason = f"principal {actor.name!r} created this request and cannot respond to it"
     else:
         who = Responder.of(UserInfo.model_validate(user_info))
-        reason = policy_of(row).explain(who, answers_of(row), approving)
+        reason = policy.explain(who, answers_of(row), approving)
     if reason is not None:
         _refuse(session, row, actor, reason, user_info["name"] if user_info["via_delegate"] else None)
     return user_info
@@ -686,7 +687,7 @@ def respond_function_call(
     rule of its policy (approved) or a rejection vetoes it (rejected), and stays pending otherwise
     (a partial approval, audited as ``answered``).
     """
-    row, user_info = _to_answer(
+    row, user_info, policy = _to_answer(
         session, FUNCTION_CALL, call_id, actor, on_behalf_of, [comment, reject_option_name], approved
     )
     if reject_option_name is not None and approved:
@@ -697,7 +698,6 @@ def respond_function_call(
     if not approved and not (comment and comment.strip()):
         # The SDK's as_completed() requires a comment on every rejection.
         comment = f"Rejected ({reject_option_name})" if reject_option_name else "Rejected"
-    policy = policy_of(row)
     now = utcnow()
     answer = {**user_info, "approved": approved, "comment": comment, "at": now.isoformat()}
     answers = [*(dict(a) for a in row.answers or []), answer]
@@ -747,7 +747,7 @@ def respond_human_contact(
     on_behalf_of: dict[str, Any] | None = None,
 ) -> ApprovalRequest:
     """Answer a pending human contact."""
-    row, user_info = _to_answer(
+    row, user_info, _ = _to_answer(
         session, HUMAN_CONTACT, call_id, actor, on_behalf_of, [response, response_option_name]
     )
     _check_option(
@@ -774,11 +774,13 @@ def _to_answer(
     on_behalf_of: dict[str, Any] | None,
     texts: list[Any],
     approving: bool | None = None,
-) -> tuple[ApprovalRequest, dict[str, Any]]:
-    """The request ``actor`` answers (with ``texts``) and the ``user_info`` of a permitted answer."""
+) -> tuple[ApprovalRequest, dict[str, Any], ApprovalPolicy]:
+    """The request ``actor`` answers (with ``texts``), the ``user_info`` of a permitted answer, and
+    the request's policy (read once, for the check and for recording the answer)."""
     check_clean([*texts, on_behalf_of], "body")
     row = get_request(session, kind=kind, call_id=call_id)
-    return row, _may_respond(session, row, actor, on_behalf_of, approving)
+    policy = policy_of(row)
+    return row, _may_respond(session, row, actor, on_behalf_of, policy, approving), policy
 
 
 def _check_option(name: str | None, options: Any, field: str, what: str) -> None:

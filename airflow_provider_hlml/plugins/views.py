@@ -11,7 +11,7 @@ from typing import Any
 from airflow_provider_hlml.gate.policy import Answer, ApprovalPolicy, is_group
 from airflow_provider_hlml.gate.state import GateLocation, GateState
 from airflow_provider_hlml.plugins.auth import Identity
-from airflow_provider_hlml.review.card import Card, MetricRow
+from airflow_provider_hlml.review.card import Card, MetricRow, status_of
 
 DECIDED_STATUSES = ("approved", "rejected", "expired", "cancelled")
 ALL_STATUSES = ("pending", *DECIDED_STATUSES)
@@ -28,15 +28,9 @@ def parse_time(value: Any) -> dt.datetime | None:
 
 
 def call_status(status: dict[str, Any] | None) -> str:
-    """pending / approved / rejected / cancelled / expired of a HumanLayer function call status."""
-    status = status or {}
-    if status.get("approved") is True:
-        return "approved"
-    if status.get("approved") is False:
-        return "rejected"
-    if status.get("cancelled_at") or status.get("cancel_reason"):
-        return "expired" if status.get("cancel_reason") == "timeout" else "cancelled"
-    return "pending"
+    """pending / approved / rejected / cancelled / expired of a HumanLayer function call status
+    (the reviewer's card's rule, :func:`~airflow_provider_hlml.review.card.status_of`)."""
+    return status_of(status)
 
 
 def _text(value: Any) -> str | None:

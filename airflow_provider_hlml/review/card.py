@@ -180,14 +180,15 @@ def metric_rows(metrics: Any) -> tuple[MetricRow, ...]:
     return tuple(rows)
 
 
-def status_of(status: Mapping[str, Any]) -> str:
-    """``pending``, ``approved``, ``rejected``, ``expired`` or ``cancelled``."""
-    if status.get("cancelled_at") or status.get("cancel_reason"):
-        return "expired" if status.get("cancel_reason") == "timeout" else "cancelled"
+def status_of(status: Mapping[str, Any] | None) -> str:
+    """``pending``, ``approved``, ``rejected``, ``expired`` or ``cancelled`` of a function call's status."""
+    status = status or {}
     if status.get("approved") is True:
         return "approved"
     if status.get("approved") is False:
         return "rejected"
+    if status.get("cancelled_at") or status.get("cancel_reason"):
+        return "expired" if status.get("cancel_reason") == "timeout" else "cancelled"
     return "pending"
 
 
