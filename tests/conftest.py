@@ -30,6 +30,7 @@ for _var in ("MLFLOW_TRACKING_URI", "HUMANLAYER_API_KEY", "HUMANLAYER_API_BASE")
 pytest_plugins = [
     "tests.fixtures.mlflow_server",
     "tests.fixtures.faulty_server",
+    "tests.fixtures.smtp",
 ]
 for _optional in ("tests.fixtures.approvals", "tests.fixtures.airflow_stack"):
     if (Path(__file__).parent / "fixtures" / (_optional.rsplit(".", 1)[1] + ".py")).exists():

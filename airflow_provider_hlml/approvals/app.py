@@ -12,7 +12,7 @@ from airflow_provider_hlml.approvals import db, store
 from airflow_provider_hlml.approvals.api.deps import ServiceState
 from airflow_provider_hlml.approvals.api.errors import BodySizeLimitMiddleware, install_error_handlers
 from airflow_provider_hlml.approvals.api.longpoll import ChangeHub
-from airflow_provider_hlml.approvals.api.routes import function_calls, human_contacts, service
+from airflow_provider_hlml.approvals.api.routes import delivery, function_calls, human_contacts, service
 from airflow_provider_hlml.approvals.settings import ApprovalsSettings
 from airflow_provider_hlml.approvals.webhooks import Publisher
 
@@ -46,9 +46,19 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
         ),
     )
 
+    if settings.delivers:
+        from airflow_provider_hlml.approvals.api.serialize import function_call_body
+        from airflow_provider_hlml.approvals.delivery import DeliveryWorker
+
+        state.delivery = DeliveryWorker(settings, sessions, body_of=function_call_body)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if state.delivery is not None:
+            state.delivery.start()
         yield
+        if state.delivery is not None:
+            state.delivery.stop()
         await state.hub.close()
         state.publisher.close()
         engine.dispose()
@@ -71,6 +81,7 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
     app.include_router(function_calls.router, prefix=prefix)
     app.include_router(human_contacts.router, prefix=prefix)
     app.include_router(service.router, prefix=prefix)
+    app.include_router(delivery.router, prefix=prefix)
     if prefix:
         app.add_api_route("/healthz", service.healthz, methods=["GET"], include_in_schema=False)
     return app

@@ -180,3 +180,99 @@ class AuditEvent(Base):
     on_behalf_of: Mapped[str | None] = mapped_column(String(320))
     comment: Mapped[str | None] = mapped_column(Text)
     event_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata")
+
+
+class RequestStep(Base):
+    """One timed step of a request's delivery: planning it (step 0), a reminder, an escalation,
+    or a "pending too long" alert. Each step runs once, whichever replica claims it first; its
+    effects commit together with ``done_at``, so a restart neither forgets nor repeats it."""
+
+    __tablename__ = "request_steps"
+    __table_args__ = (
+        UniqueConstraint("request_id", "step", name="uq_request_steps_request_id_step"),
+        Index("ix_request_steps_done_at_due_at", "done_at", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("approval_requests.id"))
+    step: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(20))
+    due_at: Mapped[dt.datetime] = mapped_column()
+    # The step's parameters (who an escalation goes to, the reminder's number).
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    claimed_until: Mapped[dt.datetime | None] = mapped_column()
+    done_at: Mapped[dt.datetime | None] = mapped_column()
+    outcome: Mapped[str | None] = mapped_column(String(20))
+
+
+class AlertEpisode(Base):
+    """An operational alert that is firing (``open_key`` set) or has ended (``open_key`` NULL).
+
+    The unique ``open_key`` lets only one episode of an alert be open at a time, across replicas:
+    an alert fires once when its episode opens, not on every check.
+    """
+
+    __tablename__ = "alert_episodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert: Mapped[str] = mapped_column(String(64))
+    open_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+    opened_at: Mapped[dt.datetime] = mapped_column()
+    closed_at: Mapped[dt.datetime | None] = mapped_column()
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Delivery(Base):
+    """One notice to one recipient on one channel, sent by whichever replica claims it.
+
+    ``state``: ``pending`` (due at ``due_at``; retried with backoff), ``sent``, ``failed`` (gave
+    up), ``skipped`` (no longer needed: the request was decided first).
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_state_due_at", "state", "due_at"),
+        Index("ix_deliveries_request_id", "request_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # SHA-256 of (request or episode, channel, recipient, notice, step): each notice is made once.
+    dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("approval_requests.id"))
+    episode_id: Mapped[int | None] = mapped_column(ForeignKey("alert_episodes.id"))
+    channel: Mapped[str] = mapped_column(String(20))
+    recipient: Mapped[str] = mapped_column(String(320))
+    # The principal the recipient is (whom a one-click answer is recorded as), when known.
+    recipient_name: Mapped[str | None] = mapped_column(String(200))
+    notice: Mapped[str] = mapped_column(String(20))
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[dt.datetime] = mapped_column()
+    claimed_until: Mapped[dt.datetime | None] = mapped_column()
+    # Which worker holds the claim (a random id per worker): a claim is read back by it.
+    claimed_by: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column()
+    # What the channel needs to update the message (Slack ``channel:ts``, e-mail Message-ID).
+    ref: Mapped[str | None] = mapped_column(String(256))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ActionToken(Base):
+    """A one-click link's token, stored only as its SHA-256: bound to a request, a recipient and
+    an action, expiring, and used at most once."""
+
+    __tablename__ = "action_tokens"
+    __table_args__ = (Index("ix_action_tokens_request_id", "request_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("approval_requests.id"))
+    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id"))
+    recipient: Mapped[str] = mapped_column(String(320))
+    recipient_name: Mapped[str | None] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    used_at: Mapped[dt.datetime | None] = mapped_column()

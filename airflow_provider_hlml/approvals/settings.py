@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from airflow_provider_hlml.review.links import safe_link
 
 DEFAULT_DATABASE_URL = "sqlite:///hlml-approvals.db"
 
@@ -25,6 +27,39 @@ class ApprovalsSettings(BaseSettings):
         (HumanLayer's ``function_call.completed`` / ``human_contact.completed`` bodies), e.g. the
         Airflow API server's ``/hlml/api/webhooks/humanlayer`` so waiting gates resume at once.
     :param webhook_secret: HMAC-SHA256 secret signing each webhook body (``X-HLML-Signature``).
+    :param public_url: the service's API base as reviewers reach it (``http(s)://host/humanlayer/v1``;
+        mounted in Airflow: ``{airflow}/hlml/humanlayer/v1``); one-click links start with it (no
+        links without it).
+    :param airflow_url: the Airflow UI as reviewers reach it: messages link to the gate's task and
+        to the request in the dashboard ("" = no Airflow links).
+    :param mlflow_url: the MLflow UI: messages link to the model versions ("" = no MLflow links).
+    :param smtp_url: ``smtp://host[:port]`` (plain), ``smtp+starttls://`` or ``smtps://`` (TLS)
+        to deliver e-mail through ("" = no e-mail). Credentials only in ``smtp_username`` and
+        ``smtp_password``, never in the URL.
+    :param smtp_from: the From address of the service's e-mail.
+    :param slack_bot_token: a Slack app's bot token (``xoxb-...``) to post requests ("" = no Slack).
+    :param slack_signing_secret: the Slack app's signing secret; the interactivity endpoint
+        (``{prefix}/hlml/slack/interactions``) refuses everything without it.
+    :param slack_api_url: Slack's Web API base (a stand-in's in tests).
+    :param slack_channel: the Slack channel requests go to when their contact channel names none.
+    :param slack_users: ``{"<slack user id>": "<principal>"}`` (JSON); a Slack user not listed is
+        the principal whose e-mail address Slack's ``users.info`` gives.
+    :param link_ttl_seconds: how long a one-click link is valid (default: until the request's
+        deadline, or ``link_default_ttl_seconds`` when the gate set none).
+    :param link_default_ttl_seconds: a one-click link's lifetime when the request has no deadline.
+    :param remind_after_seconds: default reminder delay for requests whose gate sets no ladder (0 = off).
+    :param escalate_after_seconds: default escalation delay (0 = off).
+    :param escalate_to: comma-separated people or ``group:<name>`` the default escalation adds.
+    :param repeat_every_seconds: after the last step, remind again this often (0 = off).
+    :param max_reminders: reminders per request at most.
+    :param alert_to: comma-separated recipients of operational alerts: e-mail addresses, and
+        ``slack:<channel>`` for Slack.
+    :param alert_pending_seconds: alert when a request is pending longer than this (0 = off).
+    :param alert_pending_count: alert when more than this many requests are pending (0 = off).
+    :param delivery_interval: seconds between the delivery worker's checks for due work (a new
+        request made by this process wakes it at once).
+    :param delivery_attempts: sends of one notice before it is given up as failed.
+    :param delivery_concurrency: sends in flight at once per process.
     :param host: address ``serve`` binds to.
     :param port: port ``serve`` listens on.
     """
@@ -41,6 +76,31 @@ class ApprovalsSettings(BaseSettings):
     migrate_on_start: bool = False
     webhook_urls: str = ""
     webhook_secret: SecretStr | None = None
+    public_url: str = ""
+    airflow_url: str = ""
+    mlflow_url: str = ""
+    smtp_url: str = ""
+    smtp_username: str = ""
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "hlml-approvals@localhost"
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    slack_channel: str = ""
+    slack_users: dict[str, str] = Field(default_factory=dict)
+    link_ttl_seconds: float = Field(default=0, ge=0)
+    link_default_ttl_seconds: float = Field(default=7 * 86_400, gt=0)
+    remind_after_seconds: float = Field(default=0, ge=0)
+    escalate_after_seconds: float = Field(default=0, ge=0)
+    escalate_to: str = ""
+    repeat_every_seconds: float = Field(default=0, ge=0)
+    max_reminders: int = Field(default=5, ge=0, le=100)
+    alert_to: str = ""
+    alert_pending_seconds: float = Field(default=0, ge=0)
+    alert_pending_count: int = Field(default=0, ge=0)
+    delivery_interval: float = Field(default=1.0, gt=0, le=60)
+    delivery_attempts: int = Field(default=8, ge=1, le=100)
+    delivery_concurrency: int = Field(default=8, ge=1, le=64)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     db_pool_size: int = Field(default=20, ge=1)
@@ -49,3 +109,31 @@ class ApprovalsSettings(BaseSettings):
     def webhook_url_list(self) -> list[str]:
         """``webhook_urls`` split on commas and whitespace."""
         return [u for u in self.webhook_urls.replace(",", " ").split() if u]
+
+    @property
+    def escalate_to_list(self) -> list[str]:
+        """``escalate_to`` split on commas and whitespace."""
+        return _split(self.escalate_to)
+
+    @property
+    def alert_to_list(self) -> list[str]:
+        """``alert_to`` split on commas and whitespace."""
+        return _split(self.alert_to)
+
+    @property
+    def delivers(self) -> bool:
+        """Whether any channel is configured (the delivery worker runs only then)."""
+        return bool(self.smtp_url or self.slack_bot_token)
+
+    @model_validator(mode="after")
+    def _check_urls(self) -> ApprovalsSettings:
+        for name in ("public_url", "airflow_url", "mlflow_url"):
+            value = getattr(self, name)
+            if value and (safe_link(value) is None or value.startswith("/")):
+                raise ValueError(f"{name} must be an absolute http(s) URL without credentials")
+            setattr(self, name, value.rstrip("/"))
+        return self
+
+
+def _split(value: str) -> list[str]:
+    return [v for v in value.replace(",", " ").split() if v]

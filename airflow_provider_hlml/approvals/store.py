@@ -33,7 +33,7 @@ from airflow_provider_hlml.approvals.models import (
     utcnow,
 )
 from airflow_provider_hlml.gate.policy import GROUP_PREFIX, Answer, ApprovalPolicy, Responder, is_group
-from airflow_provider_hlml.gate.state import PERSON_PREFIX, ApprovalRule, GateState
+from airflow_provider_hlml.gate.state import PERSON_PREFIX, ApprovalRule, GateState, Reminders
 from airflow_provider_hlml.gate.wire import CALL_ID_TAKEN, UserInfo, spec_differences
 
 KEY_PREFIX = "hl_"
@@ -386,6 +386,10 @@ def _members_of(session: Session, spec: dict[str, Any]) -> dict[str, list[str]] 
         ApprovalRule.parse_all(raw.get("rules"), "spec.state.hlml.rules")
     except ValueError as exc:
         raise ServiceError(422, "validation_error", str(exc)) from None
+    try:
+        Reminders.parse(raw.get("reminders"))
+    except ValueError as exc:
+        raise ServiceError(422, "validation_error", f"spec.state.hlml.{exc}") from None
     policy = ApprovalPolicy.of_gate(GateState.from_state(spec["state"]))
     # Rules without groups are checked too: ["alice", "Alice"] or ["alice", "alice@example.com"]
     # with required 2 name one person, and such a request could never be approved.
@@ -909,6 +913,47 @@ def _audit(
             at=utcnow(),
             actor=actor.name if actor else None,
             on_behalf_of=on_behalf_of,
+            comment=comment,
+            event_metadata=metadata,
+        )
+    )
+
+
+def principal_name_for_email(session: Session, email: str) -> str | None:
+    """The principal with e-mail address ``email`` (case-insensitive), if exactly one has it."""
+    names = session.scalars(
+        select(Principal.name).where(func.lower(Principal.email) == email.strip().lower()).limit(2)
+    ).all()
+    return names[0] if len(names) == 1 else None
+
+
+def request_ids(session: Session, *, kind: str, call_ids: Sequence[str]) -> dict[str, int]:
+    """The ids of the requests ``call_ids`` name (those that exist)."""
+    rows = session.execute(
+        select(ApprovalRequest.call_id, ApprovalRequest.id).where(
+            ApprovalRequest.kind == kind, ApprovalRequest.call_id.in_(list(call_ids))
+        )
+    ).all()
+    return {str(call_id): int(request_id) for call_id, request_id in rows}
+
+
+def audit_delivery(
+    session: Session,
+    request_id: int,
+    event: str,
+    *,
+    comment: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    actor: str = "hlml-delivery",
+) -> None:
+    """Add a delivery event (``delivered``, ``delivery_retry``, ``delivery_failed``,
+    ``link_opened``, ``undeliverable``) to request ``request_id``'s audit trail (not committed)."""
+    session.add(
+        AuditEvent(
+            request_id=request_id,
+            event=event,
+            at=utcnow(),
+            actor=actor,
             comment=comment,
             event_metadata=metadata,
         )

@@ -21,6 +21,7 @@ __all__ = [
     "Forbidden",
     "GateLocation",
     "GateState",
+    "Reminders",
     "is_group",
 ]
 
@@ -240,6 +241,83 @@ class GateLocation:
         }
 
 
+#: The longest delay a reminder ladder may name (30 days), and the most people it may escalate to.
+MAX_LADDER_SECONDS = 30 * 86_400
+MAX_ESCALATE_TO = 50
+
+
+def _seconds(value: Any, name: str) -> float:
+    if value is None:
+        return 0.0
+    seconds = value.total_seconds() if hasattr(value, "total_seconds") else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ValueError(f"reminders.{name}: seconds (a number or a timedelta), not {type(value).__name__}")
+    if not 0 <= seconds <= MAX_LADDER_SECONDS:
+        raise ValueError(f"reminders.{name}: between 0 and {MAX_LADDER_SECONDS} seconds, not {seconds}")
+    return float(seconds)
+
+
+@dataclass(frozen=True)
+class Reminders:
+    """A request's ladder over time: remind, escalate, repeat (every delay from the request's creation).
+
+    :param remind_after: seconds until the first reminder to those who have not answered (0 = none).
+    :param escalate_after: seconds until the request is escalated to ``escalate_to`` (0 = never).
+    :param escalate_to: people (names, e-mail addresses) and ``group:<name>`` entries who become
+        approvers too when the request escalates, and are told.
+    :param repeat_every: after the last step, remind everyone who may still answer this often (0 = no).
+    """
+
+    remind_after: float = 0.0
+    escalate_after: float = 0.0
+    escalate_to: tuple[str, ...] = ()
+    repeat_every: float = 0.0
+
+    @classmethod
+    def parse(cls, raw: Any) -> Reminders | None:
+        """A ladder from a gate's ``reminders=`` or from ``spec.state.hlml.reminders``; None for
+        None; a ``ValueError`` naming the field when it cannot be one."""
+        if raw is None:
+            return None
+        if isinstance(raw, Reminders):
+            return raw
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"reminders: a mapping, not {type(raw).__name__}")
+        unknown = set(raw) - {"remind_after", "escalate_after", "escalate_to", "repeat_every"}
+        if unknown:
+            raise ValueError(f"reminders: unknown keys {sorted(unknown)}")
+        escalate_to = raw.get("escalate_to") or ()
+        if isinstance(escalate_to, str):
+            escalate_to = [escalate_to]
+        if not isinstance(escalate_to, (list, tuple)) or not all(
+            isinstance(e, str) and e.strip() and len(e) <= MAX_NAME for e in escalate_to
+        ):
+            raise ValueError("reminders.escalate_to: a list of names, e-mail addresses or group:<name>")
+        if len(escalate_to) > MAX_ESCALATE_TO:
+            raise ValueError(f"reminders.escalate_to: at most {MAX_ESCALATE_TO} entries")
+        ladder = cls(
+            remind_after=_seconds(raw.get("remind_after"), "remind_after"),
+            escalate_after=_seconds(raw.get("escalate_after"), "escalate_after"),
+            escalate_to=tuple(e.strip() for e in escalate_to),
+            repeat_every=_seconds(raw.get("repeat_every"), "repeat_every"),
+        )
+        if ladder.escalate_after and not ladder.escalate_to:
+            raise ValueError("reminders.escalate_after: needs escalate_to (whom to escalate to)")
+        return ladder
+
+    @property
+    def empty(self) -> bool:
+        return not (self.remind_after or self.escalate_after or self.repeat_every)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "remind_after": self.remind_after,
+            "escalate_after": self.escalate_after,
+            "escalate_to": list(self.escalate_to),
+            "repeat_every": self.repeat_every,
+        }
+
+
 @dataclass(frozen=True)
 class GateState:
     """The approval policy and the origin a gate writes into ``spec.state["hlml"]``.
@@ -252,6 +330,9 @@ class GateState:
     :param forbid: the duties barred from deciding (``requester``, ``model_author``).
     :param forbidden: the people barred, with their duty (separation of duties).
     :param digest: SHA-256 of what the reviewer was shown (:mod:`~airflow_provider_hlml.gate.digest`).
+    :param reminders: the gate's ladder over time (None: the service's default).
+    :param timeout: seconds from the request's creation until the gate stops waiting (escalation
+        included), if it has a timeout: one-click links expire then, and no reminder is sent later.
     """
 
     approvers: tuple[str, ...] = ()
@@ -262,6 +343,8 @@ class GateState:
     forbid: tuple[str, ...] = ()
     forbidden: tuple[Forbidden, ...] = ()
     digest: str | None = None
+    reminders: Reminders | None = None
+    timeout: float | None = None
 
     @classmethod
     def from_state(cls, state: Any) -> GateState:
@@ -291,6 +374,8 @@ class GateState:
             forbid=tuple(d for d in raw_forbid if d in DUTIES) if isinstance(raw_forbid, list) else (),
             forbidden=tuple(f for f in forbidden if f is not None),
             digest=_text(raw.get("digest")),
+            reminders=_reminders(raw.get("reminders")),
+            timeout=_positive(raw.get("timeout")),
         )
 
     def to_state(self) -> dict[str, Any]:
@@ -310,4 +395,21 @@ class GateState:
             hlml["digest"] = self.digest
         if self.airflow is not None:
             hlml["airflow"] = self.airflow.to_json()
+        if self.reminders is not None:
+            hlml["reminders"] = self.reminders.to_json()
+        if self.timeout:
+            hlml["timeout"] = self.timeout
         return {STATE_KEY: hlml}
+
+
+def _positive(raw: Any) -> float | None:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 < raw < 10**9:
+        return None
+    return float(raw)
+
+
+def _reminders(raw: Any) -> Reminders | None:
+    try:
+        return Reminders.parse(raw)
+    except ValueError:
+        return None

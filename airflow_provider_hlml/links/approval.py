@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink, conf
 
 from airflow_provider_hlml import settings
+from airflow_provider_hlml.review.links import dashboard_request_url
 from airflow_provider_hlml.utils.ids import approval_call_id, deployment_id
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
 
-DASHBOARD_APPROVALS_PATH = "/hlml/approvals"
 
 
 def approval_url(call_id: str) -> str:
@@ -30,7 +30,7 @@ def approval_url(call_id: str) -> str:
     if template:
         return template.replace("{call_id}", quote(call_id, safe=""))
     base = (conf.get("api", "base_url", fallback="") or "http://localhost:8080").rstrip("/")
-    return f"{base}{DASHBOARD_APPROVALS_PATH}?{urlencode({'status': 'all', 'q': call_id})}"
+    return dashboard_request_url(base, call_id)
 
 
 class ApprovalRequestLink(BaseOperatorLink):

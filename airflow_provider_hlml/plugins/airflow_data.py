@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import statistics
 from typing import Any
-from urllib.parse import quote
 
 from sqlalchemy import or_, select
+
+from airflow_provider_hlml.review.links import airflow_ui_path as ui_path
 
 #: Operator class names that make a DAG an HLML pipeline.
 GATE_OPERATORS = frozenset({"HumanApprovalSensor"})
@@ -20,27 +21,6 @@ FINISHED_RUN_STATES = frozenset({"success", "failed"})
 
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-def ui_path(
-    base_path: str,
-    dag_id: str,
-    run_id: str | None = None,
-    task_id: str | None = None,
-    map_index: int | None = None,
-) -> str:
-    """Path of a DAG, DAG run, task instance or mapped task instance page in the Airflow UI.
-
-    Built from ids only (each percent-encoded), so it is always a path of this site.
-    """
-    path = f"{base_path}/dags/{quote(dag_id, safe='')}"
-    if run_id:
-        path += f"/runs/{quote(run_id, safe='')}"
-        if task_id:
-            path += f"/tasks/{quote(task_id, safe='')}"
-            if map_index is not None and map_index >= 0:
-                path += f"/mapped/{map_index}"
-    return path
 
 
 def pipeline_runs(readable_dag_ids: set[str], *, base_path: str, limit: int = 200) -> list[dict[str, Any]]:

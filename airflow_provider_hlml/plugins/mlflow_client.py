@@ -86,8 +86,9 @@ class MLflowTarget:
         return f"{self.ui_url}/#/experiments/{quote(experiment_id)}"
 
     def model_url(self, name: str, version: str | None = None) -> str:
-        base = f"{self.ui_url}/#/models/{quote(name, safe='')}"
-        return f"{base}/versions/{quote(version)}" if version else base
+        from airflow_provider_hlml.review.links import mlflow_model_url
+
+        return mlflow_model_url(self.ui_url, name, version)
 
 
 class MLflowReader:

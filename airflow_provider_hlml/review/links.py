@@ -10,8 +10,10 @@ front of a reviewer's click.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
+#: Path of the dashboard's approvals page in the Airflow UI.
+DASHBOARD_APPROVALS_PATH = "/hlml/approvals"
 #: Schemes an absolute link may have.
 LINK_SCHEMES = frozenset({"http", "https"})
 #: Longer URLs are not links (no page of ours or of MLflow needs more).
@@ -53,3 +55,36 @@ def safe_link(url: object) -> str | None:
     if not parts.hostname or "@" in parts.netloc:
         return None
     return url
+
+
+def airflow_ui_path(
+    base_path: str,
+    dag_id: str,
+    run_id: str | None = None,
+    task_id: str | None = None,
+    map_index: int | None = None,
+) -> str:
+    """Path of a DAG, DAG run, task instance or mapped task instance page in the Airflow UI.
+
+    Built from ids only (each percent-encoded), so it is always a path under ``base_path`` (the
+    UI's base path, or its absolute URL for channels outside the UI).
+    """
+    path = f"{base_path}/dags/{quote(dag_id, safe='')}"
+    if run_id:
+        path += f"/runs/{quote(run_id, safe='')}"
+        if task_id:
+            path += f"/tasks/{quote(task_id, safe='')}"
+            if map_index is not None and map_index >= 0:
+                path += f"/mapped/{map_index}"
+    return path
+
+
+def mlflow_model_url(ui_url: str, name: str, version: str | None = None) -> str:
+    """The MLflow UI page of a registered model, or of one of its versions."""
+    base = f"{ui_url}/#/models/{quote(name, safe='')}"
+    return f"{base}/versions/{quote(version)}" if version else base
+
+
+def dashboard_request_url(airflow_url: str, call_id: str) -> str:
+    """The dashboard's approvals page in the Airflow UI at ``airflow_url``, showing request ``call_id``."""
+    return f"{airflow_url}{DASHBOARD_APPROVALS_PATH}?{urlencode({'status': 'all', 'q': call_id})}"

@@ -34,6 +34,7 @@ from airflow_provider_hlml.gate.state import (
     Forbidden,
     GateLocation,
     GateState,
+    Reminders,
     is_group,
 )
 from airflow_provider_hlml.links.approval import ApprovalRequestLink, approval_url
@@ -175,6 +176,10 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
     :param escalation_approvers: e-mail addresses (or names) the request escalates to (templated).
     :param escalation_timeout: how long to wait after escalating.
     :param escalation_message: message of the escalation e-mail.
+    :param reminders: the request's ladder over time, delivered by the provider's approvals
+        service: ``{"remind_after": timedelta or seconds, "escalate_after": ..., "escalate_to":
+        [people or "group:<name>"], "repeat_every": ...}`` (default: the service's
+        ``HLML_APPROVALS_REMIND_AFTER_SECONDS`` etc.). Other servers ignore it.
     :param notifiers: Airflow ``BaseNotifier``s called once when the request is created.
     :param rejection_notifiers: Airflow ``BaseNotifier``s called when the request is rejected
         (their context has ``approval``, the gate's result).
@@ -221,6 +226,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         escalation_approvers: str | Sequence[str] | None = None,
         escalation_timeout: timedelta | float | None = None,
         escalation_message: str | None = None,
+        reminders: Mapping[str, Any] | None = None,
         notifiers: Sequence[BaseNotifier] | BaseNotifier | None = None,
         rejection_notifiers: Sequence[BaseNotifier] | BaseNotifier | None = None,
         mlflow_conn_id: str | None = None,
@@ -271,6 +277,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         self.on_reject = _choice(on_reject, ON_REJECT, "on_reject")
         self.escalation_approvers = escalation_approvers
         self.escalation_message = escalation_message
+        self.reminders = Reminders.parse(reminders)  # a mistake fails at DAG parse, not at run time
         if on_timeout == "escalate":
             if not escalation_approvers and channel is None:
                 raise ValueError("on_timeout='escalate' needs escalation_approvers (or a channel)")
@@ -292,6 +299,14 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         self.humanlayer_conn_id = humanlayer_conn_id or hlml_settings.humanlayer_conn_id()
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def total_timeout_seconds(self) -> float | None:
+        """Seconds from the request's creation to the gate's last deadline (escalation included)."""
+        if self.response_timeout_seconds is None:
+            return None
+        extra = self.escalation_timeout_seconds if self.on_timeout == "escalate" else None
+        return self.response_timeout_seconds + (extra or 0)
+
     @cached_property
     def hook(self) -> HumanLayerHook:
         from airflow_provider_hlml.hooks.humanlayer import HumanLayerHook
@@ -448,6 +463,8 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             forbid=tuple(self.forbid),
             forbidden=policy.forbidden,
             digest=review_digest(facts) if facts is not None else None,
+            reminders=self.reminders,
+            timeout=self.total_timeout_seconds,
             airflow=GateLocation(
                 dag_id=ti.dag_id,
                 run_id=ti.run_id,

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from airflow_provider_hlml.approvals import store
 from airflow_provider_hlml.approvals.api.longpoll import ChangeHub
+from airflow_provider_hlml.approvals.delivery import DeliveryWorker
 from airflow_provider_hlml.approvals.settings import ApprovalsSettings
 from airflow_provider_hlml.approvals.store import Actor, ServiceError
 from airflow_provider_hlml.approvals.webhooks import Publisher
@@ -31,6 +32,7 @@ class ServiceState:
     sessions: sessionmaker[Session]
     hub: ChangeHub
     publisher: Publisher = field(default_factory=Publisher)
+    delivery: DeliveryWorker | None = None
     _auth_cache: dict[str, tuple[Actor, float]] = field(default_factory=dict)
 
     @property
@@ -44,6 +46,15 @@ class ServiceState:
         if self.settings.inline_reads is not None:
             return self.settings.inline_reads
         return self.engine.dialect.name == "sqlite"
+
+    def announce(self, kind: str, call_id: str, body: dict[str, Any], event: str | None = None) -> None:
+        """Tell waiting long-polls, webhooks (``event``, when the request is settled or answered)
+        and the delivery worker that request ``call_id`` changed."""
+        self.hub.notify_threadsafe((kind, call_id))
+        if event is not None:
+            self.publisher.publish(event, body)
+        if self.delivery is not None:
+            self.delivery.wake()
 
     def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """Run ``fn(session, **kwargs)`` in a fresh session (call from a worker thread)."""
@@ -69,6 +80,10 @@ class ServiceState:
 
 async def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.approvals
+    if state.delivery is not None:
+        # Started with the first request, not at import: the app may be mounted (no lifespan) or
+        # forked into workers (threads do not survive a fork).
+        state.delivery.start()
     return state
 
 

@@ -69,6 +69,8 @@ def create_function_call(
     if not created:
         response.status_code = 200
         response.headers[REPLAYED_HEADER] = "true"
+    elif state.delivery is not None:
+        state.delivery.wake()
     return public_model(row)
 
 
@@ -140,9 +142,8 @@ def respond_to_function_call(
         actor=actor,
         on_behalf_of=body.user_info.model_dump() if body.user_info else None,
     )
-    state.hub.notify_threadsafe((KIND, call_id))
     result = function_call_body(row)
-    state.publisher.publish(FUNCTION_CALL_COMPLETED, result)
+    state.announce(KIND, call_id, result, FUNCTION_CALL_COMPLETED)
     return result
 
 
@@ -152,8 +153,9 @@ def escalate_function_call(
 ) -> Any:
     """Record an escalation; its e-mail recipients become allowed approvers."""
     row = store.escalate(session, kind=KIND, call_id=call_id, escalation=body.model_dump(), actor=actor)
-    state.hub.notify_threadsafe((KIND, call_id))
-    return function_call_body(row)
+    result = function_call_body(row)
+    state.announce(KIND, call_id, result)
+    return result
 
 
 @router.post("/agent/function_calls/{call_id}/cancel", response_model=FunctionCallPublic)
@@ -164,9 +166,8 @@ def cancel_function_call(
     row = store.cancel(
         session, kind=KIND, call_id=call_id, reason=body.reason, comment=body.comment, actor=actor
     )
-    state.hub.notify_threadsafe((KIND, call_id))
     result = function_call_body(row)
-    state.publisher.publish(FUNCTION_CALL_COMPLETED, result)
+    state.announce(KIND, call_id, result, FUNCTION_CALL_COMPLETED)
     return result
 
 

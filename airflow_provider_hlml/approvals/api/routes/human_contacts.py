@@ -119,9 +119,8 @@ def respond_to_human_contact(
         actor=actor,
         on_behalf_of=body.user_info.model_dump() if body.user_info else None,
     )
-    state.hub.notify_threadsafe((KIND, call_id))
     result = human_contact_body(row)
-    state.publisher.publish(HUMAN_CONTACT_COMPLETED, result)
+    state.announce(KIND, call_id, result, HUMAN_CONTACT_COMPLETED)
     return result
 
 
@@ -143,9 +142,8 @@ def cancel_human_contact(
     row = store.cancel(
         session, kind=KIND, call_id=call_id, reason=body.reason, comment=body.comment, actor=actor
     )
-    state.hub.notify_threadsafe((KIND, call_id))
     result = human_contact_body(row)
-    state.publisher.publish(HUMAN_CONTACT_COMPLETED, result)
+    state.announce(KIND, call_id, result, HUMAN_CONTACT_COMPLETED)
     return result
 
 

@@ -1,0 +1,315 @@
+"""The delivery worker: a background thread of the service that plans, sends and retries notices.
+
+One loop per service process: plan new requests, run due steps (reminders, escalations, the
+"pending too long" alert), check the "more than N pending" alert, plan outcome updates, then claim
+due notices and send them on a small thread pool, recording each result. A request created by
+this process wakes the loop at once; work written by other processes (a second replica, the CLI)
+is found at the next tick (``delivery_interval``). A channel that is down only delays its
+notices (retried with backoff, each attempt audited); it never delays or fails a request or a
+decision, which never wait on this thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from airflow_provider_hlml.approvals.channels.base import ActionLinks, Channel, DeliveryFailed, Notice
+from airflow_provider_hlml.approvals.delivery import outbox
+from airflow_provider_hlml.approvals.models import AlertEpisode, ApprovalRequest, utcnow
+from airflow_provider_hlml.approvals.settings import ApprovalsSettings
+from airflow_provider_hlml.gate.state import GateLocation
+from airflow_provider_hlml.review.card import Card, build_card
+from airflow_provider_hlml.review.links import (
+    airflow_ui_path,
+    dashboard_request_url,
+    mlflow_model_url,
+    safe_link,
+)
+
+log = logging.getLogger(__name__)
+
+#: The path of a one-click link under the service's public URL: ``{public_url}{ACTION_PATH}/{token}``.
+ACTION_PATH = "/hlml/act"
+#: Seconds between two checks of the pending-count alert.
+ALERT_CHECK_SECONDS = 5.0
+
+
+class ServiceLinks:
+    """The :class:`~airflow_provider_hlml.review.card.LinkMaker` of messages sent by the service:
+    absolute URLs into the Airflow UI and the MLflow UI (when their URLs are configured)."""
+
+    def __init__(self, airflow_url: str = "", mlflow_url: str = "") -> None:
+        self.airflow_url = airflow_url
+        self.mlflow_url = mlflow_url
+
+    def mlflow_run(self, run_id: str) -> str | None:
+        return None  # a run's page needs its experiment id, which the request does not carry
+
+    def mlflow_model_version(self, name: str, version: str) -> str | None:
+        return mlflow_model_url(self.mlflow_url, name, version) if self.mlflow_url else None
+
+    def mlflow_compare_runs(self, run_ids: Any) -> str | None:
+        return None
+
+    def airflow_task(self, location: GateLocation) -> str | None:
+        if not (self.airflow_url and location.complete):
+            return None
+        return airflow_ui_path(
+            self.airflow_url, location.dag_id or "", location.run_id, location.task_id, location.map_index
+        )
+
+    def airflow_dag_run(self, location: GateLocation) -> str | None:
+        if not (self.airflow_url and location.dag_id and location.run_id):
+            return None
+        return airflow_ui_path(self.airflow_url, location.dag_id, location.run_id)
+
+
+def channels_from_settings(settings: ApprovalsSettings) -> dict[str, Channel]:
+    """The channels the settings configure, by name (a new channel is added here)."""
+    channels: dict[str, Channel] = {}
+    if settings.smtp_url:
+        from airflow_provider_hlml.approvals.channels.email import EmailChannel, SmtpTarget
+
+        target = SmtpTarget.from_url(
+            settings.smtp_url,
+            username=settings.smtp_username or None,
+            password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+        )
+        channels["email"] = EmailChannel(target, settings.smtp_from)
+    if settings.slack_bot_token:
+        from airflow_provider_hlml.approvals.channels.slack import SlackChannel
+
+        channels["slack"] = SlackChannel(
+            settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url
+        )
+    return channels
+
+
+def _minutes(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 1:
+        return f"{int(seconds)} s"
+    return f"{minutes} min" if minutes < 120 else f"{minutes // 60} h"
+
+
+class DeliveryWorker:
+    """Plans and sends the notices of one service process (see the module's docstring).
+
+    :param settings: the service's settings.
+    :param sessions: the service's sessions.
+    :param channels: the channels by name (default: those the settings configure).
+    :param body_of: a request's wire body (the card is built from it).
+    """
+
+    def __init__(
+        self,
+        settings: ApprovalsSettings,
+        sessions: sessionmaker[Session],
+        body_of: Callable[[ApprovalRequest], Mapping[str, Any]],
+        channels: Mapping[str, Channel] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.channels = dict(channels if channels is not None else channels_from_settings(settings))
+        self.config = outbox.Config.of(settings, self.channels)
+        self.links = ServiceLinks(settings.airflow_url, settings.mlflow_url)
+        self._body_of = body_of
+        self._id = secrets.token_hex(8)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._next_alert_check = 0.0
+        self._updatable = [name for name in self.channels if name == "slack"]
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop (idempotent; also after a fork, where the parent's thread is gone)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.settings.delivery_concurrency, thread_name_prefix="hlml-delivery-send"
+            )
+            self._thread = threading.Thread(target=self._run, name="hlml-delivery", daemon=True)
+            self._thread.start()
+
+    def wake(self) -> None:
+        """Look for work now (a request was created or decided in this process)."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        for channel in self.channels.values():
+            try:
+                channel.close()
+            except Exception:
+                log.debug("Closing channel %s failed", channel.name, exc_info=True)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.tick()
+            except Exception:
+                log.exception("The delivery worker's turn failed; trying again")
+                busy = False
+            if not busy:
+                self._wake.wait(self.settings.delivery_interval)
+                self._wake.clear()
+
+    def tick(self) -> bool:
+        """One turn of the loop; True when it found work (the loop then goes on at once)."""
+        now = utcnow()
+        with self.sessions() as session:
+            planned = outbox.plan_new_requests(session, self.config)
+        with self.sessions() as session:
+            steps = outbox.claim_due_steps(session, now=now)
+        for step_id in steps:
+            with self.sessions() as session:
+                outbox.run_step(session, step_id, self.config)
+        if time.monotonic() >= self._next_alert_check:
+            self._next_alert_check = time.monotonic() + ALERT_CHECK_SECONDS
+            with self.sessions() as session:
+                outbox.check_pending_count(session, self.config, now=now)
+        if self._updatable:
+            with self.sessions() as session:
+                outbox.plan_outcomes(session, channels=self._updatable, now=now)
+        with self.sessions() as session:
+            jobs = outbox.claim_deliveries(session, self.config, worker=self._id, now=utcnow())
+        if jobs:
+            pool = self._pool
+            if pool is None:
+                results = [self._send(job) for job in jobs]
+            else:
+                results = list(pool.map(self._send, jobs))
+            with self.sessions() as session:
+                outbox.record_results(session, results, self.config)
+        return bool(planned or steps or jobs)
+
+    # ---- one notice -------------------------------------------------------------------------
+
+    def _send(self, job: outbox.Job) -> outbox.Result:
+        channel = self.channels.get(job.channel)
+        if channel is None:
+            return outbox.Result(job, "failed", error=f"channel {job.channel!r} is not configured")
+        try:
+            notice = self.notice_for(job)
+            if notice is None:
+                return outbox.Result(job, "skipped")
+            if job.notice == "outcome":
+                if not job.ref:
+                    return outbox.Result(job, "skipped")
+                updated = channel.update(job.recipient, job.ref, notice)
+                return outbox.Result(job, "sent" if updated is not None else "skipped", ref=job.ref)
+            sent = channel.send(job.recipient, notice)
+            return outbox.Result(job, "sent", ref=sent.ref)
+        except DeliveryFailed as exc:
+            return outbox.Result(job, "failed", error=str(exc), retryable=exc.retryable)
+        except Exception as exc:  # a bug in a channel must not stop the others
+            log.exception("Channel %s failed on notice %s", job.channel, job.delivery_id)
+            return outbox.Result(job, "failed", error=f"{type(exc).__name__} in the {job.channel} channel")
+
+    def notice_for(self, job: outbox.Job) -> Notice | None:
+        """The notice a job sends, built from the request as it is now; None when it is no longer
+        needed (a request decided before its reminder went out)."""
+        if job.request_id is None:
+            return self._episode_notice(job)
+        with self.sessions() as session:
+            row = session.get(ApprovalRequest, job.request_id)
+            if row is None:
+                return None
+            body = dict(self._body_of(row))
+            state, requested_at = row.state, row.requested_at
+        card = build_card(body, self.links)
+        dashboard = (
+            safe_link(dashboard_request_url(self.settings.airflow_url, card.call_id))
+            if self.settings.airflow_url
+            else None
+        )
+        if job.notice == "alert":
+            pending = _minutes((utcnow() - requested_at).total_seconds())
+            return Notice(
+                kind="alert",
+                subject=f"[hlml] Approval pending for {pending}: {card.subject}"[:200],
+                card=card,
+                text=f"Request {card.call_id} has waited {pending} for a decision ({card.progress}).",
+                dashboard_url=dashboard,
+            )
+        if job.notice == "outcome":
+            return Notice(kind="outcome", subject=_outcome_subject(card), card=card, dashboard_url=dashboard)
+        if state != "pending":
+            return None
+        links = None
+        if job.links and self.settings.public_url:
+            base = self.settings.public_url + ACTION_PATH
+            links = ActionLinks(
+                approve=safe_link(f"{base}/{job.links['approve']}"),
+                reject=safe_link(f"{base}/{job.links['reject']}"),
+            )
+        waited = _minutes((utcnow() - requested_at).total_seconds())
+        subject, text = {
+            "request": (f"Approval needed: {card.subject}", None),
+            "reminder": (
+                f"Reminder: approval needed: {card.subject}",
+                f"This request has waited {waited} for a decision ({card.progress}).",
+            ),
+            "escalation": (
+                f"Escalated to you: {card.subject}",
+                f"Nobody has decided this request in {waited}: it was escalated to you ({card.progress}).",
+            ),
+        }.get(job.notice, (card.subject, None))
+        return Notice(
+            kind=job.notice,  # type: ignore[arg-type]
+            subject=subject[:200],
+            card=card,
+            text=text,
+            links=links,
+            dashboard_url=dashboard,
+        )
+
+    def _episode_notice(self, job: outbox.Job) -> Notice | None:
+        with self.sessions() as session:
+            episode = session.get(AlertEpisode, job.episode_id) if job.episode_id else None
+            if episode is None:
+                return None
+            details = dict(episode.details or {})
+        dashboard = (
+            safe_link(self.settings.airflow_url + "/hlml/approvals") if self.settings.airflow_url else None
+        )
+        return Notice(
+            kind="alert",
+            subject=f"[hlml] {details.get('pending')} approvals pending (more than {details.get('threshold')})",
+            text=(
+                f"{details.get('pending')} approval requests are pending at once, more than the "
+                f"{details.get('threshold')} this service alerts on. This alert fires once until the "
+                "number falls back."
+            ),
+            dashboard_url=dashboard,
+        )
+
+
+def _outcome_subject(card: Card) -> str:
+    decision = card.decision or {}
+    status = str(decision.get("status") or card.status)
+    by = decision.get("by")
+    return f"{status.capitalize()}{f' by {by}' if by else ''}: {card.subject}"[:200]
