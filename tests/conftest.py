@@ -31,6 +31,7 @@ pytest_plugins = [
     "tests.fixtures.mlflow_server",
     "tests.fixtures.faulty_server",
     "tests.fixtures.smtp",
+    "tests.fixtures.slack_standin",
 ]
 for _optional in ("tests.fixtures.approvals", "tests.fixtures.airflow_stack"):
     if (Path(__file__).parent / "fixtures" / (_optional.rsplit(".", 1)[1] + ".py")).exists():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
@@ -88,7 +90,8 @@ def build_embedded_approvals(database_url: str) -> Any | None:
     migrate_with_retry = retry(stop=stop_after_attempt(3), wait=wait_fixed(1), reraise=True)(migrate)
     try:
         migrate_with_retry(database_url)
-        return create_app(ApprovalsSettings(database_url=database_url, prefix="", migrate_on_start=False))
+        settings = ApprovalsSettings(database_url=database_url, prefix="", migrate_on_start=False)
+        return create_app(settings.model_copy(update=embedded_urls(os.environ)))
     except Exception:
         log.exception("The built-in approvals service could not start on %s", redact_url(database_url))
         return None
@@ -139,3 +142,19 @@ class HlmlPlugin(AirflowPlugin):
     fastapi_apps = _LazyFastAPIApps()
     external_views = _external_views()
     listeners: list[Any] = plugin_listeners()
+
+
+def embedded_urls(environ: Mapping[str, str]) -> dict[str, str]:
+    """Where reviewers reach the mounted service and the Airflow UI, from ``[api] base_url``: the
+    defaults of ``HLML_APPROVALS_PUBLIC_URL`` (one-click links) and ``HLML_APPROVALS_AIRFLOW_URL``
+    (links in messages) when they are not set."""
+    from airflow.configuration import conf
+
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        return {}
+    urls = {
+        "public_url": base + DASHBOARD_PREFIX + APPROVALS_SUBPATH,
+        "airflow_url": base,
+    }
+    return {k: v for k, v in urls.items() if f"HLML_APPROVALS_{k.upper()}" not in environ}

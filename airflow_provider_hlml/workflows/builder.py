@@ -224,6 +224,7 @@ def _build_gate(spec: WorkflowSpec, stage: Stage, wiring: _Wiring, dag: DAG) -> 
         response_timeout=stage.response_timeout,
         on_timeout=stage.on_timeout,
         on_reject=stage.on_reject,
+        reminders=stage.reminders.to_gate() if stage.reminders is not None else None,
         **_conn_kwargs(spec, "humanlayer_conn_id"),
         **_conn_kwargs(spec, "mlflow_conn_id"),  # the model's author is read from this MLflow
         **extra,

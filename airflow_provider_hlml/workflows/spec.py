@@ -374,6 +374,30 @@ class MonitoringConfig(_Strict):
 # --- stages ---------------------------------------------------------------------------------
 
 
+class ReminderSpec(_Strict):
+    """A gate's ladder over time (see ``HumanApprovalSensor(reminders=...)``): delivered by the
+    provider's approvals service."""
+
+    remind_after: Duration | None = None
+    escalate_after: Duration | None = None
+    escalate_to: list[str] = Field(default_factory=list)
+    repeat_every: Duration | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> ReminderSpec:
+        from airflow_provider_hlml.gate.state import Reminders
+
+        try:
+            Reminders.parse(self.to_gate())
+        except ValueError as exc:
+            _raise("Reminders", [((), str(exc))], self.model_dump())
+        return self
+
+    def to_gate(self) -> dict[str, Any]:
+        """The sensor's ``reminders=`` mapping."""
+        return {k: v for k, v in self.model_dump().items() if v not in (None, [])}
+
+
 class _StageBase(_Strict):
     name: str = Field(min_length=1)
     task_id: str | None = None
@@ -389,6 +413,8 @@ class _StageBase(_Strict):
     response_timeout: Duration | None = None
     on_timeout: Literal["fail", "skip", "approve", "reject"] = "fail"
     on_reject: Literal["fail", "skip"] = "fail"
+    #: Reminders and escalation over time, delivered by the approvals service.
+    reminders: ReminderSpec | None = None
     retries: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")

@@ -426,3 +426,48 @@ def test_pending_count_alert_fires_once_per_episode(smtp_server: SmtpServer, smt
         _wait(lambda: len(alerts()) == 2, what="a second episode's alert")
     finally:
         service.stop()
+
+
+@pytest.mark.postgres
+def test_two_replicas_on_postgres_deliver_each_notice_once(smtp_server: SmtpServer, smtp: SmtpServer) -> None:
+    """Two ``serve`` processes on one PostgreSQL database: every notice and every timed step once."""
+    import os
+
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    from tests.fixtures.processes import skip_or_fail
+
+    admin_url = os.environ.get("HLML_TEST_POSTGRES_URL")
+    if not admin_url:
+        skip_or_fail("HLML_TEST_POSTGRES_URL is not set: the replicas test needs PostgreSQL")
+    name = f"hlml_delivery_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(str(admin_url))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(str(admin_url)).set(database=name).render_as_string(hide_password=False)
+    root = Path(tempfile.mkdtemp(prefix="hlml-delivery-pg-"))
+    first = _service(url, root / "a", smtp_server)
+    second = ApprovalsService(database_url=url, root=root / "b", port=free_port())
+    second.root.mkdir(parents=True)
+    second.agent_key = first.agent_key
+    second.extra_env = dict(first.extra_env)
+    second.start()
+    try:
+        subjects = [_subject() for _ in range(20)]
+        for n, subject in enumerate(subjects):
+            # Created on both replicas; each request has a reminder after 2 s.
+            _create(first if n % 2 else second, subject, approvers=["alice"], reminders={"remind_after": 2})
+        for subject in subjects:
+            _wait_mails(smtp, "Reminder: approval needed: " + subject, "alice@example.com")
+        time.sleep(3)
+        for subject in subjects:
+            assert len(_mails(smtp, "Approval needed: " + subject)) == 1, subject
+            assert len(_mails(smtp, "Reminder: approval needed: " + subject)) == 1, subject
+    finally:
+        second.stop()
+        first.stop()
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

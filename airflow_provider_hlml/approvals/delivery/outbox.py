@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from airflow_provider_hlml.approvals import store
 from airflow_provider_hlml.approvals.channels.base import Recipient
@@ -498,8 +498,16 @@ def plan_outcomes(session: Session, *, channels: Iterable[str], now: dt.datetime
     channels = list(channels)
     if not channels:
         return 0
-    outcome = select(Delivery.id).where(
-        Delivery.request_id == ApprovalRequest.id, Delivery.notice == "outcome"
+    done = aliased(Delivery)
+    outcome = (
+        select(done.id)
+        .where(
+            done.request_id == Delivery.request_id,
+            done.channel == Delivery.channel,
+            done.recipient == Delivery.recipient,
+            done.notice == "outcome",
+        )
+        .correlate(Delivery)
     )
     rows = session.execute(
         select(
@@ -513,7 +521,7 @@ def plan_outcomes(session: Session, *, channels: Iterable[str], now: dt.datetime
             Delivery.ref.is_not(None),
             ApprovalRequest.state != "pending",
             ApprovalRequest.updated_at >= now - OUTCOME_WINDOW,
-            ~outcome.where(Delivery.channel.in_(channels)).exists(),
+            ~outcome.exists(),
         )
         .limit(200)
     ).all()

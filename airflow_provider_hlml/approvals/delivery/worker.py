@@ -178,33 +178,40 @@ class DeliveryWorker:
                 self._wake.clear()
 
     def tick(self) -> bool:
-        """One turn of the loop; True when it found work (the loop then goes on at once)."""
+        """One turn of the loop; True when it found work (the loop then goes on at once).
+
+        Each part runs on its own: a failure in one (logged) does not keep the others from running.
+        """
         now = utcnow()
-        with self.sessions() as session:
-            planned = outbox.plan_new_requests(session, self.config)
-        with self.sessions() as session:
-            steps = outbox.claim_due_steps(session, now=now)
+        planned = self._part("planning", outbox.plan_new_requests, self.config) or 0
+        steps = self._part("claiming steps", lambda s: outbox.claim_due_steps(s, now=now)) or []
         for step_id in steps:
-            with self.sessions() as session:
-                outbox.run_step(session, step_id, self.config)
+            self._part("a timed step", outbox.run_step, step_id, self.config)
         if time.monotonic() >= self._next_alert_check:
             self._next_alert_check = time.monotonic() + ALERT_CHECK_SECONDS
-            with self.sessions() as session:
-                outbox.check_pending_count(session, self.config, now=now)
+            self._part("the pending-count alert", outbox.check_pending_count, self.config, now=now)
         if self._updatable:
-            with self.sessions() as session:
-                outbox.plan_outcomes(session, channels=self._updatable, now=now)
-        with self.sessions() as session:
-            jobs = outbox.claim_deliveries(session, self.config, worker=self._id, now=utcnow())
+            self._part("planning outcomes", outbox.plan_outcomes, channels=self._updatable, now=now)
+        jobs = (
+            self._part(
+                "claiming notices", outbox.claim_deliveries, self.config, worker=self._id, now=utcnow()
+            )
+            or []
+        )
         if jobs:
             pool = self._pool
-            if pool is None:
-                results = [self._send(job) for job in jobs]
-            else:
-                results = list(pool.map(self._send, jobs))
-            with self.sessions() as session:
-                outbox.record_results(session, results, self.config)
+            results = [self._send(job) for job in jobs] if pool is None else list(pool.map(self._send, jobs))
+            self._part("recording results", outbox.record_results, results, self.config)
         return bool(planned or steps or jobs)
+
+    def _part(self, what: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``fn(session, *args, **kwargs)`` in a fresh session; None (logged) when it fails."""
+        try:
+            with self.sessions() as session:
+                return fn(session, *args, **kwargs)
+        except Exception:
+            log.exception("The delivery worker failed at %s; it goes on with the rest", what)
+            return None
 
     # ---- one notice -------------------------------------------------------------------------
 
