@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
+    "ConsecutiveFailuresAlert": "airflow_provider_hlml.notifications.alerts",
     "HumanLayerHook": "airflow_provider_hlml.hooks.humanlayer",
     "MLflowHook": "airflow_provider_hlml.hooks.mlflow",
     "MLflowTrainOperator": "airflow_provider_hlml.operators.train",
@@ -28,6 +29,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "ConsecutiveFailuresAlert",
     "HumanApprovalSensor",
     "HumanApprovalTrigger",
     "HumanLayerHook",

@@ -211,6 +211,24 @@ def get_provider_info() -> dict[str, Any]:
                         "string",
                         "hlml-workflow-executions",
                     ),
+                    "training_failure_alert_threshold": _opt(
+                        "Consecutive finally-failed runs of a training task (retries not counted) after "
+                        "which its alert fires, once until the task succeeds again (docs/alerts.md).",
+                        "integer",
+                        "3",
+                    ),
+                    "alert_email_to": _opt(
+                        "Comma-separated addresses that training tasks e-mail their alert to through "
+                        "the SMTP provider's SmtpNotifier; empty: no default alert.",
+                        "string",
+                        "",
+                        "ml-team@example.com, oncall@example.com",
+                    ),
+                    "alert_smtp_conn_id": _opt(
+                        "SMTP connection the training alert e-mail is sent through.",
+                        "string",
+                        "smtp_default",
+                    ),
                 },
             }
         },

@@ -17,6 +17,8 @@ DEFAULT_POLL_INTERVAL = 5.0
 DEFAULT_LONG_POLL_SECONDS = 25
 DEFAULT_DASHBOARD_REFRESH_SECONDS = 30
 DEFAULT_WORKFLOW_LOGGING_EXPERIMENT = "hlml-workflow-executions"
+DEFAULT_TRAINING_FAILURE_ALERT_THRESHOLD = 3
+DEFAULT_ALERT_SMTP_CONN_ID = "smtp_default"
 
 
 def _text(option: str, default: str = "") -> str:
@@ -98,3 +100,26 @@ def workflow_logging_enabled() -> bool:
 def workflow_logging_experiment() -> str:
     """``[hlml] workflow_logging_experiment``: MLflow experiment receiving workflow records."""
     return _text("workflow_logging_experiment", DEFAULT_WORKFLOW_LOGGING_EXPERIMENT)
+
+
+def training_failure_alert_threshold() -> int:
+    """``[hlml] training_failure_alert_threshold``: consecutive failed runs of a task that raise an alert.
+
+    :raises ValueError: when below 1.
+    """
+    threshold = conf.getint(
+        SECTION, "training_failure_alert_threshold", fallback=DEFAULT_TRAINING_FAILURE_ALERT_THRESHOLD
+    )
+    if threshold < 1:
+        raise ValueError(f"[{SECTION}] training_failure_alert_threshold must be >= 1, got {threshold}")
+    return threshold
+
+
+def alert_email_to() -> str:
+    """``[hlml] alert_email_to``: comma-separated addresses of the training alert e-mail ("" = off)."""
+    return _text("alert_email_to")
+
+
+def alert_smtp_conn_id() -> str:
+    """``[hlml] alert_smtp_conn_id``: the SMTP connection the training alert e-mail is sent through."""
+    return _text("alert_smtp_conn_id", DEFAULT_ALERT_SMTP_CONN_ID)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from airflow.sdk import BaseOperator
 
 from airflow_provider_hlml import audit
 from airflow_provider_hlml.hooks.mlflow import MLflowHook
 from airflow_provider_hlml.links.mlflow import MLflowRunLink
+from airflow_provider_hlml.notifications.alerts import ConsecutiveFailuresAlert, default_training_alert
 from airflow_provider_hlml.operators.mlflow_runs import (
     MAX_PARAM_VALUE,
     airflow_identity_tags,
@@ -88,6 +89,10 @@ class MLflowTrainOperator(BaseOperator):
     :param op_kwargs: extra keyword arguments for the callable (templated).
     :param mlflow_conn_id: MLflow connection; default ``[hlml] mlflow_conn_id`` (itself
         ``mlflow_default`` unless configured).
+    :param failure_alert: alert after consecutive failed runs of this task, added to its
+        ``on_failure_callback`` and ``on_success_callback`` (next to any given ones).
+        ``"default"``: :func:`~airflow_provider_hlml.notifications.alerts.default_training_alert`
+        (an e-mail when ``[hlml] alert_email_to`` is set, else none); ``None``: no alert.
     """
 
     template_fields: Sequence[str] = (
@@ -114,6 +119,7 @@ class MLflowTrainOperator(BaseOperator):
         registered_model_name: str | None = None,
         op_kwargs: Mapping[str, Any] | None = None,
         mlflow_conn_id: str | None = None,
+        failure_alert: ConsecutiveFailuresAlert | Literal["default"] | None = "default",
         **kwargs: Any,
     ) -> None:
         # The metaclass has already merged these with the DAG's params into a ParamsDict (each
@@ -133,6 +139,22 @@ class MLflowTrainOperator(BaseOperator):
         self._hook: MLflowHook | None = None
         self._active_run_id: str | None = None
         self._killed = False
+        self._add_failure_alert(failure_alert)
+
+    def _add_failure_alert(self, failure_alert: ConsecutiveFailuresAlert | Literal["default"] | None) -> None:
+        if isinstance(failure_alert, str):
+            if failure_alert != "default":
+                raise ValueError(f"failure_alert must be an alert, 'default' or None, got {failure_alert!r}")
+            failure_alert = default_training_alert()
+        if failure_alert is None:
+            return
+        if not isinstance(failure_alert, ConsecutiveFailuresAlert):
+            raise TypeError(f"failure_alert must be a ConsecutiveFailuresAlert, got {failure_alert!r}")
+        # BaseOperator keeps each callback argument as a list.
+        if failure_alert not in self.on_failure_callback:
+            self.on_failure_callback = [*self.on_failure_callback, failure_alert]
+        if failure_alert not in self.on_success_callback:
+            self.on_success_callback = [*self.on_success_callback, failure_alert]
 
     # -- params -------------------------------------------------------------------------------
     def _training_params(self, context: Context) -> dict[str, Any]:
