@@ -17,7 +17,11 @@ import httpx
 from airflow_provider_hlml.utils.http import error_detail, redact_url
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
+
+#: The self-hosted service's delivery status route (under the API prefix) and its id limit.
+DELIVERIES_PATH = "/hlml/deliveries"
+MAX_DELIVERY_IDS = 200
 
 
 class ApprovalsUnavailable(RuntimeError):
@@ -154,6 +158,23 @@ class ApprovalsClient:
                 return None
             raise
         return body if isinstance(body, dict) else None
+
+    async def deliveries(self, call_ids: Sequence[str]) -> dict[str, Any] | None:
+        """Where each of ``call_ids`` was delivered (``GET /hlml/deliveries``, self-hosted
+        extension): ``{call_id: [notice, ...]}``, unknown ids absent; None when the backend has
+        no such route (the cloud, an older service). At most :data:`MAX_DELIVERY_IDS` ids a call.
+        """
+        if not call_ids:
+            return {}
+        try:
+            body = await self._request("GET", DELIVERIES_PATH, params={"call_id": list(call_ids)})
+        except ApprovalsRequestError as exc:
+            if exc.status_code in (404, 405):
+                return None
+            raise
+        if not isinstance(body, dict):
+            raise ApprovalsUnavailable("approvals backend sent a malformed deliveries answer")
+        return body
 
     async def respond(
         self,

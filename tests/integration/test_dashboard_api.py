@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +26,7 @@ from tests.browser.dashboard_stack import (
 )
 from tests.fixtures.airflow_stack import MetadataDatabases
 from tests.fixtures.processes import free_port
+from tests.fixtures.smtp import SmtpServer
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +50,25 @@ VALIDATION_CONTEXT = {
 
 
 @pytest.fixture(scope="module")
-def server(metadata_databases: MetadataDatabases) -> Iterator[DashboardServer]:
+def server(metadata_databases: MetadataDatabases, smtp_server: SmtpServer) -> Iterator[DashboardServer]:
     workdir = Path(tempfile.mkdtemp(prefix="hlml-dashboard-api-"))
     (workdir / "dags").mkdir()
     (workdir / "dags" / "gate_dag.py").write_text(gate_dag_source(DAG_ID))
     sqlite_db = metadata_databases.sqlite(workdir / "airflow.db")
     # MLflow is pointed at a closed port: the pages must still work and say so.
     dead_mlflow = f'{{"conn_type": "mlflow", "host": "http://127.0.0.1:{free_port()}"}}'
-    srv = start_dashboard_server(workdir, sqlite_db, extra_env={"AIRFLOW_CONN_MLFLOW_DEFAULT": dead_mlflow})
+    # The embedded approvals service e-mails requests to approvers named by address (the test
+    # users have none, so only requests naming an address have deliveries); a notice the mail
+    # server refuses is tried twice, then failed.
+    delivery = {
+        "HLML_APPROVALS_SMTP_URL": smtp_server.url,
+        "HLML_APPROVALS_SMTP_FROM": "approvals@example.com",
+        "HLML_APPROVALS_DELIVERY_INTERVAL": "0.2",
+        "HLML_APPROVALS_DELIVERY_ATTEMPTS": "2",
+    }
+    srv = start_dashboard_server(
+        workdir, sqlite_db, extra_env={"AIRFLOW_CONN_MLFLOW_DEFAULT": dead_mlflow, **delivery}
+    )
     try:
         yield srv
     finally:
@@ -392,3 +406,102 @@ class TestPages:
         assert [i["call_id"] for i in hit["items"]] == [call_id]
         assert miss["items"] == []
         assert bad.status_code == 422
+
+
+def _wait(predicate: Callable[[], Any], what: str, timeout: float = 40.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class TestDeliveries:
+    """Where the embedded service delivered a request, on the card and in the JSON API."""
+
+    def _deliveries(self, client: httpx.Client, call_id: str) -> dict[str, Any] | None:
+        listed = client.get("/hlml/api/approvals", params={"status": "pending"}).json()
+        item = next(i for i in listed["items"] if i["call_id"] == call_id)
+        return item["deliveries"]  # type: ignore[no-any-return]
+
+    def _card(self, client: httpx.Client, call_id: str) -> str:
+        page = client.get("/hlml/approvals", params={"status": "pending"})
+        assert page.status_code == 200
+        return page.text.split(f'data-call-id="{call_id}"', 1)[1].split("</article>", 1)[0]
+
+    def test_a_mailed_request_shows_where_it_went(self, server: DashboardServer, smtp: SmtpServer) -> None:
+        subject = f"Promote churn {uuid.uuid4().hex[:8]}"
+        call_id = _pending(
+            server, approvers=["approver", "carol@example.com", "dave@example.com"], subject=subject
+        )
+        quiet = _pending(server, approvers=["approver"])
+        _wait(
+            lambda: len([m for m in smtp.messages() if subject in str(m["Subject"])]) >= 2,
+            "the request's two e-mails",
+        )
+        with server.client("approver") as client:
+            summary = _wait(
+                lambda: (d := self._deliveries(client, call_id)) and d["text"] == "E-mail: 2 sent" and d,
+                "the dashboard to show two sent e-mails",
+            )
+            assert summary["warning"] is False
+            assert {(n["recipient"], n["notice"], n["state"]) for n in summary["notices"]} == {
+                ("carol@example.com", "request", "sent"),
+                ("dave@example.com", "request", "sent"),
+            }
+            assert all(n["sent_at"] for n in summary["notices"])
+            detail = client.get(f"/hlml/api/approvals/{call_id}").json()
+            assert detail["deliveries"]["text"] == "E-mail: 2 sent"
+            card = self._card(client, call_id)
+            assert '<details class="deliveries" data-warning="false">' in card
+            assert ">E-mail: 2 sent</span>" in card
+            assert "<td>carol@example.com</td>" in card
+            # A request the service had no one to e-mail: nothing about delivery.
+            assert self._deliveries(client, quiet) == {
+                "text": "",
+                "warning": False,
+                "total": 0,
+                "failed": 0,
+                "retrying": 0,
+                "channels": [],
+                "notices": [],
+                "omitted": 0,
+            }
+            assert "deliveries" not in self._card(client, quiet)
+
+    def test_a_refused_e_mail_is_flagged_while_retried_and_once_failed(
+        self, server: DashboardServer, smtp: SmtpServer
+    ) -> None:
+        smtp.refuse(True)
+        try:
+            call_id = _pending(server, approvers=["approver", "erin@example.com"])
+            with server.client("viewer") as client:
+                retrying = _wait(
+                    lambda: (d := self._deliveries(client, call_id)) and d["retrying"] == 1 and d,
+                    "the refused e-mail to be retried",
+                )
+                assert retrying["text"] == "E-mail: retrying"
+                assert retrying["warning"] is True
+                notice = retrying["notices"][0]
+                assert (notice["recipient"], notice["state"], notice["attempts"]) == (
+                    "erin@example.com",
+                    "pending",
+                    1,
+                )
+                assert "451" in notice["error"]
+                assert notice["next_attempt_at"]
+                failed = _wait(
+                    lambda: (d := self._deliveries(client, call_id)) and d["failed"] == 1 and d,
+                    "the e-mail to be given up",
+                )
+                assert failed["text"] == "E-mail: failed"
+                assert failed["warning"] is True
+                assert failed["notices"][0]["attempts"] == 2
+                card = self._card(client, call_id)
+            assert '<details class="deliveries warn" data-warning="true">' in card
+            assert '<span class="pill failed">1 failed</span>' in card
+            assert "451" in card
+        finally:
+            smtp.refuse(False)

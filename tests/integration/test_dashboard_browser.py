@@ -99,6 +99,47 @@ DAG_FILE = textwrap.dedent(
     '''
 )
 
+# A gate whose reviewer is reached by e-mail (and in Slack): the one-click test answers from the mail.
+ONECLICK_DAG_ID = "hlml_oneclick"
+ONECLICK_SUBJECT = "Promote churn-model v5 to @champion"
+ONECLICK_REVIEWER = "reviewer@example.com"
+ONECLICK_DAG_FILE = textwrap.dedent(
+    f'''
+    import pendulum
+    from airflow.sdk import DAG
+    from airflow.providers.standard.operators.empty import EmptyOperator
+
+    from airflow_provider_hlml.sensors.approval import HumanApprovalSensor
+
+    with DAG("{ONECLICK_DAG_ID}", schedule=None, start_date=pendulum.datetime(2026, 1, 1), catchup=False):
+        gate = HumanApprovalSensor(
+            task_id="{GATE_TASK}",
+            subject="{ONECLICK_SUBJECT}",
+            body="`churn-model` v5 beats the champion on **accuracy** (+0.021) and passes every threshold.",
+            context={{
+                "model_name": "churn-model",
+                "model_version": "5",
+                "champion_version": "4",
+                "passed": True,
+                "metrics": {{
+                    "accuracy": {{"candidate": 0.921, "champion": 0.900, "threshold": {{"threshold": 0.8}}, "passed": True, "reason": "passed"}},
+                    "f1_score": {{"candidate": 0.752, "champion": 0.744, "threshold": {{"threshold": 0.7}}, "passed": True, "reason": "passed"}},
+                }},
+                "dataset": "churn-2026-11",
+            }},
+            approval_type="model_promotion",
+            urgency="high",
+            approvers=["{ONECLICK_REVIEWER}"],
+            forbid=["requester"],
+            reject_options=[{{"name": "retrain", "title": "Retrain with more data"}}],
+            response_timeout=900,
+            deferrable=True,
+            poll_interval=1,
+        )
+        gate >> EmptyOperator(task_id="promote")
+    '''
+)
+
 # A gate whose one rule needs two people of an approvals-service group: two dashboard users
 # approve it one after the other.
 QUORUM_DAG_ID = "hlml_dashboard_quorum"
@@ -297,7 +338,9 @@ def _seed_history(env: BrowserStack) -> None:
 
 
 @pytest.fixture(scope="module")
-def browser_stack(metadata_databases: MetadataDatabases, mlflow_server: Any) -> Iterator[BrowserStack]:
+def browser_stack(
+    metadata_databases: MetadataDatabases, mlflow_server: Any, smtp_server: Any, slack_standin: Any
+) -> Iterator[BrowserStack]:
     require_browser()
     workdir = Path(tempfile.mkdtemp(prefix="hlml-dashboard-browser-"))
     approvals_db = f"sqlite:///{workdir / 'hlml_approvals.db'}"
@@ -318,6 +361,15 @@ def browser_stack(metadata_databases: MetadataDatabases, mlflow_server: Any) -> 
         extra_env={
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in users.items()),
             "AIRFLOW__HLML__DASHBOARD_REFRESH_SECONDS": "30",
+            # The mounted approvals service delivers by e-mail and to Slack (a local stand-in).
+            "HLML_APPROVALS_SMTP_URL": smtp_server.url,
+            "HLML_APPROVALS_SMTP_FROM": "approvals@example.com",
+            "HLML_APPROVALS_MLFLOW_URL": mlflow_server.url,
+            "HLML_APPROVALS_SLACK_BOT_TOKEN": slack_standin.token,
+            "HLML_APPROVALS_SLACK_SIGNING_SECRET": slack_standin.signing_secret,
+            "HLML_APPROVALS_SLACK_API_URL": slack_standin.api_url,
+            "HLML_APPROVALS_SLACK_CHANNEL": "C0HLMLREVIEW",
+            "HLML_APPROVALS_DELIVERY_INTERVAL": "0.5",
         },
         include_examples=False,
     )
@@ -328,6 +380,7 @@ def browser_stack(metadata_databases: MetadataDatabases, mlflow_server: Any) -> 
             )
         )
         (stack.dags_folder / "dashboard_quorum.py").write_text(QUORUM_DAG_FILE)
+        (stack.dags_folder / "dashboard_oneclick.py").write_text(ONECLICK_DAG_FILE)
         (stack.dags_folder / "dashboard_first_model.py").write_text(
             FIRST_DAG_FILE.replace(FIRST_RUN, seeded.runs["fraud-train-1"])
         )
@@ -693,3 +746,107 @@ def test_first_version_rejected_with_a_reject_reason(browser_stack: BrowserStack
             )
         finally:
             browser.close()
+
+
+def _save_shot(path: Path) -> None:
+    _shrink_png(path)
+    assert path.stat().st_size > 5_000, path.name
+    if os.environ.get("HLML_UPDATE_SCREENSHOTS") == "1":
+        REPO_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, REPO_IMAGES / path.name)
+
+
+def test_approve_from_the_email_with_one_click(
+    browser_stack: BrowserStack, smtp_server: Any, slack_standin: Any, tmp_path: Path
+) -> None:
+    """The reviewer reads the e-mail, opens its approve link, confirms, and the gate's run finishes."""
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    stack = browser_stack.stack
+    stack.api.wait_for_dag(ONECLICK_DAG_ID, timeout=180)
+    stack.api.unpause(ONECLICK_DAG_ID)
+    run_id = stack.api.trigger(ONECLICK_DAG_ID)
+    stack.api.wait_for_task_state(ONECLICK_DAG_ID, run_id, GATE_TASK, "deferred", timeout=240)
+
+    deadline = time.monotonic() + 120
+    mail = None
+    while mail is None and time.monotonic() < deadline:
+        mail = next(
+            (
+                m
+                for m in smtp_server.messages()
+                if ONECLICK_SUBJECT in str(m["Subject"]) and ONECLICK_REVIEWER in str(m["To"])
+            ),
+            None,
+        )
+        time.sleep(0.5)
+    assert mail is not None, "the request's e-mail did not arrive"
+    text = mail.get_body(preferencelist=("plain",)).get_content()
+    html = mail.get_body(preferencelist=("html",)).get_content()
+    links = list(dict.fromkeys(re.findall(r"https?://[^\s\"'<>]+/hlml/act/[A-Za-z0-9_\-]+", text)))
+    assert len(links) == 2, text
+    approve = links[0]
+    assert approve.startswith(stack.api_url + APPROVALS_PATH)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 1100})
+            page.set_default_timeout(60_000)
+            # The e-mail as a mail client shows it (its HTML part; it loads nothing from outside).
+            page.set_content(html)
+            expect(page.locator("body")).to_contain_text("Approve")
+            page.screenshot(path=str(tmp_path / "email-request.png"), full_page=True)
+            # The Slack message as the stand-in renders its Block Kit.
+            posted = [
+                c.params
+                for c in slack_standin.calls("chat.postMessage")
+                if ONECLICK_SUBJECT in json.dumps(c.params)
+            ]
+            assert posted, "the request was not posted to Slack"
+            ref = next(
+                (ch, ts)
+                for (ch, ts), message in slack_standin.messages.items()
+                if ONECLICK_SUBJECT in json.dumps(message.blocks)
+            )
+            page.goto(slack_standin.render_url(*ref))
+            expect(page.locator("body")).to_contain_text(ONECLICK_SUBJECT)
+            page.screenshot(path=str(tmp_path / "slack-request.png"), full_page=True)
+
+            # Opening the link shows what is decided, as whom; it decides nothing.
+            page.goto(approve)
+            expect(page.locator(".who")).to_contain_text(ONECLICK_REVIEWER)
+            expect(page.locator(".who")).to_contain_text("forwarded")
+            assert stack.api.task_states(ONECLICK_DAG_ID, run_id)[GATE_TASK] == "deferred"
+            page.screenshot(path=str(tmp_path / "email-confirm.png"), full_page=True)
+            page.fill("textarea[name='comment']", "Approved from the e-mail.")
+            page.get_by_role("button", name="Confirm approval").click()
+            expect(page.locator(".done")).to_contain_text("Your approval was recorded")
+
+            finished = stack.api.wait_for_run(ONECLICK_DAG_ID, run_id, timeout=240)
+            assert finished["state"] == "success"
+            assert stack.api.task_states(ONECLICK_DAG_ID, run_id) == {
+                GATE_TASK: "success",
+                "promote": "success",
+            }
+            result = stack.api.xcom(ONECLICK_DAG_ID, run_id, GATE_TASK)
+            assert result["approved"] is True
+            assert result["comment"] == "Approved from the e-mail."
+            assert result["responded_by_user"]["email"] == ONECLICK_REVIEWER
+
+            # The link worked once; the Slack message now shows the outcome.
+            again = httpx.post(approve, data={}, timeout=30)
+            assert again.status_code == 410
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                blocks = slack_standin.messages[ref].blocks
+                if not any(b.get("type") == "actions" for b in blocks):
+                    break
+                time.sleep(0.5)
+            assert not any(b.get("type") == "actions" for b in slack_standin.messages[ref].blocks)
+        finally:
+            browser.close()
+    for name in ("email-request.png", "slack-request.png", "email-confirm.png"):
+        _save_shot(tmp_path / name)

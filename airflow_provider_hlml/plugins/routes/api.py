@@ -59,14 +59,7 @@ async def approvals_json(
     summary="One approval request with its audit trail",
 )
 async def approval_json(user: CurrentUser, data: Data, call_id: str) -> ApprovalDetail:
-    client, item = await gather.load_call(data, user, call_id)
-    await data.with_permissions(user, [item])
-    await data.with_cards([item])
-    try:
-        audit = await client.audit(call_id)
-    except (ApprovalsUnavailable, ApprovalsRequestError):
-        audit = []
-    return ApprovalDetail(**item, audit=audit)
+    return ApprovalDetail(**await gather.approval_detail(data, user, call_id))
 
 
 @router.post(

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 
-from airflow_provider_hlml.plugins import card_links, views
+from airflow_provider_hlml.plugins import card_links, delivery_status, views
 from airflow_provider_hlml.plugins.airflow_data import pipeline_figures, pipeline_runs
 from airflow_provider_hlml.plugins.approvals_client import (
     ApprovalsClient,
@@ -53,6 +53,7 @@ class DashboardData:
         self._mlflow_cache: tuple[float, MLflowTarget, dict[str, Any]] | None = None
         self._mlflow_lock = asyncio.Lock()
         self.link_lookups = card_links.MLflowLookups()
+        self.delivery_lookups = delivery_status.DeliveryLookups()
 
     def _approvals_endpoint(self) -> tuple[str, float] | None:
         """(base URL, timeout) of the ``humanlayer`` connection, read by the hook's parser."""
@@ -172,6 +173,32 @@ class DashboardData:
             views.attach_card(item, card_links.card_for(item["call"], links))
         return items
 
+    async def with_deliveries(
+        self, items: list[dict[str, Any]], client: ApprovalsClient | None = None
+    ) -> list[dict[str, Any]]:
+        """``items`` each with ``deliveries``, the summary of where it was delivered
+        (:func:`delivery_status.summarize`), from one round of look-ups for them all; None when
+        the backend cannot say (no such route, down, too slow) or does not know the request.
+
+        :param client: the backend's client, when the caller has one already.
+        """
+        for item in items:
+            item["deliveries"] = None
+        call_ids = [item["call_id"] for item in items if isinstance(item.get("call_id"), str)]
+        if not call_ids:
+            return items
+        if client is None:
+            try:
+                client = await self.approvals_client()
+            except (ApprovalsUnavailable, DelegateKeyMissing):
+                return items
+        found = await self.delivery_lookups.fetch(client, call_ids)
+        if not found:
+            return items
+        for item in items:
+            item["deliveries"] = delivery_status.summarize(found.get(item["call_id"]))
+        return items
+
     async def with_permissions(self, user: Any, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         identity = Identity.of(user)
         edit_cache: dict[str | None, bool] = {}
@@ -227,9 +254,30 @@ async def approvals(
     """(the selected items with the user's right to decide, every visible item, problem message)."""
     items, _metrics, problem = await data.visible_approvals(user)
     selected = filter_items(items, status_filter=status_filter, fn=fn, dag_id=dag_id, q=q)
-    await data.with_permissions(user, selected)
-    await data.with_cards(selected)
+    await asyncio.gather(
+        data.with_permissions(user, selected), data.with_cards(selected), data.with_deliveries(selected)
+    )
     return selected, items, problem
+
+
+async def approval_detail(data: DashboardData, user: Any, call_id: str) -> dict[str, Any]:
+    """One request the user may read with their right to decide it, its card, where it was
+    delivered and its audit trail (empty when the backend does not keep one)."""
+    client, item = await load_call(data, user, call_id)
+
+    async def audit() -> list[dict[str, Any]]:
+        try:
+            return await client.audit(call_id)
+        except (ApprovalsUnavailable, ApprovalsRequestError):
+            return []
+
+    _permissions, _cards, _deliveries, events = await asyncio.gather(
+        data.with_permissions(user, [item]),
+        data.with_cards([item]),
+        data.with_deliveries([item], client),
+        audit(),
+    )
+    return {**item, "audit": events}
 
 
 async def load_call(data: DashboardData, user: Any, call_id: str) -> tuple[ApprovalsClient, dict[str, Any]]:

@@ -98,6 +98,52 @@ class CardLinkItem(BaseModel):
     )
 
 
+class DeliveryNoticeItem(BaseModel):
+    """One notice the approvals service sent (or is sending) about a request."""
+
+    channel: str = Field(description="email or slack")
+    channel_label: str = Field(description='How the channel is named: "E-mail", "Slack"')
+    recipient: str = Field("", description="An e-mail address, or a Slack channel or user")
+    notice: str = Field("", description="request, reminder, escalation, outcome or alert")
+    step: int = Field(0, description="The reminder ladder's step it belongs to (0: the request)")
+    state: str = Field(description="As the service reports it: pending, sent, failed or skipped")
+    status: str = Field(
+        description="As shown: sent, retrying (pending, tried already), pending, failed, skipped or unknown"
+    )
+    attempts: int = 0
+    sent_at: str | None = None
+    next_attempt_at: str | None = Field(None, description="When a pending notice is tried next")
+    error: str | None = Field(None, description="The last error (text from the service)")
+    warning: bool = Field(False, description="Failed or being retried")
+
+
+class DeliveryChannelItem(BaseModel):
+    """A request's notices on one channel, counted."""
+
+    channel: str
+    label: str
+    total: int
+    counts: dict[str, int] = Field(default_factory=dict, description="Notices per status")
+    text: str = Field(description='E.g. "E-mail: 3 sent · 1 failed" or "Slack: sent"')
+    detail: str = Field("", description="One line per notice: recipient, notice, status, attempts, error")
+    warning: bool = Field(False, description="Whether a notice on this channel failed or is being retried")
+
+
+class DeliverySummary(BaseModel):
+    """Where a request was delivered and whether delivery is failing."""
+
+    text: str = Field(description='Each channel\'s line, e.g. "E-mail: 3 sent · 1 failed; Slack: sent"')
+    warning: bool = Field(False, description="Whether any notice failed or is being retried")
+    total: int = 0
+    failed: int = 0
+    retrying: int = 0
+    channels: list[DeliveryChannelItem] = Field(default_factory=list)
+    notices: list[DeliveryNoticeItem] = Field(
+        default_factory=list, description="The newest notices, oldest first"
+    )
+    omitted: int = Field(0, description="Older notices not listed (the counts include them)")
+
+
 class ApprovalItem(BaseModel):
     """One approval request with the caller's right to decide it."""
 
@@ -144,6 +190,11 @@ class ApprovalItem(BaseModel):
     has_report: bool = Field(False, description="Whether the context is a validation report")
     no_champion: bool = Field(False, description="A validation report without a champion (a first version)")
     links: list[CardLinkItem] = Field(default_factory=list, description="Links into MLflow and Airflow")
+    deliveries: DeliverySummary | None = Field(
+        None,
+        description="Where the approvals service delivered the request (e-mail, Slack); null when it "
+        "does not report deliveries (the HumanLayer cloud, an older service) or could not be asked",
+    )
 
 
 class ApprovalList(BaseModel):
