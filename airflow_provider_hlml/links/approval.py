@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey
 
 
-
 def approval_url(call_id: str) -> str:
     """
     The page where a reviewer decides on request ``call_id``.

@@ -184,7 +184,8 @@ class TestEmailDelivery:
             message = _wait_mails(smtp, subject, to)[0]
             assert message["From"] == "approvals@example.com"
             html = _html(message)
-            assert "<script>" not in html and "&lt;b&gt;hi&lt;/b&gt;" in html
+            assert "<script>" not in html
+            assert "&lt;b&gt;hi&lt;/b&gt;" in html
             assert f"{AIRFLOW_URL}/dags/churn/runs/manual__1/tasks/approve" in html
         # Only those the policy lets approve get one-click links: team@ is not an approver.
         assert len(_links(_mails(smtp, subject, "alice@example.com")[0])) == 2
@@ -201,7 +202,11 @@ class TestEmailDelivery:
         )
         assert status.status_code == 200
         rows = status.json()[call_id]
-        assert {r["recipient"] for r in rows} == {"alice@example.com", "carol@example.com", "team@example.com"}
+        assert {r["recipient"] for r in rows} == {
+            "alice@example.com",
+            "carol@example.com",
+            "team@example.com",
+        }
         assert {r["state"] for r in rows} == {"sent"}
 
     def test_link_page_never_decides_and_post_decides_once_as_the_recipient(
@@ -214,7 +219,8 @@ class TestEmailDelivery:
             for _ in range(3):  # a mail scanner prefetching the link, then the reviewer
                 page = client.get(links["approve"])
                 assert page.status_code == 200
-                assert "alice@example.com" in page.text and "forwarded" in page.text
+                assert "alice@example.com" in page.text
+                assert "forwarded" in page.text
                 assert page.headers["x-frame-options"] == "DENY"
                 assert page.headers["cache-control"] == "no-store"
                 assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
@@ -231,11 +237,13 @@ class TestEmailDelivery:
             assert status["user_info"]["principal"] == "hlml-email-link"
             assert status["comment"] == "ship it"
             again = client.post(links["approve"], data={})
-            assert again.status_code == 410 and "used already" in again.text
+            assert again.status_code == 410
+            assert "used already" in again.text
             other = client.post(links["reject"], data={"comment": "no"})
             assert other.status_code == 409
         responded = [e for e in _audit(mail_service, call_id) if e["event"] == "responded"]
-        assert len(responded) == 1 and responded[0]["actor"] == "hlml-email-link"
+        assert len(responded) == 1
+        assert responded[0]["actor"] == "hlml-email-link"
         assert responded[0]["on_behalf_of"] == "alice"
 
     def test_reject_link_with_a_reason(self, mail_service: ApprovalsService, smtp: SmtpServer) -> None:
@@ -248,11 +256,13 @@ class TestEmailDelivery:
         )
         links = _links(_wait_mails(smtp, subject, "alice@example.com")[0])
         page = httpx.get(links["reject"], timeout=30)
-        assert "Metrics are not good enough" in page.text and "Confirm rejection" in page.text
+        assert "Metrics are not good enough" in page.text
+        assert "Confirm rejection" in page.text
         done = httpx.post(links["reject"], data={"reject_option_name": "metrics", "comment": ""}, timeout=30)
         assert done.status_code == 200, done.text
         status = _status(mail_service, call_id)
-        assert status["approved"] is False and status["reject_option_name"] == "metrics"
+        assert status["approved"] is False
+        assert status["reject_option_name"] == "metrics"
 
     def test_unknown_forged_and_malformed_tokens(self, mail_service: ApprovalsService) -> None:
         base = mail_service.base_url + "/hlml/act/"
@@ -280,7 +290,8 @@ class TestEmailDelivery:
         links = _links(_wait_mails(smtp, subject, "alice@example.com")[0])
         time.sleep(2.5)
         page = httpx.get(links["approve"], timeout=30)
-        assert page.status_code == 410 and "expired" in page.text
+        assert page.status_code == 410
+        assert "expired" in page.text
         assert httpx.post(links["approve"], data={}, timeout=30).status_code == 410
         assert _status(mail_service, call_id).get("approved") is None
 
@@ -309,14 +320,17 @@ class TestEmailDelivery:
         answer = Api(mail_service, mail_service.reviewer_key).post(
             f"/agent/function_calls/{call_id}/respond", json={"approved": True}
         )
-        assert answer.status_code == 200 and answer.json()["status"]["approved"] is True
+        assert answer.status_code == 200
+        assert answer.json()["status"]["approved"] is True
         # Decided before it could be delivered: the notice is dropped, not sent late.
         smtp.refuse(False)
         _wait(
-            lambda: Api(mail_service, mail_service.admin_key)
-            .get("/hlml/deliveries", params={"call_id": call_id})
-            .json()[call_id][0]["state"]
-            == "skipped",
+            lambda: (
+                Api(mail_service, mail_service.admin_key)
+                .get("/hlml/deliveries", params={"call_id": call_id})
+                .json()[call_id][0]["state"]
+                == "skipped"
+            ),
             timeout=40,
             what="the undelivered notice to be skipped",
         )
@@ -357,7 +371,8 @@ class TestLadder:
         assert len(_mails(smtp, "Reminder: approval needed: " + subject)) == 1
         assert len(_mails(smtp, "Escalated to you: " + subject)) == 1
         escalated = [e for e in _audit(mail_service, call_id) if e["event"] == "escalated"]
-        assert len(escalated) == 1 and escalated[0]["actor"] == "hlml-ladder"
+        assert len(escalated) == 1
+        assert escalated[0]["actor"] == "hlml-ladder"
         # bob was added by the escalation: his link decides.
         assert httpx.post(_links(escalation)["approve"], data={}, timeout=30).status_code == 200
         assert _status(mail_service, call_id)["user_info"]["name"] == "bob"
@@ -385,7 +400,8 @@ class TestLadder:
                 },
             },
         )
-        assert resp.status_code == 422 and "reminders.remind_after" in resp.text
+        assert resp.status_code == 422
+        assert "reminders.remind_after" in resp.text
 
 
 class TestAlerts:
