@@ -41,6 +41,7 @@ import httpx  # noqa: E402
 
 from airflow_provider_hlml.utils.ids import approval_call_id  # noqa: E402
 from tests.fixtures.airflow_stack import (  # noqa: E402
+    REVIEWER_USER,
     AirflowStack,
     MetadataDatabases,
     StackConfig,
@@ -100,7 +101,7 @@ def _postgres_database() -> tuple[str, Any, str]:
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False), admin, name
 
 
-def burst(count: int, database: str) -> dict[str, list[float]]:
+def burst(count: int, database: str, workers: int = 1, separate: bool = False) -> dict[str, list[float]]:
     workdir = Path(tempfile.mkdtemp(prefix="hlml-bench-delivery-"))
     smtp, controller = _smtp()
     slack = SlackStandin().start()
@@ -109,7 +110,9 @@ def burst(count: int, database: str) -> dict[str, list[float]]:
         url, admin, db_name = _postgres_database()
     else:
         url = f"sqlite:///{workdir / 'approvals.db'}"
-    service = ApprovalsService(database_url=url, root=workdir, port=free_port())
+    service = ApprovalsService(
+        database_url=url, root=workdir, port=free_port(), workers=workers, deliver=not separate
+    )
     make_keys(service)
     service.extra_env = {
         "HLML_APPROVALS_SMTP_URL": smtp.url,
@@ -121,6 +124,7 @@ def burst(count: int, database: str) -> dict[str, list[float]]:
         "HLML_APPROVALS_SLACK_CHANNEL": "C0HLMLREVIEW",
     }
     service.start()
+    deliverer = service.delivery_process() if separate else None
     created: dict[str, float] = {}
     tag = uuid.uuid4().hex[:6]
     try:
@@ -174,7 +178,8 @@ def burst(count: int, database: str) -> dict[str, list[float]]:
             if subject in created:
                 posted.append(call.at - created[subject])
         print(
-            f"burst of {count} requests on {database}: created in {created_in:.2f}s "
+            f"burst of {count} requests on {database} (serve --workers {workers}"
+            f"{' --no-deliver, one deliver process' if separate else ''}): created in {created_in:.2f}s "
             f"({count / created_in:.0f}/s); {len(mail)} e-mails, {len(posted)} Slack messages"
         )
         print(_summary("created -> e-mail accepted (SMTP)", mail))
@@ -182,6 +187,8 @@ def burst(count: int, database: str) -> dict[str, list[float]]:
         print(flush=True)
         return {"mail": mail, "slack": posted}
     finally:
+        if deliverer is not None:
+            deliverer.stop()
         service.stop()
         slack.stop()
         controller.stop()
@@ -237,8 +244,10 @@ def oneclick(rounds: int) -> tuple[list[float], list[float]]:
         api = stack.api
         api.wait_for_dag(DAG_ID)
         api.unpause(DAG_ID)
+        # The run is triggered as "admin", who may not approve it: "reviewer" decides in the dashboard.
+        reviewer_token = stack.client(REVIEWER_USER).token()
         dashboard = httpx.Client(
-            base_url=stack.api_url, headers={"Authorization": f"Bearer {api.token()}"}, timeout=60
+            base_url=stack.api_url, headers={"Authorization": f"Bearer {reviewer_token}"}, timeout=60
         )
         mail_latency: list[float] = []
         ui_latency: list[float] = []
@@ -328,8 +337,13 @@ def main() -> None:
     if unknown:
         parser.error(f"--parts: unknown {', '.join(unknown)} (choose from {', '.join(PARTS)})")
     if "burst" in parts:
-        for database in ("sqlite", *(["postgresql"] if postgres_available() else [])):
-            burst(args.burst, database)
+        burst(args.burst, "sqlite")
+        if postgres_available():
+            # One server process, then two (the PostgreSQL layout scales out; each process
+            # delivers, and claims keep every notice to one of them).
+            burst(args.burst, "postgresql")
+            burst(args.burst, "postgresql", workers=2)
+            burst(args.burst, "postgresql", separate=True)
     if "oneclick" in parts:
         oneclick(args.rounds)
 

@@ -50,7 +50,9 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
         from airflow_provider_hlml.approvals.api.serialize import function_call_body
         from airflow_provider_hlml.approvals.delivery import DeliveryWorker
 
-        state.delivery = DeliveryWorker(settings, sessions, body_of=function_call_body)
+        state.delivery = DeliveryWorker(
+            settings, sessions, body_of=function_call_body, run_loop=settings.delivery_in_server
+        )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -90,6 +90,13 @@ def main() -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option("--log-level", default="info", show_default=True)
 @click.option(
+    "--deliver/--no-deliver",
+    default=True,
+    show_default=True,
+    help="Deliver requests (e-mail, Slack, reminders, alerts) from the server processes; with "
+    "--no-deliver, run 'hlml-approvals deliver' as processes of their own.",
+)
+@click.option(
     "--webhook-url",
     "webhook_urls",
     multiple=True,
@@ -103,6 +110,7 @@ def serve(
     migrate: bool,
     workers: int,
     log_level: str,
+    deliver: bool,
     webhook_urls: tuple[str, ...],
 ) -> None:
     """Serve the API with uvicorn."""
@@ -119,6 +127,8 @@ def serve(
     os.environ["HLML_APPROVALS_DATABASE_URL"] = database_url
     if webhook_urls:
         os.environ["HLML_APPROVALS_WEBHOOK_URLS"] = ",".join(webhook_urls)
+    if not deliver:
+        os.environ["HLML_APPROVALS_DELIVERY_IN_SERVER"] = "false"
     uvicorn.run(
         "airflow_provider_hlml.approvals.cli:_app_from_env",
         factory=True,
@@ -135,6 +145,44 @@ def _app_from_env() -> Any:
     from airflow_provider_hlml.approvals.settings import ApprovalsSettings
 
     return create_app(ApprovalsSettings())
+
+
+@main.command()
+@_database_option
+@click.option("--log-level", default="info", show_default=True)
+def deliver(database_url: str, log_level: str) -> None:
+    """Deliver requests (e-mail, Slack, reminders, escalations, alerts) until stopped.
+
+    The same work ``serve`` does in its processes, in a process of its own: run it next to
+    ``serve --no-deliver`` to give delivery its own CPU; any number of ``deliver`` and ``serve``
+    processes share the work through the database (each notice and step is claimed once).
+    """
+    import logging
+    import signal
+    import threading
+
+    from airflow_provider_hlml.approvals import db
+    from airflow_provider_hlml.approvals.api.serialize import function_call_body
+    from airflow_provider_hlml.approvals.delivery import DeliveryWorker
+    from airflow_provider_hlml.approvals.settings import ApprovalsSettings
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _require_migrated(database_url)
+    settings = ApprovalsSettings(database_url=database_url)
+    if not settings.delivers:
+        raise click.UsageError(
+            "no channel is configured: set HLML_APPROVALS_SMTP_URL or HLML_APPROVALS_SLACK_BOT_TOKEN"
+        )
+    engine = db.make_engine(database_url, pool_size=settings.delivery_concurrency + 2)
+    worker = DeliveryWorker(settings, db.make_sessionmaker(engine), body_of=function_call_body)
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    worker.start()
+    click.echo(f"delivering through {', '.join(sorted(worker.channels))}", err=True)
+    stopped.wait()
+    worker.stop()
+    engine.dispose()
 
 
 @main.command()

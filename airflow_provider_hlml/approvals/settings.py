@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from airflow_provider_hlml.review.links import safe_link
@@ -60,6 +62,8 @@ class ApprovalsSettings(BaseSettings):
         request made by this process wakes it at once).
     :param delivery_attempts: sends of one notice before it is given up as failed.
     :param delivery_concurrency: sends in flight at once per process.
+    :param delivery_in_server: whether the server processes deliver (``serve --no-deliver`` turns
+        it off, for ``hlml-approvals deliver`` processes of their own).
     :param host: address ``serve`` binds to.
     :param port: port ``serve`` listens on.
     """
@@ -101,6 +105,7 @@ class ApprovalsSettings(BaseSettings):
     delivery_interval: float = Field(default=1.0, gt=0, le=60)
     delivery_attempts: int = Field(default=8, ge=1, le=100)
     delivery_concurrency: int = Field(default=8, ge=1, le=64)
+    delivery_in_server: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     db_pool_size: int = Field(default=20, ge=1)
@@ -124,6 +129,14 @@ class ApprovalsSettings(BaseSettings):
     def delivers(self) -> bool:
         """Whether any channel is configured (the delivery worker runs only then)."""
         return bool(self.smtp_url or self.slack_bot_token)
+
+    @field_validator(
+        "smtp_password", "slack_bot_token", "slack_signing_secret", "webhook_secret", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # docker-compose passes an unset variable as "": that is no secret, not an empty one.
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _check_urls(self) -> ApprovalsSettings:

@@ -40,8 +40,16 @@ ROLE_MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/contact_requests/{call_id}/audit"): ANY_ROLE,
     ("GET", "/metrics/approvals"): ANY_ROLE,
     ("GET", "/hlml/features"): ANY_ROLE,
+    ("GET", "/hlml/deliveries"): ANY_ROLE,
 }
 PUBLIC = {("GET", "/healthz")}
+#: Routes with a credential of their own instead of an API key: a one-click link's token, Slack's
+#: signature (tests/approvals/test_delivery.py and test_delivery_slack.py test them in depth).
+OWN_CREDENTIAL = {
+    ("GET", "/hlml/act/{token}"),
+    ("POST", "/hlml/act/{token}"),
+    ("POST", "/hlml/slack/interactions"),
+}
 
 BODIES: dict[str, Any] = {
     "respond": {"approved": False, "comment": "no", "response": "no"},
@@ -62,7 +70,21 @@ def openapi_operations(approvals_service: ApprovalsService) -> set[tuple[str, st
 
 
 def test_the_matrix_names_every_route(openapi_operations: set[tuple[str, str]]) -> None:
-    assert openapi_operations == set(ROLE_MATRIX) | PUBLIC
+    assert openapi_operations == set(ROLE_MATRIX) | PUBLIC | OWN_CREDENTIAL
+
+
+def test_routes_with_a_credential_of_their_own_refuse_without_it(approvals_service: ApprovalsService) -> None:
+    base = approvals_service.base_url
+    keys = _keys(approvals_service)
+    for headers in ({}, {"Authorization": f"Bearer {keys['admin']}"}):
+        # An API key is no substitute for a link's token: an unknown token is not found.
+        assert httpx.get(f"{base}/hlml/act/{'x' * 43}", headers=headers, timeout=30).status_code == 404
+        assert httpx.post(f"{base}/hlml/act/{'x' * 43}", headers=headers, timeout=30).status_code == 404
+        # This service has no Slack app: the interactivity endpoint does not exist for anyone.
+        slack = httpx.post(
+            f"{base}/hlml/slack/interactions", headers=headers, content=b"payload=%7B%7D", timeout=30
+        )
+        assert slack.status_code == 404
 
 
 def _keys(service: ApprovalsService) -> dict[str, str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from airflow_provider_hlml.approvals.models import (
     utcnow,
 )
 from airflow_provider_hlml.approvals.settings import ApprovalsSettings
-from airflow_provider_hlml.gate.policy import Responder
+from airflow_provider_hlml.gate.policy import ApprovalPolicy, Responder
 from airflow_provider_hlml.gate.state import GateState, Reminders, is_group
 
 #: The names decisions and escalations made by the service's own machinery are recorded under.
@@ -176,10 +176,18 @@ def _identities_to_emails(
     return list(dict.fromkeys(emails))
 
 
-def email_recipients(session: Session, row: ApprovalRequest, extra: Sequence[str] = ()) -> list[Recipient]:
+def email_recipients(
+    session: Session,
+    row: ApprovalRequest,
+    extra: Sequence[str] = (),
+    principals: tuple[dict[str, str], dict[str, str]] | None = None,
+) -> list[Recipient]:
     """Who gets a request by e-mail: its contact channel's addresses, then its approvers' (group
-    members' included), or only ``extra`` (an escalation's people) when given."""
-    by_email, by_name = _principals(session)
+    members' included), or only ``extra`` (an escalation's people) when given.
+
+    :param principals: :func:`_principals` when the caller read them already (a batch).
+    """
+    by_email, by_name = principals if principals is not None else _principals(session)
     members = dict(row.members or {})
     if extra:
         if any(is_group(e) for e in extra):
@@ -221,10 +229,11 @@ def alert_recipients(config: Config) -> list[Recipient]:
     return out
 
 
-def may_answer(row: ApprovalRequest, recipient: Recipient) -> bool:
+def may_answer(row: ApprovalRequest, recipient: Recipient, policy: ApprovalPolicy | None = None) -> bool:
     """Whether the request's policy would let ``recipient`` approve now (they get one-click links)."""
     who = Responder(name=recipient.name or recipient.address, email=recipient.address)
-    return store.policy_of(row).explain(who, store.answers_of(row), True) is None
+    policy = policy if policy is not None else store.policy_of(row)
+    return policy.explain(who, store.answers_of(row), True) is None
 
 
 # ---- planning (step 0) ----------------------------------------------------------------------
@@ -287,13 +296,20 @@ def _ladder_steps(
     return [s for s in steps if deadline is None or s[1] < deadline]
 
 
-def plan_request(session: Session, row: ApprovalRequest, config: Config, *, now: dt.datetime) -> int:
+def plan_request(
+    session: Session,
+    row: ApprovalRequest,
+    config: Config,
+    *,
+    now: dt.datetime,
+    principals: tuple[dict[str, str], dict[str, str]] | None = None,
+) -> int:
     """Add a request's step 0 (done now), its first notices and its timed steps to ``session``
     (not committed); the number of notices planned."""
     session.add(RequestStep(request_id=row.id, step=0, action=PLAN, due_at=now, done_at=now, outcome="done"))
     recipients: list[Recipient] = []
     if "email" in config.channels:
-        recipients += email_recipients(session, row)
+        recipients += email_recipients(session, row, principals=principals)
     if "slack" in config.channels:
         recipients += slack_recipients(row, config.slack_channel)
     for recipient in recipients:
@@ -319,9 +335,12 @@ def plan_new_requests(session: Session, config: Config) -> int:
         return 0
     now = utcnow()
     planned = 0
+    principals = _principals(session)
     try:
-        for row in session.scalars(select(ApprovalRequest).where(ApprovalRequest.id.in_(ids))):
-            planned += plan_request(session, row, config, now=now)
+        rows = list(session.scalars(select(ApprovalRequest).where(ApprovalRequest.id.in_(ids))))
+        with session.no_autoflush:
+            for row in rows:
+                planned += plan_request(session, row, config, now=now, principals=principals)
         session.commit()
         return planned
     except IntegrityError:
@@ -556,6 +575,10 @@ class Job:
     attempts: int
     ref: str | None
     links: dict[str, str] = field(default_factory=dict)
+    #: The request's wire body, state and creation time when the job was claimed.
+    body: dict[str, Any] | None = None
+    state: str | None = None
+    requested_at: dt.datetime | None = None
 
 
 def new_token() -> str:
@@ -574,10 +597,17 @@ def link_expiry(row: ApprovalRequest, config: Config, now: dt.datetime) -> dt.da
 
 
 def claim_deliveries(
-    session: Session, config: Config, *, worker: str, now: dt.datetime, limit: int = 100
+    session: Session,
+    config: Config,
+    *,
+    worker: str,
+    now: dt.datetime,
+    body_of: Callable[[ApprovalRequest], Mapping[str, Any]],
+    limit: int = 100,
 ) -> list[Job]:
     """Claim due notices for this worker and, for e-mail to people who may answer, make their
-    one-click tokens (stored hashed; the raw tokens live only in the returned jobs)."""
+    one-click tokens (stored hashed; the raw tokens live only in the returned jobs). Each job
+    carries its request as it is now (``body_of(row)``), so sending reads nothing more."""
     due = (
         select(Delivery.id)
         .where(
@@ -609,7 +639,12 @@ def claim_deliveries(
         )
     )
     jobs: list[Job] = []
-    requests: dict[int, ApprovalRequest | None] = {}
+    wanted = {d.request_id for d in claimed if d.request_id is not None}
+    requests = {
+        r.id: r for r in session.scalars(select(ApprovalRequest).where(ApprovalRequest.id.in_(wanted)))
+    }
+    bodies: dict[int, dict[str, Any]] = {}
+    policies: dict[int, ApprovalPolicy] = {}
     for d in claimed:
         job = Job(
             delivery_id=d.id,
@@ -622,16 +657,20 @@ def claim_deliveries(
             attempts=d.attempts,
             ref=d.ref,
         )
-        if d.request_id is not None and d.request_id not in requests:
-            requests[d.request_id] = session.get(ApprovalRequest, d.request_id)
         row = requests.get(d.request_id) if d.request_id is not None else None
+        if row is not None:
+            if row.id not in bodies:
+                bodies[row.id] = dict(body_of(row))
+            job.body = bodies[row.id]
+            job.state = row.state
+            job.requested_at = row.requested_at
         if (
             config.links
             and row is not None
             and row.state == "pending"
             and d.channel == "email"
             and d.notice in ("request", "reminder", "escalation")
-            and may_answer(row, job.recipient)
+            and may_answer(row, job.recipient, policies.setdefault(row.id, store.policy_of(row)))
         ):
             expires = link_expiry(row, config, now)
             if expires > now:
@@ -675,6 +714,7 @@ def backoff_seconds(attempts: int) -> float:
 def record_results(session: Session, results: Sequence[Result], config: Config) -> None:
     """Record every result (state, attempts, backoff) and audit it on its request, in one commit."""
     now = utcnow()
+    updates: list[dict[str, Any]] = []
     for result in results:
         job = result.job
         attempts = job.attempts + (0 if result.outcome == "skipped" else 1)
@@ -704,7 +744,7 @@ def record_results(session: Session, results: Sequence[Result], config: Config) 
         else:
             values.update(state="failed", last_error=(result.error or "")[:2000])
             event = "delivery_failed"
-        session.execute(update(Delivery).where(Delivery.id == job.delivery_id).values(**values))
+        updates.append({"id": job.delivery_id, **values})
         if event is not None and job.request_id is not None:
             store.audit_delivery(
                 session,
@@ -713,6 +753,12 @@ def record_results(session: Session, results: Sequence[Result], config: Config) 
                 comment=result.error[:2000] if result.error else None,
                 metadata=meta,
             )
+    # Each result sets its own columns: one UPDATE per set of columns, by primary key, in a batch.
+    by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in updates:
+        by_columns.setdefault(tuple(sorted(row)), []).append(row)
+    for rows in by_columns.values():
+        session.execute(update(Delivery), rows)
     session.commit()
 
 

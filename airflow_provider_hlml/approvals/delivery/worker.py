@@ -107,6 +107,7 @@ class DeliveryWorker:
     :param sessions: the service's sessions.
     :param channels: the channels by name (default: those the settings configure).
     :param body_of: a request's wire body (the card is built from it).
+    :param run_loop: whether this process runs the loop (else only its channels and links are used).
     """
 
     def __init__(
@@ -115,6 +116,7 @@ class DeliveryWorker:
         sessions: sessionmaker[Session],
         body_of: Callable[[ApprovalRequest], Mapping[str, Any]],
         channels: Mapping[str, Channel] | None = None,
+        run_loop: bool = True,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -122,6 +124,7 @@ class DeliveryWorker:
         self.config = outbox.Config.of(settings, self.channels)
         self.links = ServiceLinks(settings.airflow_url, settings.mlflow_url)
         self._body_of = body_of
+        self.run_loop = run_loop
         self._id = secrets.token_hex(8)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -130,11 +133,16 @@ class DeliveryWorker:
         self._lock = threading.Lock()
         self._next_alert_check = 0.0
         self._updatable = [name for name in self.channels if name == "slack"]
+        self._cards: dict[int, Card] = {}
 
     # ---- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the loop (idempotent; also after a fork, where the parent's thread is gone)."""
+        """Start the loop (idempotent; also after a fork, where the parent's thread is gone);
+        nothing when this process does not deliver (``run_loop=False``: its channels still serve
+        Slack's interactivity requests)."""
+        if not self.run_loop:
+            return
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
@@ -183,6 +191,7 @@ class DeliveryWorker:
         Each part runs on its own: a failure in one (logged) does not keep the others from running.
         """
         now = utcnow()
+        self._cards = {}
         planned = self._part("planning", outbox.plan_new_requests, self.config) or 0
         steps = self._part("claiming steps", lambda s: outbox.claim_due_steps(s, now=now)) or []
         for step_id in steps:
@@ -194,7 +203,12 @@ class DeliveryWorker:
             self._part("planning outcomes", outbox.plan_outcomes, channels=self._updatable, now=now)
         jobs = (
             self._part(
-                "claiming notices", outbox.claim_deliveries, self.config, worker=self._id, now=utcnow()
+                "claiming notices",
+                outbox.claim_deliveries,
+                self.config,
+                worker=self._id,
+                now=utcnow(),
+                body_of=self._body_of,
             )
             or []
         )
@@ -241,13 +255,13 @@ class DeliveryWorker:
         needed (a request decided before its reminder went out)."""
         if job.request_id is None:
             return self._episode_notice(job)
-        with self.sessions() as session:
-            row = session.get(ApprovalRequest, job.request_id)
-            if row is None:
-                return None
-            body = dict(self._body_of(row))
-            state, requested_at = row.state, row.requested_at
-        card = build_card(body, self.links)
+        if job.body is None or job.state is None or job.requested_at is None:
+            return None
+        body, state, requested_at = job.body, job.state, job.requested_at
+        card = self._cards.get(job.request_id)
+        if card is None:
+            # One card per request and turn: its e-mail and Slack notices share it.
+            card = self._cards[job.request_id] = build_card(body, self.links)
         dashboard = (
             safe_link(dashboard_request_url(self.settings.airflow_url, card.call_id))
             if self.settings.airflow_url

@@ -32,7 +32,7 @@ with DAG(
         task_id="ui_gate",
         subject="Dashboard probe {{ run_id }}",
         body="Decided in the dashboard by benchmarks/delivery.py.",
-        approvers=["admin"],
+        approvers=["reviewer"],
         deferrable=True,
     )
     mail_gate >> PythonOperator(task_id="after_mail", python_callable=lambda: "started")

@@ -73,7 +73,7 @@ def _card(row: ApprovalRequest, state: Any) -> Any:
     return build_card(function_call_body(row), links)
 
 
-@router.get(ACTION_PATH + "/{token}", response_class=HTMLResponse, include_in_schema=False)
+@router.get(ACTION_PATH + "/{token}", response_class=HTMLResponse)
 def confirm_page(token: str, session: SessionDep, state: StateDep) -> HTMLResponse:
     """The confirmation page of a one-click link: what is being decided, as whom; never decides."""
     view = outbox.read_token(session, token, now=utcnow())
@@ -124,7 +124,7 @@ def _decide(state: Any, token: str, fields: dict[str, str]) -> tuple[int, dict[s
         }
 
 
-@router.post(ACTION_PATH + "/{token}", response_class=HTMLResponse, include_in_schema=False)
+@router.post(ACTION_PATH + "/{token}", response_class=HTMLResponse)
 async def confirm(token: str, request: Request, state: StateDep) -> HTMLResponse:
     """Decide as the link's recipient (the confirmation page's form posts here)."""
     raw = await request.body()
@@ -201,7 +201,7 @@ def _reply_later(state: Any, action: Any, text: str) -> None:
         ).start()
 
 
-@router.post(SLACK_INTERACTIONS_PATH, include_in_schema=False)
+@router.post(SLACK_INTERACTIONS_PATH)
 async def slack_interactions(request: Request, state: StateDep) -> Response:
     """Slack's interactivity requests: Approve / Reject buttons and the reject-reason picker."""
     from airflow_provider_hlml.approvals.channels.slack import parse_interaction, verify_request
@@ -235,11 +235,12 @@ async def slack_interactions(request: Request, state: StateDep) -> Response:
 def deliveries(
     session: SessionDep,
     actor: CurrentActor,
-    call_id: Annotated[list[str], Query(max_length=200)],
+    call_id: Annotated[list[str] | None, Query(max_length=200)] = None,
 ) -> JSONResponse:
     """Where each function call was delivered: ``{call_id: [{channel, recipient, notice, state,
     attempts, sent_at, next_attempt_at, error}]}``."""
-    store.check_clean(call_id, "query.call_id")
-    ids = store.request_ids(session, kind=store.FUNCTION_CALL, call_ids=call_id[:200])
+    call_ids = (call_id or [])[:200]
+    store.check_clean(call_ids, "query.call_id")
+    ids = store.request_ids(session, kind=store.FUNCTION_CALL, call_ids=call_ids)
     found = outbox.deliveries_of(session, list(ids.values()))
     return JSONResponse({cid: found.get(rid, []) for cid, rid in ids.items()})
