@@ -487,3 +487,33 @@ def test_two_replicas_on_postgres_deliver_each_notice_once(smtp_server: SmtpServ
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def test_a_delivery_process_of_its_own(smtp_server: SmtpServer, smtp: SmtpServer) -> None:
+    """``serve --no-deliver`` sends nothing; an ``hlml-approvals deliver`` process does, and stops on SIGTERM."""
+    root = Path(tempfile.mkdtemp(prefix="hlml-delivery-separate-"))
+    service = ApprovalsService(
+        database_url=f"sqlite:///{root / 'approvals.db'}", root=root, port=free_port(), deliver=False
+    )
+    make_keys(service)
+    service.extra_env = {
+        "HLML_APPROVALS_SMTP_URL": smtp_server.url,
+        "HLML_APPROVALS_PUBLIC_URL": service.base_url,
+        "HLML_APPROVALS_DELIVERY_INTERVAL": "0.2",
+    }
+    service.start()
+    try:
+        subject = _subject()
+        call_id = _create(service, subject, approvers=["alice"])
+        time.sleep(2)
+        assert not _mails(smtp, subject)  # the server processes do not deliver
+        deliverer = service.delivery_process()
+        try:
+            message = _wait_mails(smtp, subject, "alice@example.com")[0]
+            assert httpx.post(_links(message)["approve"], data={}, timeout=30).status_code == 200
+            assert _status(service, call_id)["approved"] is True
+        finally:
+            deliverer.stop()
+        assert deliverer.proc.returncode == 0, deliverer.log_tail()
+    finally:
+        service.stop()

@@ -222,7 +222,7 @@ def _metric_line(row: MetricRow, no_champion: bool) -> str:
     if row.rule:
         parts.append(f"rule {_esc(row.rule, 200)}")
     if row.passed is not None:
-        parts.append("✅ passed" if row.passed else "❌ failed")
+        parts.append(":white_check_mark: passed" if row.passed else ":x: failed")
     line = " · ".join(parts)
     if row.passed is False and row.reason:
         line += f": {_esc(row.reason, 300)}"
