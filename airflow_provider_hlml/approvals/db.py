@@ -102,6 +102,18 @@ IMMUTABLE_COLUMNS: dict[str, frozenset[str]] = {
         {"id", "kind", "call_id", "run_id", "fn", "spec", "spec_hash", "requested_at"}
         | {"created_by_key_id", "created_by", "members"}
     ),
+    # Delivery: a notice, a link's token, a timed step and an alert episode keep what they are;
+    # only their progress changes.
+    "deliveries": frozenset(
+        {"id", "dedupe_key", "request_id", "episode_id", "channel", "recipient", "recipient_name"}
+        | {"notice", "step", "created_at"}
+    ),
+    "action_tokens": frozenset(
+        {"id", "token_hash", "request_id", "delivery_id", "recipient", "recipient_name", "action"}
+        | {"created_at", "expires_at"}
+    ),
+    "request_steps": frozenset({"id", "request_id", "step", "action", "due_at", "params"}),
+    "alert_episodes": frozenset({"id", "alert", "opened_at", "details"}),
 }
 APPEND_ONLY_TABLES = ("audit_events",)
 #: Tables the service only reads: groups are managed with ``hlml-approvals groups`` (as the owner).

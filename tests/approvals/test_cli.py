@@ -237,6 +237,18 @@ class TestDbGrant:
             "audit_events": {"SELECT", "INSERT"},
             "groups": {"SELECT"},
             "group_members": {"SELECT"},
+            "deliveries": {"SELECT", "INSERT"}
+            | {f"UPDATE ({c})" for c in ("state", "attempts", "due_at", "claimed_until", "claimed_by")}
+            | {"UPDATE (sent_at)", "UPDATE (ref)", "UPDATE (last_error)"},
+            "action_tokens": {"SELECT", "INSERT", "UPDATE (used_at)"},
+            "request_steps": {
+                "SELECT",
+                "INSERT",
+                "UPDATE (claimed_until)",
+                "UPDATE (done_at)",
+                "UPDATE (outcome)",
+            },
+            "alert_episodes": {"SELECT", "INSERT", "UPDATE (open_key)", "UPDATE (closed_at)"},
             "sequences": {"USAGE"},
         }
 

@@ -170,7 +170,12 @@ class TestPostgresAuditIntegrity:
         db.migrate(url)
         _, call_id = _create_request(url)
         _refused(url, "TRUNCATE audit_events", "TRUNCATE of audit_events is refused")
-        _refused(url, "TRUNCATE approval_requests, audit_events", "is refused")
+        # Every table that references the requests, so the guard (not a foreign key) refuses it.
+        _refused(
+            url,
+            "TRUNCATE approval_requests, audit_events, request_steps, deliveries, action_tokens",
+            "is refused",
+        )
         _refused(url, "TRUNCATE approval_requests CASCADE", "TRUNCATE of approval_requests is refused")
         _refused(url, "TRUNCATE principals, api_keys CASCADE", "is refused")
         _refused(url, "DELETE FROM approval_requests", NEVER_DELETED)
