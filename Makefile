@@ -74,7 +74,7 @@ demo-stop:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python scripts/demo.py stop; fi
 
 bench: install
-	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+	@for f in benchmarks/[!_]*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) .demo .mypy_cache .ruff_cache build dist *.egg-info

@@ -24,13 +24,11 @@ import argparse
 import os
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import httpx  # noqa: E402
+from _side_by_side import answer_both, check_run, ratios, started_at, summary  # noqa: E402
 
 from airflow_provider_hlml.utils.ids import approval_call_id  # noqa: E402
 from tests.fixtures.airflow_stack import (  # noqa: E402
@@ -59,20 +58,6 @@ from tests.fixtures.smtp import SmtpServer  # noqa: E402
 DAG_ID = "e2e_delivery"
 LINK = re.compile(r"https?://[^\s\"'<>]+/hlml/act/[A-Za-z0-9_\-]+")
 SETTLE_SECONDS = 1.0
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def _summary(name: str, values: list[float]) -> str:
-    return (
-        f"{name:<34} n={len(values):<4} p50={_percentile(values, 0.5):6.2f}s  "
-        f"p95={_percentile(values, 0.95):6.2f}s  mean={statistics.fmean(values):6.2f}s  "
-        f"max={max(values):6.2f}s"
-    )
 
 
 def _smtp() -> tuple[SmtpServer, Any]:
@@ -182,8 +167,8 @@ def burst(count: int, database: str, workers: int = 1, separate: bool = False) -
             f"{' --no-deliver, one deliver process' if separate else ''}): created in {created_in:.2f}s "
             f"({count / created_in:.0f}/s); {len(mail)} e-mails, {len(posted)} Slack messages"
         )
-        print(_summary("created -> e-mail accepted (SMTP)", mail))
-        print(_summary("created -> posted to Slack", posted))
+        print(summary("created -> e-mail accepted (SMTP)", mail, width=34))
+        print(summary("created -> posted to Slack", posted, width=34))
         print(flush=True)
         return {"mail": mail, "slack": posted}
     finally:
@@ -200,16 +185,6 @@ def burst(count: int, database: str, workers: int = 1, separate: bool = False) -
 
 
 # ---- part 2: one-click vs dashboard ---------------------------------------------------------
-
-
-def _started_at(stack: AirflowStack, run_id: str, task_id: str) -> float:
-    def started() -> float | None:
-        for ti in stack.api.task_instances(DAG_ID, run_id):
-            if ti["task_id"] == task_id and ti["start_date"] and ti["state"] in ("running", "success"):
-                return datetime.fromisoformat(ti["start_date"].replace("Z", "+00:00")).timestamp()
-        return None
-
-    return float(wait_until(started, 180, f"{task_id} to start", interval=0.1))
 
 
 def oneclick(rounds: int) -> tuple[list[float], list[float]]:
@@ -271,7 +246,7 @@ def oneclick(rounds: int) -> tuple[list[float], list[float]]:
                 assert stack is not None
                 sent = time.time()
                 httpx.post(approve, data={"comment": "one-click"}, timeout=60).raise_for_status()
-                return _started_at(stack, run_id, "after_mail") - sent
+                return started_at(stack, DAG_ID, run_id, "after_mail") - sent
 
             def by_dashboard(run_id: str = run_id) -> float:
                 assert stack is not None
@@ -280,19 +255,12 @@ def oneclick(rounds: int) -> tuple[list[float], list[float]]:
                 dashboard.post(
                     f"/hlml/api/approvals/{call_id}/decision", json={"approved": True, "comment": "dashboard"}
                 ).raise_for_status()
-                return _started_at(stack, run_id, "after_ui") - sent
+                return started_at(stack, DAG_ID, run_id, "after_ui") - sent
 
-            if n % 2 == 0:
-                mail_latency.append(by_mail())
-                ui_latency.append(by_dashboard())
-            else:
-                ui_latency.append(by_dashboard())
-                mail_latency.append(by_mail())
-            result = api.wait_for_run(DAG_ID, run_id, timeout=240)
-            if result["state"] != "success":
-                raise RuntimeError(f"run {run_id} ended {result['state']}:\n{stack.diagnose(DAG_ID, run_id)}")
-            if api.xcom(DAG_ID, run_id, "mail_gate").get("comment") != "one-click":
-                raise RuntimeError(f"run {run_id}: the mail gate's result does not carry the decision")
+            by_link, by_ui = answer_both(n, by_mail, by_dashboard)
+            mail_latency.append(by_link)
+            ui_latency.append(by_ui)
+            check_run(stack, DAG_ID, run_id, "mail_gate", "one-click")
             print(
                 f"[oneclick] round {n + 1}/{rounds}: one-click {mail_latency[-1]:.2f}s  "
                 f"dashboard {ui_latency[-1]:.2f}s",
@@ -301,12 +269,9 @@ def oneclick(rounds: int) -> tuple[list[float], list[float]]:
         dashboard.close()
         print()
         print(f"decision -> downstream task start ({database} metadata DB, LocalExecutor, mounted service)")
-        print(_summary("one-click link (e-mail)", mail_latency))
-        print(_summary("dashboard decision", ui_latency))
-        print(
-            f"ratio one-click/dashboard: p50={_percentile(mail_latency, 0.5) / _percentile(ui_latency, 0.5):.2f}  "
-            f"p95={_percentile(mail_latency, 0.95) / _percentile(ui_latency, 0.95):.2f}  (target <= 1.1)"
-        )
+        print(summary("one-click link (e-mail)", mail_latency, width=34))
+        print(summary("dashboard decision", ui_latency, width=34))
+        print(f"ratio one-click/dashboard: {ratios(mail_latency, ui_latency)}  (target <= 1.1)")
         print(flush=True)
         return mail_latency, ui_latency
     except BaseException:

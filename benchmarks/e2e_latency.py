@@ -41,6 +41,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from _side_by_side import answer_both, check_run, percentile, ratios, started_at, summary  # noqa: E402
+
 from airflow_provider_hlml.utils.ids import approval_call_id  # noqa: E402
 from tests.fixtures.airflow_stack import (  # noqa: E402
     AirflowStack,
@@ -49,7 +51,6 @@ from tests.fixtures.airflow_stack import (  # noqa: E402
     StackConfig,
     postgres_available,
     start_airflow_stack,
-    wait_until,
 )
 from tests.fixtures.approvals import ApprovalsService, make_keys  # noqa: E402
 from tests.fixtures.mlflow_server import start_mlflow_server  # noqa: E402
@@ -57,16 +58,6 @@ from tests.fixtures.processes import free_port  # noqa: E402
 
 DAG_ID = "e2e_latency"
 SETTLE_SECONDS = 1.0  # after the scheduler has seen both workers exit
-
-
-def _started_at(stack: AirflowStack, run_id: str, task_id: str) -> float:
-    def started() -> float | None:
-        for ti in stack.api.task_instances(DAG_ID, run_id):
-            if ti["task_id"] == task_id and ti["start_date"] and ti["state"] in ("running", "success"):
-                return datetime.fromisoformat(ti["start_date"].replace("Z", "+00:00")).timestamp()
-        return None
-
-    return float(wait_until(started, 180, f"{task_id} to start", interval=0.1))
 
 
 def _ts(value: str | None) -> float | None:
@@ -98,20 +89,6 @@ def _phases(stack: AirflowStack, run_id: str, gate: str, after: str, sent: float
         (done - queued) if resumed and done is not None and queued is not None else None,
         (started - done) if started is not None and done is not None else None,
     ]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(q * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def _summary(name: str, values: list[float]) -> str:
-    return (
-        f"{name:<28} n={len(values):<3} p50={_percentile(values, 0.5):6.2f}s  "
-        f"p95={_percentile(values, 0.95):6.2f}s  mean={statistics.fmean(values):6.2f}s  "
-        f"min={min(values):6.2f}s  max={max(values):6.2f}s"
-    )
 
 
 MODES = ("standalone", "webhook", "mounted")
@@ -173,7 +150,7 @@ def run(rounds: int, mode: str) -> tuple[list[float], list[float]]:
                 assert stack is not None
                 sent = sent_at["hlml_gate"] = time.time()
                 reviewer.respond(call_id, approved=True, comment="benchmark")
-                return _started_at(stack, run_id, "after_hlml") - sent
+                return started_at(stack, DAG_ID, run_id, "after_hlml") - sent
 
             def answer_native(run_id: str = run_id) -> float:
                 assert stack is not None
@@ -184,19 +161,12 @@ def run(rounds: int, mode: str) -> tuple[list[float], list[float]]:
                     json={"chosen_options": ["Approve"]},
                 )
                 resp.raise_for_status()
-                return _started_at(stack, run_id, "after_native") - sent
+                return started_at(stack, DAG_ID, run_id, "after_native") - sent
 
-            if n % 2 == 0:
-                ours.append(answer_ours())
-                native.append(answer_native())
-            else:
-                native.append(answer_native())
-                ours.append(answer_ours())
-            result = api.wait_for_run(DAG_ID, run_id, timeout=240)
-            if result["state"] != "success":
-                raise RuntimeError(f"run {run_id} ended {result['state']}:\n{stack.diagnose(DAG_ID, run_id)}")
-            if api.xcom(DAG_ID, run_id, "hlml_gate").get("comment") != "benchmark":
-                raise RuntimeError(f"run {run_id}: the gate's result does not carry the decision")
+            ours_latency, native_latency = answer_both(n, answer_ours, answer_native)
+            ours.append(ours_latency)
+            native.append(native_latency)
+            check_run(stack, DAG_ID, run_id, "hlml_gate", "benchmark")
             ours_phases.append(_phases(stack, run_id, "hlml_gate", "after_hlml", sent_at["hlml_gate"]))
             native_phases.append(
                 _phases(stack, run_id, "native_gate", "after_native", sent_at["native_gate"])
@@ -207,8 +177,8 @@ def run(rounds: int, mode: str) -> tuple[list[float], list[float]]:
 
         print()
         print(f"e2e decision -> downstream task start ({mode}; {database}, LocalExecutor, {rounds} rounds)")
-        print(_summary("HumanApprovalSensor (hlml)", ours))
-        print(_summary("ApprovalOperator (native)", native))
+        print(summary("HumanApprovalSensor (hlml)", ours))
+        print(summary("ApprovalOperator (native)", native))
         print("where the time went (medians; '-' = the phase does not happen):")
         for i, phase in enumerate(PHASES):
             cells = []
@@ -216,7 +186,7 @@ def run(rounds: int, mode: str) -> tuple[list[float], list[float]]:
                 values = [r[i] for r in rows if r[i] is not None]
                 cells.append(f"{statistics.median(values):6.2f}s" if values else "     -")
             print(f"  {phase:<62} hlml {cells[0]}  native {cells[1]}")
-        print(f"ratio hlml/native [{mode}]: {_ratios(ours, native)}  (target <= 1.0)")
+        print(f"ratio hlml/native [{mode}]: {ratios(ours, native)}  (target <= 1.0)")
         print(flush=True)
         return ours, native
     except BaseException:
@@ -240,12 +210,6 @@ def run(rounds: int, mode: str) -> tuple[list[float], list[float]]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _ratios(ours: list[float], native: list[float]) -> str:
-    p50 = _percentile(ours, 0.5) / _percentile(native, 0.5)
-    p95 = _percentile(ours, 0.95) / _percentile(native, 0.95)
-    return f"p50={p50:.2f}  p95={p95:.2f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=int(os.environ.get("HLML_BENCH_ROUNDS", "10")))
@@ -259,8 +223,8 @@ def main() -> None:
     print("summary: decision -> downstream task start, p50 / p95 (ratio hlml/native; target <= 1.0)")
     for mode, (ours, native) in results.items():
         print(
-            f"  {mode:<12} hlml {_percentile(ours, 0.5):5.2f}s / {_percentile(ours, 0.95):5.2f}s   "
-            f"native {_percentile(native, 0.5):5.2f}s / {_percentile(native, 0.95):5.2f}s   {_ratios(ours, native)}"
+            f"  {mode:<12} hlml {percentile(ours, 0.5):5.2f}s / {percentile(ours, 0.95):5.2f}s   "
+            f"native {percentile(native, 0.5):5.2f}s / {percentile(native, 0.95):5.2f}s   {ratios(ours, native)}"
         )
 
 
