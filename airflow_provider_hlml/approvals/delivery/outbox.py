@@ -607,11 +607,13 @@ def claim_deliveries(
 ) -> list[Job]:
     """Claim due notices for this worker and, for e-mail to people who may answer, make their
     one-click tokens (stored hashed; the raw tokens live only in the returned jobs). Each job
-    carries its request as it is now (``body_of(row)``), so sending reads nothing more."""
+    carries its request as it is now (``body_of(row)``), so sending reads nothing more. Only
+    notices of the channels this worker has are claimed (replicas may be configured apart)."""
     due = (
         select(Delivery.id)
         .where(
             Delivery.state == "pending",
+            Delivery.channel.in_(sorted(config.channels)),
             Delivery.due_at <= now,
             (Delivery.claimed_until.is_(None)) | (Delivery.claimed_until < now),
         )

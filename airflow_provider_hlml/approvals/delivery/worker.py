@@ -141,8 +141,8 @@ class DeliveryWorker:
         """Start the loop (idempotent; also after a fork, where the parent's thread is gone);
         nothing when this process does not deliver (``run_loop=False``: its channels still serve
         Slack's interactivity requests)."""
-        if not self.run_loop:
-            return
+        if not self.run_loop or (self._thread is not None and self._thread.is_alive()):
+            return  # the common case, on every request: no lock
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
