@@ -124,12 +124,14 @@ class TestApprovalRestart:
         event = asyncio.run(drop_then_recreate())
         assert event["status"] == "approved"
 
-        # The task resumes on a worker (a fresh operator instance) and re-runs the same try: same request.
+        # The task resumes on a worker (a fresh instance of the same operator) and re-runs the same
+        # try: same request.
         resumed = HumanApprovalSensor(
             task_id="gate",
             subject="Restart-safe?",
             deferrable=True,
             poll_interval=0.2,
+            response_timeout=120,
             notifiers=[notifier],  # type: ignore[list-item]
         )
         result = resumed.execute(make_context(resumed, try_number=1, run_id=run_id))

@@ -87,8 +87,9 @@ def channels_from_settings(settings: ApprovalsSettings) -> dict[str, Channel]:
     if settings.slack_bot_token:
         from airflow_provider_hlml.approvals.channels.slack import SlackChannel
 
+        # 2.5 s per call: an interaction looks its user up in users.info and must answer Slack in 3 s.
         channels["slack"] = SlackChannel(
-            settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url
+            settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=2.5
         )
     return channels
 
