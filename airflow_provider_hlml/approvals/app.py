@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
 from airflow_provider_hlml.approvals import db, store
 from airflow_provider_hlml.approvals.api.deps import ServiceState
 from airflow_provider_hlml.approvals.api.errors import BodySizeLimitMiddleware, install_error_handlers
-from airflow_provider_hlml.approvals.api.longpoll import ChangeHub
+from airflow_provider_hlml.approvals.api.longpoll import ChangeHub, ChangeListener
 from airflow_provider_hlml.approvals.api.routes import delivery, function_calls, human_contacts, service
 from airflow_provider_hlml.approvals.settings import ApprovalsSettings
 from airflow_provider_hlml.approvals.webhooks import Publisher
@@ -35,11 +36,27 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
         with sessions() as session:
             return store.changes_since(session, since=since)
 
+    listener = None
+    if engine.dialect.name == "postgresql":
+
+        def connect() -> Any:
+            raw = engine.raw_connection()
+            conn = raw.driver_connection
+            raw.detach()  # the listener keeps this connection for itself
+            return conn
+
+        def on_change(key: tuple[str, str]) -> None:
+            state.hub.notify_threadsafe(key)
+            if state.delivery is not None:
+                state.delivery.wake()  # e.g. a request another replica created
+
+        listener = ChangeListener(connect, on_change)
+
     state = ServiceState(
         settings=settings,
         engine=engine,
         sessions=sessions,
-        hub=ChangeHub(changes_since, settings.recheck_interval),
+        hub=ChangeHub(changes_since, settings.recheck_interval, listener),
         publisher=Publisher(
             settings.webhook_url_list,
             settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import httpx
+import pytest
 from click.testing import CliRunner
 
 from airflow_provider_hlml.approvals.cli import main as cli
@@ -98,3 +99,74 @@ class TestLongPoll:
             lag = time.monotonic() - decided_at
         assert resp.json()["status"]["user_info"]["name"] == "bob"
         assert lag < 2, lag
+
+
+@pytest.mark.postgres
+async def test_replicas_on_postgres_wake_each_other_through_notify() -> None:
+    """Two ``serve`` processes on one PostgreSQL database, re-reading changes only every 10 s: a
+    decision made on one reaches a long-poll on the other at once (LISTEN/NOTIFY), and so does one
+    the CLI writes to the database."""
+    import os
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    from tests.fixtures.approvals import make_keys
+    from tests.fixtures.processes import free_port, skip_or_fail
+
+    admin_url = os.environ.get("HLML_TEST_POSTGRES_URL")
+    if not admin_url:
+        skip_or_fail("HLML_TEST_POSTGRES_URL is not set: the replicas test needs PostgreSQL")
+    name = f"hlml_notify_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(str(admin_url))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(str(admin_url)).set(database=name).render_as_string(hide_password=False)
+    root = Path(tempfile.mkdtemp(prefix="hlml-notify-"))
+    slow = {"HLML_APPROVALS_RECHECK_INTERVAL": "10"}
+    first = ApprovalsService(database_url=url, root=root / "a", port=free_port(), extra_env=slow)
+    first.root.mkdir(parents=True)
+    make_keys(first)
+    second = ApprovalsService(database_url=url, root=root / "b", port=free_port(), extra_env=slow)
+    second.root.mkdir(parents=True)
+    # ApprovalsService.start sets its own recheck interval; the slow one wins (extra_env last).
+    first.start()
+    second.start()
+    try:
+        agent = Api(first, first.agent_key)
+        reviewer_on_second = Api(second, first.reviewer_key)
+        headers = {"Authorization": f"Bearer {first.agent_key}"}
+        for decide in ("other replica", "cli"):
+            call_id = create(agent)
+            async with httpx.AsyncClient(base_url=first.base_url, timeout=30, headers=headers) as client:
+                # Let the first replica's listener connect (it starts with its first request).
+                await asyncio.sleep(1.0)
+                waiter = asyncio.create_task(client.get(f"/function_calls/{call_id}", params={"wait": 20}))
+                await asyncio.sleep(0.5)
+                if decide == "other replica":
+                    resp = await asyncio.to_thread(
+                        reviewer_on_second.post,
+                        f"/agent/function_calls/{call_id}/respond",
+                        json={"approved": True},
+                    )
+                    assert resp.status_code == 200, resp.text
+                else:
+                    result = await asyncio.to_thread(
+                        CliRunner().invoke, cli, ["approve", call_id, "--as", "bob", "--database-url", url]
+                    )
+                    assert result.exit_code == 0, result.output
+                decided_at = time.monotonic()
+                resp = await waiter
+                lag = time.monotonic() - decided_at
+            assert resp.json()["status"]["approved"] is True, decide
+            assert lag < 2, (decide, lag)  # the 10 s re-check could not have found it this soon
+    finally:
+        second.stop()
+        first.stop()
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -109,6 +109,8 @@ class TestMigrations:
                 ("audit_events", "audit_events_append_only"),
                 ("audit_events", "audit_events_no_truncate"),
                 ("approval_requests", "approval_requests_no_truncate"),
+                # Not a guard: it tells every replica when a request changes (NOTIFY).
+                ("approval_requests", "approval_requests_notify_change"),
             }
         assert triggers == expected
 

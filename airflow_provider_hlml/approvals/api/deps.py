@@ -80,10 +80,12 @@ class ServiceState:
 
 async def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.approvals
+    # Started with the first request, not at import: the app may be mounted (no lifespan) or
+    # forked into workers (threads do not survive a fork).
     if state.delivery is not None:
-        # Started with the first request, not at import: the app may be mounted (no lifespan) or
-        # forked into workers (threads do not survive a fork).
         state.delivery.start()
+    if state.hub.listener is not None:
+        state.hub.listener.start()
     return state
 
 
