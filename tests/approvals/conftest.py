@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -22,16 +23,16 @@ def _postgres_admin_url() -> str | None:
     return os.environ.get(POSTGRES_URL_VAR) or None
 
 
-@pytest.fixture(scope="session")
-def postgres_database_url() -> Iterator[str]:
-    """A fresh, uniquely named PostgreSQL database for this session, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """A new, uniquely named PostgreSQL database (its URL), dropped afterwards."""
     admin_url = _postgres_admin_url()
     if not admin_url:
         skip_or_fail(f"{POSTGRES_URL_VAR} is not set: the PostgreSQL variant of the approvals tests needs it")
     import psycopg2
     from sqlalchemy.engine import make_url
 
-    name = f"hlml_approvals_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         admin = psycopg2.connect(str(admin_url))
     except psycopg2.OperationalError as exc:
@@ -46,6 +47,20 @@ def postgres_database_url() -> Iterator[str]:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_database_url() -> Iterator[str]:
+    """A fresh, uniquely named PostgreSQL database for this session, dropped afterwards."""
+    with fresh_postgres_database("hlml_approvals_test") as url:
+        yield url
+
+
+@pytest.fixture
+def empty_postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database of this test's own, dropped afterwards."""
+    with fresh_postgres_database("hlml_approvals_one") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -445,24 +445,11 @@ def test_pending_count_alert_fires_once_per_episode(smtp_server: SmtpServer, smt
 
 
 @pytest.mark.postgres
-def test_two_replicas_on_postgres_deliver_each_notice_once(smtp_server: SmtpServer, smtp: SmtpServer) -> None:
+def test_two_replicas_on_postgres_deliver_each_notice_once(
+    smtp_server: SmtpServer, smtp: SmtpServer, empty_postgres_url: str
+) -> None:
     """Two ``serve`` processes on one PostgreSQL database: every notice and every timed step once."""
-    import os
-
-    import psycopg2
-    from sqlalchemy.engine import make_url
-
-    from tests.fixtures.processes import skip_or_fail
-
-    admin_url = os.environ.get("HLML_TEST_POSTGRES_URL")
-    if not admin_url:
-        skip_or_fail("HLML_TEST_POSTGRES_URL is not set: the replicas test needs PostgreSQL")
-    name = f"hlml_delivery_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(str(admin_url))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(str(admin_url)).set(database=name).render_as_string(hide_password=False)
+    url = empty_postgres_url
     root = Path(tempfile.mkdtemp(prefix="hlml-delivery-pg-"))
     first = _service(url, root / "a", smtp_server)
     second = ApprovalsService(database_url=url, root=root / "b", port=free_port())
@@ -484,9 +471,6 @@ def test_two_replicas_on_postgres_deliver_each_notice_once(smtp_server: SmtpServ
     finally:
         second.stop()
         first.stop()
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def test_a_delivery_process_of_its_own(smtp_server: SmtpServer, smtp: SmtpServer) -> None:

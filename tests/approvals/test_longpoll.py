@@ -102,30 +102,17 @@ class TestLongPoll:
 
 
 @pytest.mark.postgres
-async def test_replicas_on_postgres_wake_each_other_through_notify() -> None:
+async def test_replicas_on_postgres_wake_each_other_through_notify(empty_postgres_url: str) -> None:
     """Two ``serve`` processes on one PostgreSQL database, re-reading changes only every 10 s: a
     decision made on one reaches a long-poll on the other at once (LISTEN/NOTIFY), and so does one
     the CLI writes to the database."""
-    import os
     import tempfile
-    import uuid
     from pathlib import Path
 
-    import psycopg2
-    from sqlalchemy.engine import make_url
-
     from tests.fixtures.approvals import make_keys
-    from tests.fixtures.processes import free_port, skip_or_fail
+    from tests.fixtures.processes import free_port
 
-    admin_url = os.environ.get("HLML_TEST_POSTGRES_URL")
-    if not admin_url:
-        skip_or_fail("HLML_TEST_POSTGRES_URL is not set: the replicas test needs PostgreSQL")
-    name = f"hlml_notify_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(str(admin_url))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(str(admin_url)).set(database=name).render_as_string(hide_password=False)
+    url = empty_postgres_url
     root = Path(tempfile.mkdtemp(prefix="hlml-notify-"))
     slow = {"HLML_APPROVALS_RECHECK_INTERVAL": "10"}
     first = ApprovalsService(database_url=url, root=root / "a", port=free_port(), extra_env=slow)
@@ -167,6 +154,3 @@ async def test_replicas_on_postgres_wake_each_other_through_notify() -> None:
     finally:
         second.stop()
         first.stop()
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
