@@ -148,6 +148,25 @@ def get_provider_info() -> dict[str, Any]:
                         "integer",
                         "25",
                     ),
+                    "wait_mode": _opt(
+                        "How approval gates wait: 'park' (Airflow 3.3+: the task waits in the "
+                        "awaiting_input state, no worker or triggerer slot, resumed by the API server "
+                        "when the decision is pushed to it), 'defer' (the triggerer long-polls the "
+                        "approvals backend; reschedule mode when the gate is not deferrable), or "
+                        "'auto' (park on Airflow 3.3+ when the approvals backend pushes decisions to "
+                        "this Airflow: the built-in service mounted in the API server, or a "
+                        "standalone one with HLML_APPROVALS_WEBHOOK_URLS; defer otherwise).",
+                        "string",
+                        "auto",
+                    ),
+                    "reconcile_interval": _opt(
+                        "Seconds between two reconciliations of parked gates by the API server: one "
+                        "batched read of all of them per approvals connection, resuming any whose "
+                        "decision was not pushed (made while the API server was down). Also run at "
+                        "start; 0 runs it only at start.",
+                        "integer",
+                        "300",
+                    ),
                     "deployment_id": _opt(
                         "Name unique to this Airflow deployment, part of every approval request id; "
                         "set it when several deployments share one approvals backend (e.g. staging "

@@ -19,6 +19,9 @@ DEFAULT_DASHBOARD_REFRESH_SECONDS = 30
 DEFAULT_WORKFLOW_LOGGING_EXPERIMENT = "hlml-workflow-executions"
 DEFAULT_TRAINING_FAILURE_ALERT_THRESHOLD = 3
 DEFAULT_ALERT_SMTP_CONN_ID = "smtp_default"
+DEFAULT_RECONCILE_INTERVAL = 300
+#: How approval gates wait (``[hlml] wait_mode``).
+WAIT_MODES = ("auto", "park", "defer")
 
 
 def _text(option: str, default: str = "") -> str:
@@ -44,6 +47,28 @@ def poll_interval() -> float:
 def long_poll_seconds() -> int:
     """``[hlml] long_poll_seconds``: seconds a status read may wait on a long-polling server."""
     return conf.getint(SECTION, "long_poll_seconds", fallback=DEFAULT_LONG_POLL_SECONDS)
+
+
+def wait_mode() -> str:
+    """``[hlml] wait_mode``: how approval gates wait: ``auto``, ``park`` or ``defer``.
+
+    :raises ValueError: for any other value.
+    """
+    mode = _text("wait_mode", "auto").lower()
+    if mode not in WAIT_MODES:
+        raise ValueError(f"[{SECTION}] wait_mode must be one of {', '.join(WAIT_MODES)}; got {mode!r}")
+    return mode
+
+
+def reconcile_interval() -> int:
+    """``[hlml] reconcile_interval``: seconds between reconciliations of parked gates (0 = at start only).
+
+    :raises ValueError: when negative.
+    """
+    seconds = conf.getint(SECTION, "reconcile_interval", fallback=DEFAULT_RECONCILE_INTERVAL)
+    if seconds < 0:
+        raise ValueError(f"[{SECTION}] reconcile_interval must be >= 0, got {seconds}")
+    return seconds
 
 
 def deployment_id() -> str:

@@ -14,8 +14,26 @@ the server CPU of each approval POST (``.../respond``) on a single-approver requ
 x1, Product x1, group approvers; four approvals decide it), and of status reads of a pending
 request of each kind. The kinds alternate within every round; medians over the rounds.
 
+The ``replicas`` section (only when asked: it takes about two minutes) runs two ``serve``
+processes, replicas A and B (one uvicorn worker each, default settings), on one fresh PostgreSQL
+database (``--postgres-url``, default ``$HLML_TEST_POSTGRES_URL`` or the local server; skipped
+with a message when it is not reachable). First the cross-replica wake: ``--replica-calls``
+pending calls long-polled (``?wait=30``) on B while A decides them one at a time, every
+``--replica-interval`` seconds; per call, the time B's long-poll returned minus the time A
+answered the decision POST (and minus the time it was sent), next to waiter and decider on the
+same replica, and a "without NOTIFY" baseline: a second database whose notify trigger was
+dropped after migration, served by replicas without their LISTEN connection and
+``HLML_APPROVALS_RECHECK_INTERVAL=0.5``, so the 0.5 s re-check is what wakes them (as before
+migration 0005). Then sustained decisions: pending calls made beforehand (not timed), decided on
+an open-loop schedule at each rate of ``--replica-rates`` for ``--seconds`` seconds, round-robin
+over both replicas; achieved decisions/s, POST latency (p50/p95, the first and last third of the
+step), errors, and the CPU use of the load generator, the replicas and the machine. Targets:
+cross-replica wake p95 < 50 ms, >= 500 decisions/s without queueing.
+
 Usage: python benchmarks/approvals_service.py [--rates 250,1000] [--seconds 10] [--decisions 30]
        python benchmarks/approvals_service.py --sections quorum [--quorum-rounds 15] [--quorum-batch 40]
+       python benchmarks/approvals_service.py --sections replicas [--replica-calls 200]
+           [--replica-rates 250,500,750] [--seconds 10] [--postgres-url postgresql://...]
 """
 
 from __future__ import annotations
@@ -40,9 +58,13 @@ from typing import Any
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _replicas
+
 VENV_BIN = Path(sys.executable).parent
 PREFIX = "/humanlayer/v1"
-SECTIONS = ("reads", "decisions", "quorum")
+SECTIONS = ("reads", "decisions", "quorum")  # the default
+ALL_SECTIONS = (*SECTIONS, "replicas")
 
 # The quorum requests: three rules over three groups, four approvals to decide.
 QUORUM_GROUPS = ("ml-leads", "compliance", "product")
@@ -423,11 +445,402 @@ async def quorum_cost(
     )
 
 
+# --- replicas: two `serve` processes on one PostgreSQL database ------------------------------
+
+WAKE_TARGET_MS = 50.0
+RATE_TARGET = 500.0
+RESPOND_BODY: dict[str, Any] = {
+    "approved": True,
+    "comment": "bench",
+    "requested_at": None,
+    "responded_at": None,
+    "reject_option_name": None,
+    "slack_message_ts": None,
+}
+
+
+def pct(values: list[float], q: float) -> float:
+    """``percentile``, or NaN when there are no values."""
+    return percentile(values, q) if values else float("nan")
+
+
+async def create_spread(
+    session: aiohttp.ClientSession,
+    replicas: list[_replicas.Replica],
+    agent_key: str,
+    count: int,
+    concurrency: int = 50,
+) -> list[str]:
+    """Create ``count`` pending function calls, round-robin over ``replicas``, ``concurrency`` at a time."""
+    headers = {"Authorization": f"Bearer {agent_key}"}
+    ids = [f"bench-{uuid.uuid4().hex[:16]}" for _ in range(count)]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(index: int, call_id: str) -> None:
+        spec = {"fn": "model_promotion", "kwargs": {"subject": "Promote churn", "context": {"v": 3}}}
+        url = f"{replicas[index % len(replicas)].base_url}/function_calls"
+        async with (
+            sem,
+            session.post(
+                url, json={"run_id": "bench", "call_id": call_id, "spec": spec}, headers=headers
+            ) as resp,
+        ):
+            assert resp.status == 201, await resp.text()
+
+    await asyncio.gather(*(one(i, c) for i, c in enumerate(ids)))
+    return ids
+
+
+async def waiting_in(session: aiohttp.ClientSession, replica: _replicas.Replica) -> int:
+    """The long-polls ``replica`` holds (its ``/healthz``)."""
+    async with session.get(f"{replica.root_url}/healthz") as resp:
+        return int((await resp.json())["long_poll_waiters"])
+
+
+async def wake_row(
+    waiters: aiohttp.ClientSession,
+    decider: aiohttp.ClientSession,
+    wait_on: _replicas.Replica,
+    decide_on: _replicas.Replica,
+    keys: tuple[str, str],
+    count: int,
+    interval: float,
+) -> dict[str, Any]:
+    """Long-poll ``count`` new calls on ``wait_on`` (``?wait=30``, pooled session ``waiters``) and
+    decide them on ``decide_on`` one at a time, every ``interval`` seconds.
+
+    Per call, in milliseconds: from ``decide_on`` answering the decision POST (``after_answer``;
+    negative when the waiter heard first) and from the POST being sent (``after_send``) to the
+    long-poll on ``wait_on`` returning with the decision; and the POST's own latency.
+    """
+    agent_key, reviewer_key = keys
+    ids = await create_spread(decider, [decide_on], agent_key, count, concurrency=10)
+    agent = {"Authorization": f"Bearer {agent_key}"}
+    reviewer = {"Authorization": f"Bearer {reviewer_key}"}
+    seen_at: dict[str, float] = {}
+    errors = 0
+
+    async def waiter(call_id: str) -> None:
+        nonlocal errors
+        url = f"{wait_on.base_url}/function_calls/{call_id}"
+        while True:
+            try:
+                async with waiters.get(url, headers=agent, params={"wait": "30"}) as resp:
+                    body = await resp.json() if resp.status == 200 else None
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                body = None
+            if body is None:
+                errors += 1
+                await asyncio.sleep(0.1)
+            elif body["status"]["approved"] is not None:
+                seen_at[call_id] = time.monotonic()
+                return
+
+    before = await waiting_in(decider, wait_on)
+    tasks = []
+    for call_id in ids:
+        tasks.append(asyncio.create_task(waiter(call_id)))
+        await asyncio.sleep(0.001)  # ramp up instead of all connects at once
+    deadline = time.monotonic() + 60
+    while await waiting_in(decider, wait_on) < before + count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the long-polls did not all reach replica {wait_on.name}")
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    sent_at: dict[str, float] = {}
+    answered_at: dict[str, float] = {}
+    started = time.monotonic()
+    for index, call_id in enumerate(ids):
+        await asyncio.sleep(max(0.0, started + index * interval - time.monotonic()))
+        sent_at[call_id] = time.monotonic()
+        async with decider.post(
+            f"{decide_on.base_url}/agent/function_calls/{call_id}/respond",
+            json=RESPOND_BODY,
+            headers=reviewer,
+        ) as resp:
+            text = await resp.text()
+            assert resp.status == 200, text
+        answered_at[call_id] = time.monotonic()
+    _done, pending = await asyncio.wait(tasks, timeout=40)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    seen = [c for c in ids if c in seen_at]
+    return {
+        "after_answer": [1000 * (seen_at[c] - answered_at[c]) for c in seen],
+        "after_send": [1000 * (seen_at[c] - sent_at[c]) for c in seen],
+        "post": [1000 * (answered_at[c] - sent_at[c]) for c in ids],
+        "missed": count - len(seen),
+        "errors": errors,
+    }
+
+
+def print_wake_row(label: str, r: dict[str, Any]) -> None:
+    a, s = r["after_answer"], r["after_send"]
+    print(
+        f"{label:<62} {len(a):>5} {pct(a, 0.5):>8.1f} {pct(a, 0.95):>8.1f} {max(a, default=float('nan')):>8.1f}"
+        f" {pct(s, 0.5):>8.1f} {pct(s, 0.95):>8.1f} {max(s, default=float('nan')):>8.1f}"
+        f" {statistics.median(r['post']):>9.1f} {r['missed']:>7} {r['errors']:>7}"
+    )
+
+
+async def decision_step(
+    session: aiohttp.ClientSession,
+    replicas: list[_replicas.Replica],
+    reviewer_key: str,
+    ids: list[str],
+    rate: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """Decide ``ids`` on an open-loop schedule, ``rate`` per second from now (decision ``i`` at
+    ``i / rate`` s, on replica ``i % len(replicas)``), whatever the answers take.
+
+    Latency is from the scheduled send time to the answer, so waiting for a connection or for a
+    late scheduler counts too. CPU shares cover the ``seconds`` of the schedule.
+    """
+    headers = {"Authorization": f"Bearer {reviewer_key}"}
+    total = len(ids)
+    records: list[tuple[float, float, bool] | None] = [None] * total
+
+    async def decide(index: int, scheduled: float) -> None:
+        replica = replicas[index % len(replicas)]
+        ok = False
+        try:
+            async with session.post(
+                f"{replica.base_url}/agent/function_calls/{ids[index]}/respond",
+                json=RESPOND_BODY,
+                headers=headers,
+            ) as resp:
+                await resp.read()
+                ok = resp.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass
+        records[index] = (scheduled, time.monotonic(), ok)
+
+    replica_before = {r.name: cpu_seconds(r.pid) for r in replicas}
+    machine_before = _replicas.machine_cpu()
+    client_before = time.process_time()
+    t0 = time.monotonic()
+    end = t0 + seconds
+    tasks: list[asyncio.Task[None]] = []
+    index = 0
+    while index < total:
+        now = time.monotonic()
+        while index < total and t0 + index / rate <= now:
+            tasks.append(asyncio.create_task(decide(index, t0 + index / rate)))
+            index += 1
+        if index < total:
+            await asyncio.sleep(max(0.0, t0 + index / rate - time.monotonic()))
+    await asyncio.sleep(max(0.0, end - time.monotonic()))
+    wall = time.monotonic() - t0
+    client_cpu = (time.process_time() - client_before) / wall
+    replica_cpu = {r.name: (cpu_seconds(r.pid) - replica_before[r.name]) / wall for r in replicas}
+    machine_after = _replicas.machine_cpu()
+    machine_busy = (machine_after[0] - machine_before[0]) / max(1.0, machine_after[1] - machine_before[1])
+    in_flight = sum(1 for t in tasks if not t.done())
+    if tasks:
+        _done, pending = await asyncio.wait(tasks, timeout=60)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def latencies(part: list[tuple[float, float, bool] | None]) -> list[float]:
+        return [1000 * (rec[1] - rec[0]) for rec in part if rec is not None and rec[2]]
+
+    ok = [rec for rec in records if rec is not None and rec[2]]
+    lat = latencies(records)
+    third = max(1, total // 3)
+    return {
+        "offered": rate,
+        "decisions": total,
+        "achieved": sum(1 for rec in ok if rec[1] <= end) / seconds,
+        "p50": pct(lat, 0.5),
+        "p95": pct(lat, 0.95),
+        "p95_first": pct(latencies(records[:third]), 0.95),
+        "p95_last": pct(latencies(records[-third:]), 0.95),
+        "max": max(lat, default=float("nan")),
+        "errors": total - len(ok),
+        "in_flight_at_end": in_flight,
+        "client_cpu": client_cpu,
+        "replica_cpu": replica_cpu,
+        "machine_busy": machine_busy,
+    }
+
+
+def sustained(step: dict[str, Any]) -> bool:
+    """The step kept up: >= 95% of the offered rate done within it, no errors, and no queueing
+    (the last third's p95 at most twice the first third's, plus 10 ms)."""
+    return bool(
+        step["achieved"] >= 0.95 * step["offered"]
+        and step["errors"] == 0
+        and step["p95_last"] <= 2 * step["p95_first"] + 10
+    )
+
+
+async def replicas_section(args: argparse.Namespace) -> None:
+    """Two ``serve`` replicas on one fresh PostgreSQL database: cross-replica wake, decisions/s."""
+    admin = args.postgres_url
+    problem = await asyncio.to_thread(_replicas.unreachable, admin)
+    if problem is not None:
+        print(
+            f"\nreplicas: skipped, PostgreSQL is not reachable at {_replicas.redact(admin)} ({problem}); "
+            f"set --postgres-url or ${_replicas.POSTGRES_URL_VAR}"
+        )
+        return
+    rates = [float(r) for r in args.replica_rates.split(",") if r.strip()]
+    count, interval = args.replica_calls, args.replica_interval
+    root = Path(tempfile.mkdtemp(prefix="hlml-replicas-bench-"))
+    main_db = _replicas.FreshDatabase(admin)
+    base_db = _replicas.FreshDatabase(admin, prefix="hlml_bench_nonotify")
+    running: list[_replicas.Replica] = []
+    wake: dict[str, dict[str, Any]] = {}
+    steps: list[dict[str, Any]] = []
+    timeout = aiohttp.ClientTimeout(total=120)
+    try:
+        url = await asyncio.to_thread(main_db.create)
+        keys = await asyncio.to_thread(_replicas.prepare, url)
+        a = _replicas.Replica("A", url, root / "a")
+        b = _replicas.Replica("B", url, root / "b")
+        running += [a, b]
+        await asyncio.to_thread(_replicas.start_all, [a, b])
+        version = await asyncio.to_thread(_replicas.server_version, admin)
+        load = os.getloadavg()
+        print(
+            f"\nreplicas: 2 x hlml-approvals serve (A, B; 1 uvicorn worker each, default settings) on one "
+            f"PostgreSQL {version} database, {main_db.name} at {_replicas.redact(admin).rsplit('/', 1)[0]}; "
+            f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+        )
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as waiters,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20), timeout=timeout) as decider,
+        ):
+            print(
+                f"\ncross-replica wake: {count} pending calls long-polled (?wait=30, one pooled session), "
+                f"decided one at a time every {1000 * interval:.0f} ms (milliseconds; a negative value: "
+                "the waiter heard before the decider's answer arrived)"
+            )
+            print(
+                f"{'waiter / decider':<62} {'calls':>5} {'after POST answered':>26} {'after POST sent':>26}"
+                f" {'POST':>9} {'missed':>7} {'errors':>7}"
+            )
+            print(
+                f"{'':<62} {'':>5} {'p50':>8} {'p95':>8} {'max':>8} {'p50':>8} {'p95':>8} {'max':>8}"
+                f" {'p50':>9} {'':>7} {'':>7}"
+            )
+            # Warm-up (not counted): B's listener connects with its first long-poll.
+            await wake_row(waiters, decider, b, a, keys, 5, interval)
+            wake["cross"] = await wake_row(waiters, decider, b, a, keys, count, interval)
+            print_wake_row("cross-replica: long-poll on B, decided on A", wake["cross"])
+            wake["same"] = await wake_row(waiters, decider, b, b, keys, count, interval)
+            print_wake_row("same replica (reference): long-poll and decision on B", wake["same"])
+            listening = await asyncio.to_thread(main_db.listening_connections)
+            if not args.no_notify_baseline:
+                base_url = await asyncio.to_thread(base_db.create)
+                base_keys = await asyncio.to_thread(_replicas.prepare, base_url)
+                await asyncio.to_thread(base_db.drop_notify_trigger)
+                recheck = {"HLML_APPROVALS_RECHECK_INTERVAL": "0.5"}
+                a0 = _replicas.Replica("A0", base_url, root / "a0", env=recheck, listen=False)
+                b0 = _replicas.Replica("B0", base_url, root / "b0", env=recheck, listen=False)
+                running += [a0, b0]
+                await asyncio.to_thread(_replicas.start_all, [a0, b0])
+                await wake_row(waiters, decider, b0, a0, base_keys, 5, interval)
+                wake["baseline"] = await wake_row(waiters, decider, b0, a0, base_keys, count, interval)
+                base_listening = await asyncio.to_thread(base_db.listening_connections)
+                print_wake_row(
+                    "without NOTIFY (baseline): 0.5 s re-check, on B, decided on A", wake["baseline"]
+                )
+                await asyncio.to_thread(a0.stop)
+                await asyncio.to_thread(b0.stop)
+                await asyncio.to_thread(base_db.drop)
+                print(
+                    f"baseline: replicas of their own on database {base_db.name}, whose trigger "
+                    f"{_replicas.NOTIFY_TRIGGER} was dropped after migration, run with "
+                    "HLML_APPROVALS_RECHECK_INTERVAL=0.5 and without their LISTEN connection (app.ChangeListener "
+                    "replaced in the benchmark's serve processes; product code unchanged), as before migration "
+                    f"0005; LISTEN connections: {base_listening} there, {listening} on {main_db.name}"
+                )
+            cross_p95 = pct(wake["cross"]["after_answer"], 0.95)
+            print(
+                f"target: cross-replica p95 < {WAKE_TARGET_MS:.0f} ms after the POST is answered: "
+                f"{cross_p95:.1f} ms, {'met' if cross_p95 < WAKE_TARGET_MS else 'NOT met'}"
+            )
+
+        warm = max(1, int(rates[0]))  # one second at the first rate, not counted
+        needed = [int(rate * args.seconds) for rate in rates]
+        connector = aiohttp.TCPConnector(limit=args.replica_connections, keepalive_timeout=60)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+        ) as load_session:
+            started = time.monotonic()
+            ids = await create_spread(load_session, [a, b], keys[0], warm + sum(needed), concurrency=50)
+            created_s = time.monotonic() - started
+            print(
+                f"\nsustained decisions over both replicas (round-robin), open loop, {args.seconds:g}s per rate, "
+                f"client connector limit {args.replica_connections}; {len(ids)} pending calls created beforehand in "
+                f"{created_s:.0f}s ({len(ids) / created_s:.0f}/s, not timed); warm-up 1s at {rates[0]:g}/s not counted"
+            )
+            print(
+                "POST latency from its scheduled send time (ms); CPU as % of one core over the step "
+                "(client = this load generator), machine = all cores busy"
+            )
+            print(
+                f"{'offered/s':>9} {'decisions':>9} {'achieved/s':>10} {'p50':>7} {'p95':>7} {'p95 1st 3rd':>11}"
+                f" {'p95 last 3rd':>12} {'max':>7} {'errors':>6} {'client CPU':>10} {'A CPU':>6} {'B CPU':>6}"
+                f" {'machine':>7} {'load':>5} {'sustained':>9}"
+            )
+            await decision_step(load_session, [a, b], keys[1], ids[:warm], rates[0], 1.0)
+            offset = warm
+            for rate, n in zip(rates, needed, strict=True):
+                await asyncio.sleep(1)
+                step = await decision_step(
+                    load_session, [a, b], keys[1], ids[offset : offset + n], rate, args.seconds
+                )
+                offset += n
+                steps.append(step)
+                cpu = step["replica_cpu"]
+                print(
+                    f"{rate:>9.0f} {n:>9} {step['achieved']:>10.0f} {step['p50']:>7.1f} {step['p95']:>7.1f}"
+                    f" {step['p95_first']:>11.1f} {step['p95_last']:>12.1f} {step['max']:>7.1f} {step['errors']:>6}"
+                    f" {100 * step['client_cpu']:>9.0f}% {100 * cpu['A']:>5.0f}% {100 * cpu['B']:>5.0f}%"
+                    f" {100 * step['machine_busy']:>6.0f}% {os.getloadavg()[0]:>5.1f}"
+                    f" {'yes' if sustained(step) else 'no':>9}"
+                )
+        print(
+            "sustained: >= 95% of the offered rate answered within the step, no errors, and the last "
+            "third's p95 <= 2x the first third's + 10 ms (no queueing)"
+        )
+    finally:
+        for replica in running:
+            await asyncio.to_thread(replica.stop)
+        await asyncio.to_thread(main_db.drop)
+        await asyncio.to_thread(base_db.drop)
+
+    cross_p95 = pct(wake["cross"]["after_answer"], 0.95)
+    best = max((s["offered"] for s in steps if sustained(s)), default=0.0)
+    baseline = (
+        f", without NOTIFY {pct(wake['baseline']['after_answer'], 0.95):.0f} ms" if "baseline" in wake else ""
+    )
+    print(
+        f"\nreplicas summary: cross-replica wake p95 {cross_p95:.1f} ms{baseline} "
+        f"(target < {WAKE_TARGET_MS:.0f} ms: {'met' if cross_p95 < WAKE_TARGET_MS else 'NOT met'}); "
+        f"highest decision rate sustained {best:.0f}/s of {', '.join(f'{r:g}' for r in rates)} "
+        f"(target >= {RATE_TARGET:.0f}/s: {'met' if best >= RATE_TARGET else 'NOT met'})"
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
     sections = set(args.sections.split(","))
-    unknown = sections - set(SECTIONS)
+    unknown = sections - set(ALL_SECTIONS)
     if unknown:
-        raise SystemExit(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+        raise SystemExit(f"unknown sections {sorted(unknown)}; choose from {', '.join(ALL_SECTIONS)}")
+    if sections & set(SECTIONS):
+        await sqlite_sections(args, sections)
+    if "replicas" in sections:
+        await replicas_section(args)
+
+
+async def sqlite_sections(args: argparse.Namespace, sections: set[str]) -> None:
+    """The ``reads``, ``decisions`` and ``quorum`` sections, on one SQLite service."""
     service = Service(group_size=args.group_size)
     service.start()
     load = os.getloadavg()[0]
@@ -553,7 +966,9 @@ if __name__ == "__main__":
     parser.add_argument("--decisions", type=int, default=30, help="decisions per latency mode")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="plain polling interval (s)")
     parser.add_argument(
-        "--sections", default=",".join(SECTIONS), help=f"comma-separated parts to run: {', '.join(SECTIONS)}"
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated parts to run: {', '.join(ALL_SECTIONS)} (default: {','.join(SECTIONS)})",
     )
     parser.add_argument("--quorum-rounds", type=int, default=15, help="measured rounds of the quorum section")
     parser.add_argument(
@@ -564,6 +979,31 @@ if __name__ == "__main__":
     )
     parser.add_argument("--quorum-reads", type=int, default=100, help="GETs of each kind per quorum round")
     parser.add_argument("--group-size", type=int, default=4, help="reviewers per group of the 3-rule request")
+    parser.add_argument(
+        "--postgres-url",
+        default=_replicas.admin_url_default(),
+        help=f"PostgreSQL admin URL of the replicas section (a database is created and dropped in it; "
+        f"default ${_replicas.POSTGRES_URL_VAR} or {_replicas.DEFAULT_ADMIN_URL})",
+    )
+    parser.add_argument(
+        "--replica-calls", type=int, default=200, help="calls long-polled per row of the cross-replica wake"
+    )
+    parser.add_argument(
+        "--replica-interval", type=float, default=0.05, help="seconds between the wake rows' decisions"
+    )
+    parser.add_argument(
+        "--replica-rates",
+        default="250,500,750",
+        help="comma-separated offered decisions per second over both replicas, --seconds each",
+    )
+    parser.add_argument(
+        "--replica-connections", type=int, default=200, help="pooled client connections of the decision load"
+    )
+    parser.add_argument(
+        "--no-notify-baseline",
+        action="store_true",
+        help="skip the replicas section's 'without NOTIFY' baseline row (two more replicas)",
+    )
     try:
         import uvloop
 

@@ -228,8 +228,8 @@ def oneclick(rounds: int) -> tuple[list[float], list[float]]:
         ui_latency: list[float] = []
         for n in range(rounds):
             run_id = api.trigger(DAG_ID)
-            stack.wait_until_parked(DAG_ID, run_id, "mail_gate", "deferred")
-            stack.wait_until_parked(DAG_ID, run_id, "ui_gate", "deferred")
+            stack.wait_until_parked(DAG_ID, run_id, "mail_gate", "awaiting_input")
+            stack.wait_until_parked(DAG_ID, run_id, "ui_gate", "awaiting_input")
 
             def link(run_id: str = run_id) -> str | None:
                 for message in smtp.messages():

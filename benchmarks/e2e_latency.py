@@ -5,8 +5,10 @@ LocalExecutor; PostgreSQL when HLML_TEST_POSTGRES_URL is set, else SQLite) and a
 then runs DAG ``e2e_latency`` (tests/e2e/dags/e2e_latency.py) ROUNDS times. Each run has two
 gates side by side:
 
-- ``hlml_gate``: this provider's HumanApprovalSensor (deferred to the triggerer), approved by a
-  reviewer key through the HumanLayer API of the approvals service;
+- ``hlml_gate``: this provider's HumanApprovalSensor, approved by a reviewer key through the
+  HumanLayer API of the approvals service; it defers to the triggerer in ``standalone`` mode and
+  parks in ``awaiting_input`` (Airflow 3.3+) where the service pushes decisions (``webhook``,
+  ``mounted``);
 - ``native_gate``: Airflow's ApprovalOperator (providers-standard HITL), approved through Airflow's
   REST API (``PATCH .../taskInstances/{task_id}/{map_index}/hitlDetails``).
 
@@ -15,7 +17,8 @@ the latency of a gate is the start of the task after it minus the moment its ans
 
 Each mode is a fresh deployment; both gates are measured in the same runs of each mode:
 
-- ``standalone``: a standalone approvals service; the decision reaches Airflow through the trigger;
+- ``standalone``: a standalone approvals service; the decision reaches Airflow through the trigger
+  (the service pushes nothing, so ``[hlml] wait_mode`` auto defers);
 - ``webhook``: the same, plus the service's webhook to ``/hlml/webhooks/humanlayer`` (signed);
 - ``mounted``: the approvals service mounted in the API server (the embedded default).
 
@@ -140,7 +143,9 @@ def run(rounds: int, mode: str) -> tuple[list[float], list[float]]:
         sent_at: dict[str, float] = {}
         for n in range(rounds):
             run_id = api.trigger(DAG_ID)
-            stack.wait_until_parked(DAG_ID, run_id, "hlml_gate", "deferred")
+            # Ours parks like the native gate where the service pushes decisions to Airflow.
+            ours_state = "deferred" if mode == "standalone" else "awaiting_input"
+            stack.wait_until_parked(DAG_ID, run_id, "hlml_gate", ours_state)
             stack.wait_until_parked(DAG_ID, run_id, "native_gate", "awaiting_input")
             time.sleep(SETTLE_SECONDS)
             call_id = approval_call_id(DAG_ID, run_id, "hlml_gate", -1, 1)

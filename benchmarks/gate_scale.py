@@ -15,6 +15,13 @@ By default the gates long-poll (``long_poll_seconds=25``); ``--polling`` adds a 
 long-polling off (a read every ``poll_interval``), the way the cloud API behaves.
 
 Usage: python benchmarks/gate_scale.py [--sizes 100,1000,2000] [--window 30] [--decide-over 20]
+
+With ``--deployment`` it measures a real deployment instead (benchmarks/_gate_scale_deployment.py):
+N waiting gates of ours (parked on Airflow 3.3+) next to N native ``ApprovalOperator``s, what they
+cost the triggerer, the scheduler, the API server and the approvals service while they wait, then
+a burst of decisions (decision -> next task start), ratios ours / native:
+
+    python benchmarks/gate_scale.py --deployment [--gates 2000] [--window 60] [--rate 100]
 """
 
 from __future__ import annotations
@@ -264,7 +271,22 @@ def main() -> None:
     parser.add_argument("--long-poll", type=int, default=25)
     parser.add_argument("--poll-interval", type=float, default=5.0)
     parser.add_argument("--polling", action="store_true", help="add a row per size with long-polling off")
+    parser.add_argument("--deployment", action="store_true", help="measure a real deployment vs native")
+    parser.add_argument("--gates", type=int, default=2000, help="--deployment: waiting gates per side")
+    parser.add_argument("--rate", type=float, default=100.0, help="--deployment: decisions per second")
+    parser.add_argument(
+        "--ours-mode",
+        default="auto",
+        choices=("auto", "park", "defer"),
+        help="--deployment: [hlml] wait_mode",
+    )
     args = parser.parse_args()
+    if args.deployment:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _gate_scale_deployment import run as run_deployment
+
+        run_deployment(args.gates, args.window, args.rate, args.ours_mode)
+        return
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 16384)), hard))

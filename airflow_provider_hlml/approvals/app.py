@@ -36,6 +36,10 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
         with sessions() as session:
             return store.changes_since(session, since=since)
 
+    def wake_delivery() -> None:
+        if state.delivery is not None:
+            state.delivery.wake()
+
     listener = None
     if engine.dialect.name == "postgresql":
 
@@ -47,8 +51,7 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
 
         def on_change(key: tuple[str, str]) -> None:
             state.hub.notify_threadsafe(key)
-            if state.delivery is not None:
-                state.delivery.wake()  # e.g. a request another replica created
+            wake_delivery()  # e.g. a request another replica created or decided
 
         listener = ChangeListener(connect, on_change)
 
@@ -57,18 +60,17 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
         engine=engine,
         sessions=sessions,
         hub=ChangeHub(changes_since, settings.recheck_interval, listener),
-        publisher=Publisher(
-            settings.webhook_url_list,
-            settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
-        ),
+        # Settled requests go to in-process listeners at once; webhook URLs get them from the
+        # delivery outbox, whose worker the publisher wakes.
+        publisher=Publisher(settings.webhook_url_list, wake=wake_delivery),
     )
 
     if settings.delivers:
-        from airflow_provider_hlml.approvals.api.serialize import function_call_body
+        from airflow_provider_hlml.approvals.api.serialize import body_for
         from airflow_provider_hlml.approvals.delivery import DeliveryWorker
 
         state.delivery = DeliveryWorker(
-            settings, sessions, body_of=function_call_body, run_loop=settings.delivery_in_server
+            settings, sessions, body_of=body_for, run_loop=settings.delivery_in_server
         )
 
     @asynccontextmanager

@@ -93,15 +93,15 @@ def main() -> None:
     "--deliver/--no-deliver",
     default=True,
     show_default=True,
-    help="Deliver requests (e-mail, Slack, reminders, alerts) from the server processes; with "
-    "--no-deliver, run 'hlml-approvals deliver' as processes of their own.",
+    help="Deliver requests (e-mail, Slack, reminders, alerts) and decisions (webhooks) from the "
+    "server processes; with --no-deliver, run 'hlml-approvals deliver' as processes of their own.",
 )
 @click.option(
     "--webhook-url",
     "webhook_urls",
     multiple=True,
-    help="URL notified when a request is decided or cancelled (repeatable; the secret comes from "
-    "HLML_APPROVALS_WEBHOOK_SECRET). Default: HLML_APPROVALS_WEBHOOK_URLS.",
+    help="URL notified when a request is decided or cancelled, until it answers 2xx (repeatable; "
+    "the secret comes from HLML_APPROVALS_WEBHOOK_SECRET). Default: HLML_APPROVALS_WEBHOOK_URLS.",
 )
 def serve(
     host: str,
@@ -151,7 +151,8 @@ def _app_from_env() -> Any:
 @_database_option
 @click.option("--log-level", default="info", show_default=True)
 def deliver(database_url: str, log_level: str) -> None:
-    """Deliver requests (e-mail, Slack, reminders, escalations, alerts) until stopped.
+    """Deliver requests (e-mail, Slack, reminders, escalations, alerts) and decisions (webhooks)
+    until stopped.
 
     The same work ``serve`` does in its processes, in a process of its own: run it next to
     ``serve --no-deliver`` to give delivery its own CPU; any number of ``deliver`` and ``serve``
@@ -162,7 +163,7 @@ def deliver(database_url: str, log_level: str) -> None:
     import threading
 
     from airflow_provider_hlml.approvals import db
-    from airflow_provider_hlml.approvals.api.serialize import function_call_body
+    from airflow_provider_hlml.approvals.api.serialize import body_for
     from airflow_provider_hlml.approvals.delivery import DeliveryWorker
     from airflow_provider_hlml.approvals.settings import ApprovalsSettings
 
@@ -171,10 +172,11 @@ def deliver(database_url: str, log_level: str) -> None:
     settings = ApprovalsSettings(database_url=database_url)
     if not settings.delivers:
         raise click.UsageError(
-            "no channel is configured: set HLML_APPROVALS_SMTP_URL or HLML_APPROVALS_SLACK_BOT_TOKEN"
+            "no channel is configured: set HLML_APPROVALS_SMTP_URL, HLML_APPROVALS_SLACK_BOT_TOKEN "
+            "or HLML_APPROVALS_WEBHOOK_URLS"
         )
     engine = db.make_engine(database_url, pool_size=settings.delivery_concurrency + 2)
-    worker = DeliveryWorker(settings, db.make_sessionmaker(engine), body_of=function_call_body)
+    worker = DeliveryWorker(settings, db.make_sessionmaker(engine), body_of=body_for)
     stopped = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopped.set())

@@ -39,6 +39,8 @@ __all__ = [
     "HumanContactRespond",
     "MetricsPublic",
     "OnBehalfOf",
+    "SettledFunctionCalls",
+    "SettledLookup",
     "UserInfo",
 ]
 
@@ -118,6 +120,16 @@ class CancelRequest(BaseModel):
     comment: str | None = Field(default=None, max_length=20_000)
 
 
+#: The most call ids one settled lookup may name.
+MAX_SETTLED_LOOKUP = 10_000
+
+
+class SettledLookup(BaseModel):
+    """POST /hlml/function_calls/settled: the call ids to look up (duplicates count once)."""
+
+    call_ids: list[CallId] = Field(min_length=1, max_length=MAX_SETTLED_LOOKUP)
+
+
 # ---- responses ------------------------------------------------------------------------------
 
 
@@ -142,6 +154,12 @@ class FunctionCallPublic(BaseModel):
     call_id: str
     spec: FunctionCallSpec
     status: FunctionCallStatusPublic | None = None
+
+
+class SettledFunctionCalls(BaseModel):
+    """The settled function calls among those a lookup named (unknown and pending ones left out)."""
+
+    function_calls: list[FunctionCallPublic]
 
 
 class HumanContactStatusPublic(BaseModel):

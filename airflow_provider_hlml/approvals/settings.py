@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,10 +26,20 @@ class ApprovalsSettings(BaseSettings):
     :param inline_reads: run single-row status reads on the event loop (default: only for SQLite,
         where such a read is shorter than a hand-off to a worker thread).
     :param migrate_on_start: run the Alembic migrations when the app is created.
-    :param webhook_urls: comma-separated URLs notified when a request is decided or cancelled
-        (HumanLayer's ``function_call.completed`` / ``human_contact.completed`` bodies), e.g. the
-        Airflow API server's ``/hlml/api/webhooks/humanlayer`` so waiting gates resume at once.
+    :param webhook_urls: comma-separated absolute http(s) URLs (at most 320 characters each)
+        notified when a request is decided or cancelled (HumanLayer's ``function_call.completed``
+        / ``human_contact.completed`` bodies), e.g. the Airflow API server's
+        ``/hlml/webhooks/humanlayer`` so waiting gates resume at once. The notifications are an
+        outbox (``deliveries`` rows, channel ``webhook``): each is POSTed at least once, retried
+        with backoff until the receiver answers 2xx, also when the decision was made while no
+        service process ran (with the CLI, or before a restart). Receivers must be idempotent.
     :param webhook_secret: HMAC-SHA256 secret signing each webhook body (``X-HLML-Signature``).
+    :param webhook_attempts: POSTs of one notification before it is given up as failed (the
+        backoff doubles up to 600 s, so the default 40 keeps trying for about five hours).
+    :param webhook_window_seconds: requests settled longer ago than this are never notified: a
+        decision made while no delivery worker ran is notified when one next runs within this
+        window.
+    :param webhook_timeout_seconds: seconds one POST may take.
     :param public_url: the service's API base as reviewers reach it (``http(s)://host/humanlayer/v1``;
         mounted in Airflow: ``{airflow}/hlml/humanlayer/v1``); one-click links start with it (no
         links without it).
@@ -60,7 +71,8 @@ class ApprovalsSettings(BaseSettings):
     :param alert_pending_count: alert when more than this many requests are pending (0 = off).
     :param delivery_interval: seconds between the delivery worker's checks for due work (a new
         request made by this process wakes it at once).
-    :param delivery_attempts: sends of one notice before it is given up as failed.
+    :param delivery_attempts: sends of one notice (e-mail, Slack) before it is given up as failed
+        (webhooks have ``webhook_attempts``).
     :param delivery_concurrency: sends in flight at once per process.
     :param delivery_in_server: whether the server processes deliver (``serve --no-deliver`` turns
         it off, for ``hlml-approvals deliver`` processes of their own).
@@ -80,6 +92,9 @@ class ApprovalsSettings(BaseSettings):
     migrate_on_start: bool = False
     webhook_urls: str = ""
     webhook_secret: SecretStr | None = None
+    webhook_attempts: int = Field(default=40, ge=1, le=1000)
+    webhook_window_seconds: float = Field(default=86_400, gt=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     public_url: str = ""
     airflow_url: str = ""
     mlflow_url: str = ""
@@ -127,8 +142,9 @@ class ApprovalsSettings(BaseSettings):
 
     @property
     def delivers(self) -> bool:
-        """Whether any channel is configured (the delivery worker runs only then)."""
-        return bool(self.smtp_url or self.slack_bot_token)
+        """Whether any channel (e-mail, Slack, webhook URLs) is configured (the delivery worker
+        runs only then)."""
+        return bool(self.smtp_url or self.slack_bot_token or self.webhook_url_list)
 
     @field_validator(
         "smtp_password", "slack_bot_token", "slack_signing_secret", "webhook_secret", mode="before"
@@ -145,6 +161,11 @@ class ApprovalsSettings(BaseSettings):
             if value and (safe_link(value) is None or value.startswith("/")):
                 raise ValueError(f"{name} must be an absolute http(s) URL without credentials")
             setattr(self, name, value.rstrip("/"))
+        for url in self.webhook_url_list:
+            parts = urlsplit(url)
+            # 320: what a delivery row's recipient holds (the URL is the notification's recipient).
+            if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 320:
+                raise ValueError("webhook_urls must be absolute http(s) URLs of at most 320 characters")
         return self
 
 

@@ -927,6 +927,25 @@ def principal_name_for_email(session: Session, email: str) -> str | None:
     return names[0] if len(names) == 1 else None
 
 
+def settled_requests(
+    session: Session, *, kind: str, call_ids: Sequence[str], chunk: int = 500
+) -> list[ApprovalRequest]:
+    """The requests among ``call_ids`` that exist and are settled (no longer pending), in the
+    order named, one query per ``chunk`` ids (duplicates count once)."""
+    wanted = list(dict.fromkeys(call_ids))
+    found: dict[str, ApprovalRequest] = {}
+    for start in range(0, len(wanted), chunk):
+        for row in session.scalars(
+            select(ApprovalRequest).where(
+                ApprovalRequest.kind == kind,
+                ApprovalRequest.call_id.in_(wanted[start : start + chunk]),
+                ApprovalRequest.state != "pending",
+            )
+        ):
+            found[row.call_id] = row
+    return [found[c] for c in wanted if c in found]
+
+
 def request_ids(session: Session, *, kind: str, call_ids: Sequence[str]) -> dict[str, int]:
     """The ids of the requests ``call_ids`` name (those that exist)."""
     rows = session.execute(

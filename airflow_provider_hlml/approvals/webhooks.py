@@ -1,28 +1,32 @@
 """Tell subscribers when a request is settled: outgoing webhooks and in-process listeners.
 
 A waiting Airflow gate finds a decision by reading the request; a webhook lets Airflow hear of it
-at once instead. When a function call is decided or cancelled (or a human contact answered), the
-service POSTs HumanLayer's webhook body to every configured URL::
+at once instead. When a function call is decided or cancelled (or a human contact answered or
+cancelled), the service POSTs HumanLayer's webhook body to every configured URL::
 
     {"is_test": false, "type": "function_call.completed", "event": {...the FunctionCall...}}
 
-signed when a secret is set: ``X-HLML-Request-Timestamp`` holds the Unix time of the delivery
-attempt and ``X-HLML-Signature: v1=<hex>`` the HMAC-SHA256 under the secret of
-``v1:{timestamp}:{raw body}`` (the scheme of Slack's ``v0``). A receiver refuses a timestamp more
-than :data:`REPLAY_WINDOW_SECONDS` away from its clock, so a captured body cannot be replayed
-later. Deliveries run on a small background pool, off the reviewer's request: a slow or failing
-receiver delays nothing and loses no decision (the gate still reads the request itself); each
-delivery is retried a few times with backoff, then logged and dropped.
+(``human_contact.completed`` with the HumanContact for human contacts), signed when a secret is
+set: ``X-HLML-Request-Timestamp`` holds the Unix time of the delivery attempt and
+``X-HLML-Signature: v1=<hex>`` the HMAC-SHA256 under the secret of ``v1:{timestamp}:{raw body}``
+(the scheme of Slack's ``v0``). A receiver refuses a timestamp more than
+:data:`REPLAY_WINDOW_SECONDS` away from its clock, so a captured body cannot be replayed later.
 
-In-process listeners (the Airflow plugin, when the service is mounted in the API server) receive
-the same ``(type, body)`` on the same pool.
+Both kinds go through the delivery outbox, not through this module: the delivery worker plans one
+``webhook`` notice per URL for every request settled in the last ``webhook_window_seconds`` (the
+request rows are the durable record, so decisions made while no service ran, or with the CLI,
+are notified too) and POSTs it with
+:class:`~airflow_provider_hlml.approvals.channels.webhook.WebhookChannel`, at least once, until
+the receiver answers 2xx (``webhook_attempts``, audited like every delivery). Receivers must
+therefore be idempotent. :class:`Publisher` only calls in-process listeners (the Airflow plugin,
+when the service is mounted in the API server) on a small pool and wakes the delivery worker, so
+a receiver that is up hears of a decision within milliseconds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -108,25 +112,18 @@ def signature_problem(
 
 
 class Publisher:
-    """Delivers ``completed`` notifications to webhook URLs and in-process listeners.
+    """Hands settled requests to in-process listeners and wakes the webhook outbox.
 
-    :param urls: webhook URLs.
-    :param secret: HMAC secret of ``X-HLML-Signature`` (with ``X-HLML-Request-Timestamp``);
-        unsigned when empty.
-    :param timeout: seconds per delivery attempt.
-    :param attempts: delivery attempts per URL before giving up.
+    :param urls: the configured webhook URLs (the delivery worker POSTs to them; listed here so
+        :attr:`active` tells whether decisions are pushed anywhere).
+    :param wake: called on every publish: wakes the delivery worker that POSTs to ``urls``.
     """
 
-    def __init__(
-        self, urls: Sequence[str] = (), secret: str | None = None, timeout: float = 5.0, attempts: int = 3
-    ) -> None:
+    def __init__(self, urls: Sequence[str] = (), wake: Callable[[], Any] | None = None) -> None:
         self.urls = [u for u in urls if u]
-        self._secret = secret or None
-        self._timeout = timeout
-        self._attempts = max(1, attempts)
+        self.wake = wake
         self._listeners: list[Listener] = []
         self._pool: ThreadPoolExecutor | None = None
-        self._client: Any = None
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener(type, body)`` (on the background pool) for every completed request."""
@@ -134,21 +131,21 @@ class Publisher:
 
     @property
     def active(self) -> bool:
+        """Whether settled requests are pushed anywhere (webhook URLs or in-process listeners)."""
         return bool(self.urls or self._listeners)
 
     def publish(self, event_type: str, body: dict[str, Any]) -> list[Future[None]]:
-        """Queue the notifications of one settled request; returns at once."""
-        if not self.active:
+        """Queue the listeners' calls for one settled request and wake the webhook outbox;
+        returns at once (the futures of the listeners' calls)."""
+        if self.urls and self.wake is not None:
+            self.wake()
+        if not self._listeners:
             return []
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hlml-approvals-webhooks")
-        futures = [
+            self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hlml-approvals-listeners")
+        return [
             self._pool.submit(self._call_listener, listener, event_type, body) for listener in self._listeners
         ]
-        if self.urls:
-            payload = json.dumps({"is_test": False, "type": event_type, "event": body}, default=str).encode()
-            futures += [self._pool.submit(self._deliver, url, payload) for url in self.urls]
-        return futures
 
     def _call_listener(self, listener: Listener, event_type: str, body: dict[str, Any]) -> None:
         try:
@@ -156,44 +153,7 @@ class Publisher:
         except Exception:
             log.exception("A listener of %s failed for %s", event_type, body.get("call_id"))
 
-    def _deliver(self, url: str, payload: bytes) -> None:
-        import httpx
-        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
-        if self._client is None:
-            self._client = httpx.Client(timeout=self._timeout)
-
-        def post() -> None:
-            headers = {"Content-Type": "application/json"}
-            if self._secret:
-                # Signed per attempt: a retry after backoff carries a fresh timestamp.
-                headers.update(signed_headers(self._secret, payload))
-            resp = self._client.post(url, content=payload, headers=headers)
-            if resp.status_code >= 500 or resp.status_code == 429:
-                raise _RetryableDelivery(f"{url} answered {resp.status_code}")
-            if resp.status_code >= 400:
-                log.warning("Webhook %s refused the notification: HTTP %s", url, resp.status_code)
-
-        try:
-            for attempt in Retrying(
-                retry=retry_if_exception_type((httpx.HTTPError, _RetryableDelivery)),
-                stop=stop_after_attempt(self._attempts),
-                wait=wait_exponential(multiplier=0.2, max=2.0),
-                reraise=True,
-            ):
-                with attempt:
-                    post()
-        except (httpx.HTTPError, _RetryableDelivery) as exc:
-            log.warning("Webhook %s not delivered after %d attempts: %s", url, self._attempts, exc)
-
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-
-class _RetryableDelivery(Exception):
-    """The receiver answered 5xx or 429."""

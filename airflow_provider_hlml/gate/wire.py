@@ -17,8 +17,11 @@ __all__ = [
     "CALL_ID_TAKEN",
     "FEATURES_PATH",
     "FEATURE_GROUPS",
+    "FEATURE_PUSH",
     "FEATURE_RULES",
+    "FEATURE_SETTLED",
     "REPLAYED_HEADER",
+    "SETTLED_PATH",
     "AnswerInfo",
     "GateFunctionCall",
     "GateFunctionCallStatus",
@@ -37,6 +40,15 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 FEATURES_PATH = "/hlml/features"
 FEATURE_GROUPS = "groups"
 FEATURE_RULES = "approval_rules"
+# The service answers ``POST {SETTLED_PATH}`` (below).
+FEATURE_SETTLED = "settled_lookup"
+# The service pushes every settled request somewhere at once (in-process listeners, such as the
+# Airflow plugin when the service is mounted in the API server, or webhook URLs); listed only then.
+FEATURE_PUSH = "decision_push"
+# The approvals service's extension route (under the API root) for reconciliation:
+# ``{"call_ids": [...]}`` (1 to 10000) in, ``{"function_calls": [...]}`` out: those of the calls
+# that exist and are settled (decided, cancelled or expired), as ``GET /function_calls/{id}``.
+SETTLED_PATH = "/hlml/function_calls/settled"
 
 
 class UserInfo(BaseModel):

@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowException
 from airflow_provider_hlml.utils.http import error_code, error_detail, redact_url
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
 
     import aiohttp
     import requests
@@ -412,6 +412,24 @@ class HumanLayerHook(BaseHook):
         from airflow_provider_hlml.gate.wire import GateFunctionCall
 
         return GateFunctionCall.model_validate(self._request("GET", f"/function_calls/{call_id}"))
+
+    def settled_function_calls(self, call_ids: Sequence[str], chunk: int = 5000) -> list[dict[str, Any]]:
+        """
+        The requests among ``call_ids`` that are decided or cancelled, in one request per
+        ``chunk`` ids (``POST /hlml/function_calls/settled`` of the provider's approvals service).
+
+        :param call_ids: HumanLayer call ids.
+        :raises HumanLayerError: also when the server has no such route (the HumanLayer cloud).
+        """
+        from airflow_provider_hlml.gate.wire import SETTLED_PATH
+
+        found: list[dict[str, Any]] = []
+        ids = list(dict.fromkeys(call_ids))
+        for start in range(0, len(ids), chunk):
+            data = self._request("POST", SETTLED_PATH, json_body={"call_ids": ids[start : start + chunk]})
+            listed = data.get("function_calls") if isinstance(data, dict) else None
+            found += [c for c in listed or [] if isinstance(c, dict)]
+        return found
 
     def get_or_create_function_call(self, call: FunctionCall) -> tuple[GateFunctionCall, bool]:
         """

@@ -56,6 +56,7 @@ def build_fastapi_apps() -> tuple[dict[str, Any], ...]:
                 "name": "HLML approvals service",
             }
         )
+    start_reconciler()
     apps.append(
         {
             "app": create_webhook_app(
@@ -73,6 +74,16 @@ def build_fastapi_apps() -> tuple[dict[str, Any], ...]:
         }
     )
     return tuple(apps)
+
+
+@functools.cache
+def start_reconciler() -> Any:
+    """Start this API server's reconciliation of parked gates (:class:`~.wake.Reconciler`), once."""
+    from airflow_provider_hlml.plugins.wake import Reconciler
+
+    reconciler = Reconciler(hlml_settings.reconcile_interval())
+    reconciler.start()
+    return reconciler
 
 
 def build_embedded_approvals(database_url: str) -> Any | None:

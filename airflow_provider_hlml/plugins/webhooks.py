@@ -20,7 +20,9 @@ answered 413 at once), and hostile content (strings with NUL or lone surrogates,
 non-finite numbers, a malformed ``call_id``) is refused with 4xx before anything else sees it.
 
 Either way the gate's own policy (approvers, self-approval) is applied again before anything
-reaches Airflow, and a request no gate waits on changes nothing.
+reaches Airflow, and a request no gate waits on changes nothing. A decision whose gate is still
+running (about to park) is answered 503 with ``Retry-After``: the service's outbox delivers it
+again until it is acknowledged.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def create_webhook_app(data: Any, secret: str = "") -> FastAPI:
         TIMESTAMP_HEADER,
         signature_problem,
     )
-    from airflow_provider_hlml.plugins.wake import wake_gate
+    from airflow_provider_hlml.plugins.wake import NOT_YET, wake_gate
 
     # No trailing-slash redirects: Starlette would build their Location from the Host header.
     app = FastAPI(
@@ -221,6 +223,13 @@ def create_webhook_app(data: Any, secret: str = "") -> FastAPI:
             fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors()[:5])
             return _error(
                 status.HTTP_422_UNPROCESSABLE_ENTITY, f"event: not a HumanLayer function call ({fields})"
+            )
+        if outcome == NOT_YET:
+            # The gate's task is about to park: not acknowledged, so the service delivers again.
+            return JSONResponse(
+                {"call_id": call_id, "outcome": outcome},
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": "2"},
             )
         return JSONResponse({"call_id": call_id, "outcome": outcome})
 

@@ -49,6 +49,20 @@ if TYPE_CHECKING:
     from airflow_provider_hlml.hooks.humanlayer import HumanLayerHook
 
 
+def _awaiting_input() -> Any:
+    """Airflow's ``TaskAwaitingInput`` (3.3+), or ``None`` on an Airflow that cannot park a task."""
+    try:
+        from airflow.sdk.exceptions import TaskAwaitingInput
+    except ImportError:  # Airflow 3.1 / 3.2
+        return None
+    return TaskAwaitingInput
+
+
+#: The ``next_kwargs`` key under which a parked gate keeps what resuming it needs (the API server's
+#: wake and reconciliation read it: :mod:`airflow_provider_hlml.plugins.wake`).
+PARKED_KWARG = "hlml_gate"
+
+
 def _triggers() -> ModuleType:
     """The trigger module, imported when a gate first needs it: it loads ``airflow.triggers.base``,
     which DAG parsing can do without."""
@@ -186,7 +200,12 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
     :param mlflow_conn_id: MLflow connection to read the model's author from (default
         ``[hlml] mlflow_conn_id``).
     :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``);
-        otherwise the sensor runs in ``reschedule`` mode.
+        otherwise the sensor runs in ``reschedule`` mode. Ignored when the gate parks.
+    :param wait_mode: ``park`` (Airflow 3.3+: the task waits in ``awaiting_input``, holding no
+        worker or triggerer slot, and the API server resumes it when the decision is pushed to it;
+        the deadline is the scheduler's), ``defer`` (``deferrable`` / ``reschedule`` as above) or
+        ``auto`` (park on Airflow 3.3+ when the approvals backend pushes decisions to this
+        Airflow, defer otherwise); default ``[hlml] wait_mode``.
     :param poll_interval: seconds between status reads (default ``[hlml] poll_interval``).
     :param humanlayer_conn_id: Airflow connection of type ``humanlayer`` (default
         ``[hlml] humanlayer_conn_id``).
@@ -233,8 +252,10 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = hlml_settings.poll_interval(),
         humanlayer_conn_id: str | None = None,
+        wait_mode: str | None = None,
         **kwargs: Any,
     ) -> None:
+        self.wait_mode = _choice(wait_mode, hlml_settings.WAIT_MODES, "wait_mode") if wait_mode else None
         self.response_timeout_seconds = _seconds(response_timeout, "response_timeout")
         self.escalation_timeout_seconds = _seconds(escalation_timeout, "escalation_timeout")
         if poll_interval <= 0:
@@ -619,7 +640,8 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
 
     # -------------------------------------------------------------- execution
     def execute(self, context: Context) -> Any:
-        if not self.deferrable:
+        parks = self.parks()
+        if not parks and not self.deferrable:
             return super().execute(context)
         call = self.ensure_request(context)
         escalated = self.already_escalated(call)
@@ -629,7 +651,66 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             if not isinstance(outcome, _KeepWaiting):
                 return outcome
             escalated = outcome.escalated
+        self.wait_on(call, context, escalated, parks)
+
+    def parks(self) -> bool:
+        """Whether this gate waits parked in ``awaiting_input`` (see ``wait_mode``)."""
+        mode = self.wait_mode or hlml_settings.wait_mode()
+        if mode == "defer":
+            return False
+        if _awaiting_input() is None:
+            if mode == "park":
+                raise AirflowFailException(
+                    "wait_mode='park' needs Airflow 3.3+ (TaskAwaitingInput); use 'auto' or 'defer'"
+                )
+            return False
+        if mode == "park":
+            return True
+        from airflow_provider_hlml.gate.wire import FEATURE_PUSH
+        from airflow_provider_hlml.hooks.humanlayer import HumanLayerError
+
+        try:
+            pushes = FEATURE_PUSH in self.hook.features()
+        except HumanLayerError as exc:
+            self.log.warning("Could not read the approvals backend's features (%s): deferring.", exc)
+            return False
+        if not pushes:
+            self.log.info(
+                "The approvals backend of %r does not push decisions to Airflow: the gate defers.",
+                self.humanlayer_conn_id,
+            )
+        return pushes
+
+    def wait_on(self, call: GateFunctionCall, context: Context, escalated: bool, parks: bool) -> None:
+        """Park (``parks``) or hand the wait over to the triggerer."""
+        if parks:
+            self.park_on(call, context, escalated)
         self.defer_on(call, context, escalated)
+
+    def park_on(self, call: GateFunctionCall, context: Context, escalated: bool) -> None:
+        """Park the task in ``awaiting_input`` until the API server resumes it with the decision,
+        or the scheduler's timeout sweep resumes it at the deadline (no trigger, no polling)."""
+        awaiting = _awaiting_input()
+        assert awaiting is not None  # parks() checked
+        policy = self.policy_for(context, escalated, call)
+        deadline = self.deadline_of(call, escalated)
+        self.log.info(
+            "Waiting for a decision on %s, parked (no worker or triggerer slot)%s.",
+            call.call_id,
+            f" until {deadline.isoformat()}" if deadline else "",
+        )
+        parked = {
+            "call_id": call.call_id,
+            "humanlayer_conn_id": self.humanlayer_conn_id,
+            "policy": policy.to_json(),
+            "escalated": escalated,
+            "deadline": deadline.isoformat() if deadline else None,
+        }
+        raise awaiting(
+            method_name="execute_complete",
+            kwargs={PARKED_KWARG: parked},
+            timeout=max(deadline - _now(), timedelta(seconds=1)) if deadline else None,
+        )
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         call = self.ensure_request(context)
@@ -667,10 +748,25 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             timeout=timeout,
         )
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | str | None = None) -> Any:
-        """Resume after the trigger fired: validate the event, then apply the outcome."""
+    def execute_complete(
+        self,
+        context: Context,
+        event: dict[str, Any] | str | None = None,
+        hlml_gate: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Resume after the trigger fired, or the parked task was resumed: validate the event,
+        then apply the outcome.
+
+        :param event: the decision (or timeout) event.
+        :param hlml_gate: what a parked gate kept (``None`` when it deferred).
+        """
         call_id = self.call_id_for(context)
         call: GateFunctionCall | None = None
+        parked = hlml_gate is not None
+        if parked and isinstance(event, Mapping) and event.get("error_type") == "timeout":
+            # The scheduler's sweep resumes a parked task at its deadline with a timeout error
+            # (our gates have no native HITL row). A decision that landed just before still wins.
+            call, event = self.settle_deadline(context, dict(hlml_gate or {}))
         if event == "success":
             # The trigger ended the task itself (an approval), but this runner resumes the task
             # with the task-end event instead (``dag.test()`` does): settle from the request.
@@ -703,8 +799,38 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         if isinstance(outcome, _KeepWaiting):
             if call is None:
                 call = self.hook.get_function_call(call_id)
-            self.defer_on(call, context, outcome.escalated)
+            # Escalated: wait again the same way, until the second deadline.
+            self.wait_on(call, context, outcome.escalated, parked)
         return outcome
+
+    def settle_deadline(
+        self, context: Context, parked: Mapping[str, Any]
+    ) -> tuple[GateFunctionCall | None, dict[str, Any]]:
+        """The event of a parked gate whose deadline passed: its decision when one was accepted
+        in time (or the request was cancelled), the timeout event otherwise."""
+        from airflow_provider_hlml.hooks.humanlayer import HumanLayerError
+
+        call_id = self.call_id_for(context)
+        escalated = bool(parked.get("escalated"))
+        call: GateFunctionCall | None = None
+        try:
+            call = self.hook.get_function_call(call_id)
+        except HumanLayerError as exc:
+            self.log.warning("Final read of %s at its deadline failed: %s", call_id, exc)
+        if call is not None:
+            event = self.check(call, context, escalated)
+            if event is not None:
+                return call, event
+        requested = call.status.requested_at if call is not None and call.status else None
+        return call, dict(
+            ApprovalTimeoutEvent(
+                status="timeout",
+                call_id=call_id,
+                deadline=str(parked.get("deadline") or ""),
+                escalated=escalated,
+                requested_at=requested.isoformat() if requested else None,
+            )
+        )
 
     def on_kill(self) -> None:
         """The task was stopped while checking: withdraw the pending request."""

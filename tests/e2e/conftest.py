@@ -147,8 +147,10 @@ class MountedApprovals:
     database_url: str
     agent_key: str
     reviewer_key: str
+    reviewer2_key: str
     admin_key: str
     delegate_key: str
+    webhook_secret: str
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +159,11 @@ def sqlite_mounted_stack(
     e2e_mlflow: MLflowServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[AirflowStack, MountedApprovals]]:
-    """LocalExecutor on SQLite; the approvals service mounted in the API server (embedded default)."""
+    """LocalExecutor on SQLite; the approvals service mounted in the API server (embedded default).
+
+    Its gates park (``[hlml] wait_mode`` auto on Airflow 3.3+); the scheduler sweeps their
+    deadlines every 2 s instead of 15 s, so timeouts are quick to test.
+    """
     workdir: Path = tmp_path_factory.mktemp("e2e-sqlite")
     keys = ApprovalsService(database_url=f"sqlite:///{workdir / 'hlml_approvals.db'}", root=workdir, port=0)
     make_keys(keys)  # migrates the database and creates one key per role
@@ -165,14 +171,23 @@ def sqlite_mounted_stack(
         database_url=keys.database_url,
         agent_key=keys.agent_key,
         reviewer_key=keys.reviewer_key,
+        reviewer2_key=keys.reviewer2_key,
         admin_key=keys.admin_key,
         delegate_key=keys.delegate_key,
+        webhook_secret=secrets.token_urlsafe(24),
     )
     config = StackConfig(
         mlflow_url=e2e_mlflow.url,
         agent_key=mounted.agent_key,
         delegate_key=mounted.delegate_key,
         mounted_approvals_db=mounted.database_url,
+        webhook_secret=mounted.webhook_secret,
     )
-    with airflow_stack(workdir, metadata_databases, config, database="sqlite") as stack:
+    with airflow_stack(
+        workdir,
+        metadata_databases,
+        config,
+        database="sqlite",
+        extra_env={"AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2"},
+    ) as stack:
         yield stack, mounted

@@ -50,7 +50,8 @@ class TestCeleryDeployment:
         run_id = runs[0]["dag_run_id"]
         assert runs[0]["run_type"] == "scheduled"
         try:
-            celery_stack.wait_until_parked(CHURN, run_id, "approve_promotion", "deferred")
+            # The service pushes its decisions to the API server (webhooks): the gate parks.
+            celery_stack.wait_until_parked(CHURN, run_id, "approve_promotion", "awaiting_input")
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\n{celery_stack.diagnose(CHURN, run_id)}") from exc
         call_id = approval_call_id(CHURN, run_id, "approve_promotion", -1, 1)
@@ -58,10 +59,13 @@ class TestCeleryDeployment:
         run = api.wait_for_run(CHURN, run_id, timeout=400)
 
         assert run["state"] == "success", celery_stack.diagnose(CHURN, run_id)
-        # The approvals service posted the decision to the API server, which took the signed body.
+        # The approvals service posted the decision to the API server, which took the signed body
+        # and resumed the parked gate: the only way it could learn of it (nothing polls).
         api_log = celery_stack.processes["api-server"].log_path
         assert api_log is not None
-        assert f"Webhook for approval request {call_id} (signed):" in api_log.read_text(errors="replace")
+        assert f"Webhook for approval request {call_id} (signed): resumed" in api_log.read_text(
+            errors="replace"
+        )
         report = api.xcom(CHURN, run_id, "validate_model")
         champion = MlflowClient(tracking_uri=e2e_mlflow.url).get_model_version_by_alias(MODEL, "champion")
         assert champion.version == str(report["model_version"])

@@ -131,6 +131,28 @@ class TestComposeMatchesNativeStack:
         artifacts = mlflow_command[mlflow_command.index("--artifacts-destination") + 1]
         assert any(v.endswith(f":{artifacts}") for v in services["mlflow"]["volumes"]), "artifact volume"
 
+    def test_two_approvals_replicas_behind_one_name(self, compose: dict[str, Any]) -> None:
+        """Two replicas of one service on one database, reached by the Airflow side as
+        ``approvals`` (both carry the alias), each pushing decisions to the API server."""
+        services = compose["services"]
+        first, second = services["humanlayer"], services["humanlayer-2"]
+        assert first["environment"] == second["environment"]
+        assert (
+            first["command"]
+            == second["command"]
+            == ["hlml-approvals", "serve", "--host", "0.0.0.0", "--port", "8000"]
+        )
+        for replica in (first, second):
+            assert "approvals" in replica["networks"]["default"]["aliases"]
+            assert replica["environment"]["HLML_APPROVALS_WEBHOOK_URLS"].endswith(
+                "//airflow-apiserver:8080/hlml/webhooks/humanlayer}"
+            )
+        assert "ports" not in second  # reviewers reach the first one
+        conn = services["airflow-scheduler"]["environment"]["AIRFLOW_CONN_HUMANLAYER_DEFAULT"]
+        assert "http://approvals:8000/humanlayer/v1" in conn
+        depends = services["airflow-scheduler"]["depends_on"]
+        assert depends["humanlayer"]["condition"] == depends["humanlayer-2"]["condition"] == "service_healthy"
+
     def test_approvals_service_runs_as_a_role_that_owns_nothing(self, compose: dict[str, Any]) -> None:
         services = compose["services"]
         serve_url = services["humanlayer"]["environment"]["HLML_APPROVALS_DATABASE_URL"]

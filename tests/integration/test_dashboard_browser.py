@@ -412,7 +412,7 @@ def test_approve_a_real_gate_from_the_airflow_navigation(browser_stack: BrowserS
     stack.api.wait_for_dag(DAG_ID, timeout=180)
     stack.api.unpause(DAG_ID)
     run_id = stack.api.trigger(DAG_ID)
-    stack.api.wait_for_task_state(DAG_ID, run_id, GATE_TASK, "deferred", timeout=240)
+    stack.api.wait_for_task_state(DAG_ID, run_id, GATE_TASK, "awaiting_input", timeout=240)
 
     shots: dict[str, Path] = {}
     with sync_playwright() as pw:
@@ -603,7 +603,7 @@ def test_two_reviewers_meet_a_quorum_rule_one_after_the_other(browser_stack: Bro
     stack.api.wait_for_dag(QUORUM_DAG_ID, timeout=180)
     stack.api.unpause(QUORUM_DAG_ID)
     run_id = stack.api.trigger(QUORUM_DAG_ID)
-    stack.api.wait_for_task_state(QUORUM_DAG_ID, run_id, GATE_TASK, "deferred", timeout=240)
+    stack.api.wait_for_task_state(QUORUM_DAG_ID, run_id, GATE_TASK, "awaiting_input", timeout=240)
     approvals = f"{stack.api_url}/hlml/approvals?status=pending"
     first, second = QUORUM_USERS
 
@@ -641,7 +641,7 @@ def test_two_reviewers_meet_a_quorum_rule_one_after_the_other(browser_stack: Bro
             # The gate keeps waiting: its trigger reads the request every second and finds the
             # rule unmet.
             time.sleep(8)
-            assert stack.api.task_states(QUORUM_DAG_ID, run_id)[GATE_TASK] == "deferred"
+            assert stack.api.task_states(QUORUM_DAG_ID, run_id)[GATE_TASK] == "awaiting_input"
             assert stack.api.dag_run(QUORUM_DAG_ID, run_id)["state"] == "running"
             waiting = _pending_quorum_calls(browser_stack)
             assert len(waiting) == 1
@@ -688,7 +688,7 @@ def test_first_version_rejected_with_a_reject_reason(browser_stack: BrowserStack
     stack.api.wait_for_dag(FIRST_DAG_ID, timeout=180)
     stack.api.unpause(FIRST_DAG_ID)
     run_id = stack.api.trigger(FIRST_DAG_ID)
-    stack.api.wait_for_task_state(FIRST_DAG_ID, run_id, GATE_TASK, "deferred", timeout=240)
+    stack.api.wait_for_task_state(FIRST_DAG_ID, run_id, GATE_TASK, "awaiting_input", timeout=240)
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
@@ -768,7 +768,7 @@ def test_approve_from_the_email_with_one_click(
     stack.api.wait_for_dag(ONECLICK_DAG_ID, timeout=180)
     stack.api.unpause(ONECLICK_DAG_ID)
     run_id = stack.api.trigger(ONECLICK_DAG_ID)
-    stack.api.wait_for_task_state(ONECLICK_DAG_ID, run_id, GATE_TASK, "deferred", timeout=240)
+    stack.api.wait_for_task_state(ONECLICK_DAG_ID, run_id, GATE_TASK, "awaiting_input", timeout=240)
 
     deadline = time.monotonic() + 120
     mail = None
@@ -819,7 +819,7 @@ def test_approve_from_the_email_with_one_click(
             page.goto(approve)
             expect(page.locator(".who")).to_contain_text(ONECLICK_REVIEWER)
             expect(page.locator(".who")).to_contain_text("forwarded")
-            assert stack.api.task_states(ONECLICK_DAG_ID, run_id)[GATE_TASK] == "deferred"
+            assert stack.api.task_states(ONECLICK_DAG_ID, run_id)[GATE_TASK] == "awaiting_input"
             page.screenshot(path=str(tmp_path / "email-confirm.png"), full_page=True)
             page.fill("textarea[name='comment']", "Approved from the e-mail.")
             page.get_by_role("button", name="Confirm approval").click()

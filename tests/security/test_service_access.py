@@ -41,6 +41,7 @@ ROLE_MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/metrics/approvals"): ANY_ROLE,
     ("GET", "/hlml/features"): ANY_ROLE,
     ("GET", "/hlml/deliveries"): ANY_ROLE,
+    ("POST", "/hlml/function_calls/settled"): ANY_ROLE,
 }
 PUBLIC = {("GET", "/healthz")}
 #: Routes with a credential of their own instead of an API key: a one-click link's token, Slack's
@@ -55,6 +56,7 @@ BODIES: dict[str, Any] = {
     "respond": {"approved": False, "comment": "no", "response": "no"},
     "escalate_email": {"escalation_msg": "hurry"},
     "cancel": {"reason": "cancelled"},
+    "settled": {"call_ids": ["matrix-not-a-call"]},
 }
 
 

@@ -34,6 +34,16 @@ class TestSettings:
         monkeypatch.setenv("AIRFLOW__HLML__HUMANLAYER_CONN_ID", " ")
         assert settings.humanlayer_conn_id() == "humanlayer_default"
 
+    def test_wait_mode_and_reconcile_interval_refuse_nonsense(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AIRFLOW__HLML__WAIT_MODE", " Park ")
+        assert settings.wait_mode() == "park"
+        monkeypatch.setenv("AIRFLOW__HLML__WAIT_MODE", "sleep")
+        with pytest.raises(ValueError, match=r"\[hlml\] wait_mode must be one of auto, park, defer"):
+            settings.wait_mode()
+        monkeypatch.setenv("AIRFLOW__HLML__RECONCILE_INTERVAL", "-5")
+        with pytest.raises(ValueError, match=r"\[hlml\] reconcile_interval"):
+            settings.reconcile_interval()
+
     def test_negative_refresh_names_the_option(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("AIRFLOW__HLML__DASHBOARD_REFRESH_SECONDS", "-1")
         with pytest.raises(ValueError, match=r"\[hlml\] dashboard_refresh_seconds"):

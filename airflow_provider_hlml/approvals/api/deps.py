@@ -48,8 +48,9 @@ class ServiceState:
         return self.engine.dialect.name == "sqlite"
 
     def announce(self, kind: str, call_id: str, body: dict[str, Any], event: str | None = None) -> None:
-        """Tell waiting long-polls, webhooks (``event``, when the request is settled or answered)
-        and the delivery worker that request ``call_id`` changed."""
+        """Tell waiting long-polls, in-process listeners (``event``, when the request is settled
+        or answered) and the delivery worker (which also POSTs the webhooks) that request
+        ``call_id`` changed."""
         self.hub.notify_threadsafe((kind, call_id))
         if event is not None:
             self.publisher.publish(event, body)

@@ -7,14 +7,17 @@ it to one :class:`Recipient`. A channel raises :class:`DeliveryFailed` when a se
 the worker retries with backoff and records every attempt in the request's audit trail. Channels
 never see secrets they do not need, and never put one in an exception message.
 
-A third channel (Microsoft Teams, a generic webhook) implements :class:`Channel` and is listed in
-:func:`airflow_provider_hlml.approvals.delivery.channels_from_settings`.
+A new channel (Microsoft Teams, say) implements :class:`Channel` and is listed in
+:func:`airflow_provider_hlml.approvals.delivery.channels_from_settings`. The webhook channel
+(:mod:`.webhook`) is one for machines: it gets only ``decision`` notices, whose ``payload`` is the
+body it POSTs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from airflow_provider_hlml.review.card import Card
 
@@ -22,8 +25,9 @@ __all__ = ["ActionLinks", "Channel", "DeliveryFailed", "Notice", "NoticeKind", "
 
 #: ``request``: a new request; ``reminder``: still pending; ``escalation``: the request was
 #: escalated to the recipient; ``outcome``: decided (a channel that can, updates its first
-#: message); ``alert``: an operational alert (no card).
-NoticeKind = Literal["request", "reminder", "escalation", "outcome", "alert"]
+#: message); ``alert``: an operational alert (no card); ``decision``: a settled request for a
+#: machine (a webhook's body in ``payload``, no card).
+NoticeKind = Literal["request", "reminder", "escalation", "outcome", "alert", "decision"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class Notice:
         alert's text.
     :param links: this recipient's one-click links (e-mail); None for other channels.
     :param dashboard_url: the request in the Airflow dashboard, absolute, already ``safe_link``-checked.
+    :param payload: a ``decision`` notice's machine-readable body (HumanLayer's webhook body).
     """
 
     kind: NoticeKind
@@ -71,6 +76,7 @@ class Notice:
     text: str | None = None
     links: ActionLinks | None = None
     dashboard_url: str | None = None
+    payload: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

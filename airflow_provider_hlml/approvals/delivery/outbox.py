@@ -9,7 +9,10 @@ A notice is sent at least once: a replica that dies after the channel accepted a
 before recording it leaves the notice to be sent again when its lease ends.
 
 Decisions never pass through here: a one-click link or a Slack button ends in
-:func:`..store.respond_function_call`, like every other answer.
+:func:`..store.respond_function_call`, like every other answer. What *was* decided leaves through
+here, though: :func:`plan_decisions` adds a ``decision`` notice per webhook URL for every request
+settled recently, however it was settled, so the webhook receivers hear of each decision at least
+once, until they acknowledge it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -57,6 +60,8 @@ LEASE_SECONDS = 120.0
 MAX_BACKOFF_SECONDS = 600.0
 #: Requests decided longer ago than this get no update of their Slack messages.
 OUTCOME_WINDOW = dt.timedelta(days=1)
+#: The channel, and the notice, of a settled request's webhook notification.
+WEBHOOK, DECISION = "webhook", "decision"
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,9 @@ class Config:
     link_ttl_seconds: float = 0.0
     link_default_ttl_seconds: float = 7 * 86_400.0
     attempts: int = 8
+    webhook_urls: tuple[str, ...] = ()
+    webhook_attempts: int = 40
+    webhook_window_seconds: float = 86_400.0
 
     @classmethod
     def of(cls, settings: ApprovalsSettings, channels: Iterable[str]) -> Config:
@@ -95,7 +103,14 @@ class Config:
             link_ttl_seconds=settings.link_ttl_seconds,
             link_default_ttl_seconds=settings.link_default_ttl_seconds,
             attempts=settings.delivery_attempts,
+            webhook_urls=tuple(settings.webhook_url_list) if WEBHOOK in channels else (),
+            webhook_attempts=settings.webhook_attempts,
+            webhook_window_seconds=settings.webhook_window_seconds,
         )
+
+    def attempts_of(self, channel: str) -> int:
+        """Sends of one notice on ``channel`` before it is given up."""
+        return self.webhook_attempts if channel == WEBHOOK else self.attempts
 
 
 def _dedupe_key(
@@ -558,6 +573,77 @@ def plan_outcomes(session: Session, *, channels: Iterable[str], now: dt.datetime
     return added
 
 
+# ---- decisions (webhooks) ---------------------------------------------------------------------
+
+
+def plan_decisions(
+    session: Session, config: Config, *, now: dt.datetime, since: dt.datetime | None = None, limit: int = 500
+) -> tuple[int, bool]:
+    """A ``decision`` notice per webhook URL for every request settled (no longer pending) since
+    ``since`` (default, and never before: the start of the webhook window), once.
+
+    The request rows are the record of what was decided, so a decision nobody announced (made
+    with the CLI, or while no worker ran) is planned like any other. The ``updated_at`` index
+    bounds the scan (a settled request never changes again); the dedupe key keeps replicas that
+    plan the same decision at once from planning it twice. Returns (notices planned, whether
+    ``limit`` requests were found: there may be more).
+    """
+    urls = list({url.casefold(): url for url in config.webhook_urls}.values())
+    if not urls:
+        return 0, False
+    start = now - dt.timedelta(seconds=config.webhook_window_seconds)
+    if since is not None and since > start:
+        start = since
+    missing = [
+        ~exists().where(
+            Delivery.request_id == ApprovalRequest.id,
+            Delivery.channel == WEBHOOK,
+            Delivery.notice == DECISION,
+            Delivery.recipient == url,
+        )
+        for url in urls
+    ]
+    ids = list(
+        session.scalars(
+            select(ApprovalRequest.id)
+            .where(
+                ApprovalRequest.updated_at >= start,
+                ApprovalRequest.state != "pending",
+                or_(*missing),
+            )
+            .order_by(ApprovalRequest.updated_at, ApprovalRequest.id)
+            .limit(limit)
+        )
+    )
+    if not ids:
+        session.rollback()
+        return 0, False
+    done = set(
+        session.execute(
+            select(Delivery.request_id, Delivery.recipient).where(
+                Delivery.request_id.in_(ids), Delivery.channel == WEBHOOK, Delivery.notice == DECISION
+            )
+        ).tuples()
+    )
+    wanted = [(request_id, url) for request_id in ids for url in urls if (request_id, url) not in done]
+    try:
+        for request_id, url in wanted:
+            session.add(_delivery(Recipient(WEBHOOK, url), DECISION, now=now, request_id=request_id))
+        session.commit()
+        return len(wanted), len(ids) >= limit
+    except IntegrityError:
+        session.rollback()  # another replica planned some of them first: one at a time
+    planned = 0
+    for request_id, url in wanted:
+        session.add(_delivery(Recipient(WEBHOOK, url), DECISION, now=now, request_id=request_id))
+        try:
+            session.commit()
+            planned += 1
+        except IntegrityError:
+            session.rollback()
+    return planned, len(ids) >= limit
+
+
 # ---- sending ----------------------------------------------------------------------------------
 
 
@@ -575,10 +661,11 @@ class Job:
     attempts: int
     ref: str | None
     links: dict[str, str] = field(default_factory=dict)
-    #: The request's wire body, state and creation time when the job was claimed.
+    #: The request's wire body, state, creation time and kind when the job was claimed.
     body: dict[str, Any] | None = None
     state: str | None = None
     requested_at: dt.datetime | None = None
+    kind: str | None = None
 
 
 def new_token() -> str:
@@ -666,6 +753,7 @@ def claim_deliveries(
             job.body = bodies[row.id]
             job.state = row.state
             job.requested_at = row.requested_at
+            job.kind = row.kind
         if (
             config.links
             and row is not None
@@ -735,7 +823,7 @@ def record_results(session: Session, results: Sequence[Result], config: Config) 
         elif result.outcome == "skipped":
             values.update(state="skipped")
             event = None
-        elif result.retryable and attempts < config.attempts:
+        elif result.retryable and attempts < config.attempts_of(job.channel):
             values.update(
                 state="pending",
                 due_at=now + dt.timedelta(seconds=backoff_seconds(attempts)),

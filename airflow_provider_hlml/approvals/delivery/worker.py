@@ -1,16 +1,18 @@
 """The delivery worker: a background thread of the service that plans, sends and retries notices.
 
-One loop per service process: plan new requests, run due steps (reminders, escalations, the
-"pending too long" alert), check the "more than N pending" alert, plan outcome updates, then claim
-due notices and send them on a small thread pool, recording each result. A request created by
-this process wakes the loop at once; work written by other processes (a second replica, the CLI)
-is found at the next tick (``delivery_interval``). A channel that is down only delays its
-notices (retried with backoff, each attempt audited); it never delays or fails a request or a
-decision, which never wait on this thread.
+One loop per service process: plan new requests, plan the webhook notifications of settled
+requests, run due steps (reminders, escalations, the "pending too long" alert), check the "more
+than N pending" alert, plan outcome updates, then claim due notices and send them on a small
+thread pool, recording each result. A request created or settled by this process wakes the loop
+at once (on PostgreSQL, one created or settled by any process does); other work written by other
+processes (a second replica, the CLI) is found at the next tick (``delivery_interval``). A channel
+that is down only delays its notices (retried with backoff, each attempt audited); it never
+delays or fails a request or a decision, which never wait on this thread.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import secrets
 import threading
@@ -25,6 +27,8 @@ from airflow_provider_hlml.approvals.channels.base import ActionLinks, Channel, 
 from airflow_provider_hlml.approvals.delivery import outbox
 from airflow_provider_hlml.approvals.models import AlertEpisode, ApprovalRequest, utcnow
 from airflow_provider_hlml.approvals.settings import ApprovalsSettings
+from airflow_provider_hlml.approvals.store import HUMAN_CONTACT
+from airflow_provider_hlml.approvals.webhooks import FUNCTION_CALL_COMPLETED, HUMAN_CONTACT_COMPLETED
 from airflow_provider_hlml.gate.state import GateLocation
 from airflow_provider_hlml.review.card import Card, build_card
 from airflow_provider_hlml.review.links import (
@@ -40,6 +44,11 @@ log = logging.getLogger(__name__)
 ACTION_PATH = "/hlml/act"
 #: Seconds between two checks of the pending-count alert.
 ALERT_CHECK_SECONDS = 5.0
+#: Each tick looks for settled requests without webhook notices among those changed this many
+#: seconds back (a decision commits moments after its ``updated_at``) ...
+RECENT_DECISIONS_SECONDS = 60.0
+#: ... and this often over the whole webhook window (and at start), so nothing is missed.
+DECISIONS_FULL_SCAN_SECONDS = 300.0
 
 
 class ServiceLinks:
@@ -91,6 +100,13 @@ def channels_from_settings(settings: ApprovalsSettings) -> dict[str, Channel]:
         channels["slack"] = SlackChannel(
             settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url, timeout=2.5
         )
+    if settings.webhook_url_list:
+        from airflow_provider_hlml.approvals.channels.webhook import WebhookChannel
+
+        channels[outbox.WEBHOOK] = WebhookChannel(
+            settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+            timeout=settings.webhook_timeout_seconds,
+        )
     return channels
 
 
@@ -107,7 +123,8 @@ class DeliveryWorker:
     :param settings: the service's settings.
     :param sessions: the service's sessions.
     :param channels: the channels by name (default: those the settings configure).
-    :param body_of: a request's wire body (the card is built from it).
+    :param body_of: a request's wire body, of either kind (the card is built from a function
+        call's; a webhook POSTs it).
     :param run_loop: whether this process runs the loop (else only its channels and links are used).
     """
 
@@ -133,6 +150,7 @@ class DeliveryWorker:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._next_alert_check = 0.0
+        self._next_full_decision_scan = 0.0
         self._updatable = [name for name in self.channels if name == "slack"]
         self._cards: dict[int, Card] = {}
 
@@ -194,6 +212,8 @@ class DeliveryWorker:
         now = utcnow()
         self._cards = {}
         planned = self._part("planning", outbox.plan_new_requests, self.config) or 0
+        if self.config.webhook_urls:
+            planned += self._plan_decisions(now)
         steps = self._part("claiming steps", lambda s: outbox.claim_due_steps(s, now=now)) or []
         for step_id in steps:
             self._part("a timed step", outbox.run_step, step_id, self.config)
@@ -218,6 +238,17 @@ class DeliveryWorker:
             results = [self._send(job) for job in jobs] if pool is None else list(pool.map(self._send, jobs))
             self._part("recording results", outbox.record_results, results, self.config)
         return bool(planned or steps or jobs)
+
+    def _plan_decisions(self, now: dt.datetime) -> int:
+        """Plan the webhook notices of settled requests: those changed in the last minute, or
+        every request of the window every few minutes (and until a scan finds no more)."""
+        full = time.monotonic() >= self._next_full_decision_scan
+        since = None if full else now - dt.timedelta(seconds=RECENT_DECISIONS_SECONDS)
+        found = self._part("planning decisions", outbox.plan_decisions, self.config, now=now, since=since)
+        planned, more = found if found is not None else (0, True)
+        if full and not more:
+            self._next_full_decision_scan = time.monotonic() + DECISIONS_FULL_SCAN_SECONDS
+        return int(planned)
 
     def _part(self, what: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """``fn(session, *args, **kwargs)`` in a fresh session; None (logged) when it fails."""
@@ -259,6 +290,8 @@ class DeliveryWorker:
         if job.body is None or job.state is None or job.requested_at is None:
             return None
         body, state, requested_at = job.body, job.state, job.requested_at
+        if job.notice == outbox.DECISION:
+            return self._decision_notice(job, body)
         card = self._cards.get(job.request_id)
         if card is None:
             # One card per request and turn: its e-mail and Slack notices share it.
@@ -307,6 +340,17 @@ class DeliveryWorker:
             text=text,
             links=links,
             dashboard_url=dashboard,
+        )
+
+    def _decision_notice(self, job: outbox.Job, body: dict[str, Any]) -> Notice | None:
+        """A settled request's webhook body, as the request is now."""
+        if job.state == "pending":
+            return None  # cannot happen: a settled request never opens again
+        event = HUMAN_CONTACT_COMPLETED if job.kind == HUMAN_CONTACT else FUNCTION_CALL_COMPLETED
+        return Notice(
+            kind="decision",
+            subject=f"{event} {body.get('call_id')}"[:200],
+            payload={"is_test": False, "type": event, "event": body},
         )
 
     def _episode_notice(self, job: outbox.Job) -> Notice | None:

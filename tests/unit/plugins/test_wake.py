@@ -32,9 +32,10 @@ MALLORY = {"name": "mallory", "email": "mallory@example.com", "principal": "mall
 
 
 class DeferredGate:
-    """One DAG run whose gate waits, deferred, on its trigger row."""
+    """One DAG run whose gate waits, deferred, on its trigger row (or ``parked`` in
+    ``awaiting_input``, with the ``next_kwargs`` the task runner stores for it)."""
 
-    def __init__(self, *, approvers: list[str] | None = None) -> None:
+    def __init__(self, *, approvers: list[str] | None = None, parked: bool = False) -> None:
         from airflow.dag_processing.bundles.manager import DagBundlesManager
         from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
         from airflow.models.dag import DagModel
@@ -78,6 +79,22 @@ class DeferredGate:
                 state=DagRunState.RUNNING,
                 session=session,
             )
+            if parked:
+                from airflow.sdk.serde import serialize
+
+                from airflow_provider_hlml.gate.policy import ApprovalPolicy
+                from airflow_provider_hlml.sensors.approval import PARKED_KWARG
+
+                policy = ApprovalPolicy(approvers=tuple(approvers or []))
+                kept = {
+                    "call_id": self.call_id,
+                    "humanlayer_conn_id": "humanlayer_default",
+                    "policy": policy.to_json(),
+                    "escalated": False,
+                    "deadline": None,
+                }
+                self.set_state(session, "awaiting_input", next_kwargs=serialize({PARKED_KWARG: kept}))
+                return
             row = Trigger.from_object(trigger)
             session.add(row)
             session.flush()
@@ -97,6 +114,15 @@ class DeferredGate:
                     next_method="execute_complete",
                 )
             )
+
+    def set_state(self, session: Any, state: str, **values: Any) -> None:
+        from airflow.models.taskinstance import TaskInstance
+
+        session.execute(
+            TaskInstance.__table__.update()  # type: ignore[attr-defined]
+            .where(TaskInstance.dag_id == self.dag_id, TaskInstance.task_id == "gate")
+            .values(state=state, try_number=1, next_method="execute_complete", **values)
+        )
 
     def body(
         self, *, approved: bool | None = True, user: dict[str, Any] | None = None, **status: Any
@@ -181,6 +207,149 @@ class TestWakeGate:
         body = gate.body(approved=True)
         body["spec"]["state"] = None
         assert wake.wake_gate(body) == wake.NOT_A_GATE
+
+
+class TestWakeParkedGate:
+    """A gate parked in ``awaiting_input`` (Airflow 3.3+): resumed as the native HITL response
+    handler resumes its tasks, only ever once, only by an accepted decision on its own request."""
+
+    @pytest.fixture
+    def parked(self, airflow_db: Any) -> DeferredGate:
+        return DeferredGate(parked=True)
+
+    def test_decision_resumes_the_parked_gate_once(self, parked: DeferredGate) -> None:
+        from airflow.models.trigger import _decode_next_kwargs
+
+        from airflow_provider_hlml.sensors.approval import PARKED_KWARG
+
+        assert wake.parked_calls() == {"humanlayer_default": [parked.call_id]}
+        assert wake.wake_gate(parked.body(approved=True)) == wake.RESUMED
+        ti = parked.gate()
+        assert str(ti.state) == "scheduled"
+        assert ti.next_method == "execute_complete"
+        kwargs = _decode_next_kwargs(ti.next_kwargs)
+        assert kwargs[PARKED_KWARG]["call_id"] == parked.call_id  # kept for execute_complete
+        event = kwargs["event"]
+        assert event["status"] == "approved"
+        assert event["call_id"] == parked.call_id
+        assert event["responded_by_user"]["email"] == "alice@example.com"
+        assert wake.parked_calls() == {}
+        # A duplicate, and a late delivery of the pending request, change nothing.
+        assert wake.wake_gate(parked.body(approved=True)) == wake.NOT_WAITING
+        assert wake.wake_gate(parked.body(approved=None)) == wake.NOT_WAITING
+        assert str(parked.gate().state) == "scheduled"
+
+    def test_undecided_or_refused_decisions_leave_it_parked(self, airflow_db: Any) -> None:
+        parked = DeferredGate(approvers=["alice@example.com"], parked=True)
+        assert wake.wake_gate(parked.body(approved=None)) == wake.UNDECIDED
+        assert wake.wake_gate(parked.body(approved=True, user=MALLORY)) == wake.UNDECIDED
+        assert str(parked.gate().state) == "awaiting_input"
+        assert wake.wake_gate(parked.body(approved=False, user=ALICE)) == wake.RESUMED
+
+    def test_request_of_another_try_changes_nothing(self, parked: DeferredGate) -> None:
+        body = parked.body(approved=True)
+        body["call_id"] = approval_call_id(parked.dag_id, parked.run_id, "gate", -1, 2)
+        assert wake.wake_gate(body) == wake.NOT_WAITING
+        assert str(parked.gate().state) == "awaiting_input"
+
+    def test_decision_before_the_gate_parks_is_handed_over_once_it_has(self, parked: DeferredGate) -> None:
+        """A decision made between the gate's first check and its parking finds the task running:
+        :func:`wake_with_retries` hands it over again once the task has parked."""
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            parked.set_state(session, "running")
+        assert wake.wake_gate(parked.body(approved=True)) == wake.NOT_YET
+
+        def park_soon() -> None:
+            time.sleep(0.8)
+            with create_session() as session:
+                parked.set_state(session, "awaiting_input")
+
+        thread = threading.Thread(target=park_soon)
+        thread.start()
+        try:
+            assert (
+                wake.wake_with_retries(parked.body(approved=True), delays=(0.5, 0.5, 0.5, 1.0))
+                == wake.RESUMED
+            )
+        finally:
+            thread.join()
+        assert str(parked.gate().state) == "scheduled"
+
+    def test_webhook_for_a_gate_about_to_park_is_not_acknowledged(
+        self, parked: DeferredGate, webhook_url: str
+    ) -> None:
+        from airflow.utils.session import create_session
+
+        with create_session() as session:
+            parked.set_state(session, "queued")
+        resp = _post(webhook_url, parked.body(approved=True))
+        assert resp.status_code == 503, resp.text
+        assert resp.headers["retry-after"] == "2"
+        assert resp.json()["outcome"] == wake.NOT_YET
+        with create_session() as session:
+            parked.set_state(session, "awaiting_input")
+        resp = _post(webhook_url, parked.body(approved=True))  # the service's next attempt
+        assert resp.status_code == 200
+        assert resp.json()["outcome"] == wake.RESUMED
+
+
+class TestReconcile:
+    """The API server's batched reconciliation against the real approvals service."""
+
+    def _create(self, service: Any, gate: DeferredGate) -> None:
+        """Create the parked gate's request on the service, as the gate did (agent key)."""
+        body = gate.body(approved=None)
+        resp = httpx.post(
+            f"{service.base_url}/function_calls",
+            json={"run_id": body["run_id"], "call_id": body["call_id"], "spec": body["spec"]},
+            headers={"Authorization": f"Bearer {service.agent_key}"},
+            timeout=10,
+        )
+        assert resp.status_code == 201, resp.text
+
+    def _approve(self, service: Any, call_id: str) -> None:
+        resp = httpx.post(
+            f"{service.base_url}/agent/function_calls/{call_id}/respond",
+            json={"approved": True, "comment": "while nobody listened"},
+            headers={"Authorization": f"Bearer {service.reviewer_key}"},
+            timeout=10,
+        )
+        assert resp.status_code == 200, resp.text
+
+    def test_settled_requests_resume_their_parked_gates_in_one_batch(
+        self, airflow_db: Any, approvals_service: Any, humanlayer_conn: str
+    ) -> None:
+        decided, pending = DeferredGate(parked=True), DeferredGate(parked=True)
+        for gate in (decided, pending):
+            self._create(approvals_service, gate)
+        self._approve(approvals_service, decided.call_id)
+
+        counts = wake.reconcile_parked_gates()
+        assert counts["parked"] >= 2  # earlier tests of the session may have left parked gates
+        assert counts["failed"] == 0
+        assert counts["resumed"] == 1
+        assert str(decided.gate().state) == "scheduled"
+        assert str(pending.gate().state) == "awaiting_input"
+        # Again: nothing more to resume (the decided gate is no longer parked).
+        again = wake.reconcile_parked_gates()
+        assert again["resumed"] == 0
+        assert pending.call_id in wake.parked_calls()["humanlayer_default"]
+        assert decided.call_id not in wake.parked_calls()["humanlayer_default"]
+
+    def test_an_unreachable_backend_is_counted_and_changes_nothing(
+        self, airflow_db: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        gate = DeferredGate(parked=True)
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_HUMANLAYER_DEFAULT",
+            json.dumps({"conn_type": "humanlayer", "host": f"http://127.0.0.1:{free_port()}", "password": "k"}),
+        )
+        counts = wake.reconcile_parked_gates()
+        assert counts["failed"] >= 1
+        assert counts["resumed"] == 0
+        assert str(gate.gate().state) == "awaiting_input"
 
 
 # ----------------------------------------------------------------------------- the webhook route

@@ -30,9 +30,11 @@ from airflow_provider_hlml.approvals.schemas import (
     FunctionCallCreate,
     FunctionCallPublic,
     FunctionCallRespond,
+    SettledFunctionCalls,
+    SettledLookup,
 )
 from airflow_provider_hlml.approvals.webhooks import FUNCTION_CALL_COMPLETED
-from airflow_provider_hlml.gate.wire import REPLAYED_HEADER
+from airflow_provider_hlml.gate.wire import REPLAYED_HEADER, SETTLED_PATH
 
 KIND = store.FUNCTION_CALL
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -116,6 +118,17 @@ def pending_function_calls(
         session, kind=KIND, state="pending", limit=limit, offset=offset, oldest_first=True
     )
     return [public_model(r) for r in rows]
+
+
+@router.post(SETTLED_PATH, response_model=SettledFunctionCalls)
+def settled_function_calls(body: SettledLookup, session: SessionDep, actor: CurrentActor) -> Any:
+    """The settled (decided, cancelled or expired) calls among ``call_ids``, for reconciliation:
+    unknown and pending ones are left out. Every caller sees the calls ``GET
+    /function_calls/{call_id}`` shows it (any valid key reads any function call)."""
+    store.check_clean(body.call_ids, "body.call_ids")
+    rows = store.settled_requests(session, kind=KIND, call_ids=body.call_ids)
+    # Built from the rows as the response model describes them, like GET: no second validation.
+    return JSONResponse({"function_calls": [function_call_body(row) for row in rows]})
 
 
 @router.get("/function_calls/{call_id}", response_model=FunctionCallPublic)

@@ -11,7 +11,13 @@ from airflow_provider_hlml.approvals import store
 from airflow_provider_hlml.approvals.api.deps import CurrentActor, SessionDep, StateDep
 from airflow_provider_hlml.approvals.api.routes.function_calls import ERRORS
 from airflow_provider_hlml.approvals.schemas import MetricsPublic
-from airflow_provider_hlml.gate.wire import FEATURE_GROUPS, FEATURE_RULES, FEATURES_PATH
+from airflow_provider_hlml.gate.wire import (
+    FEATURE_GROUPS,
+    FEATURE_PUSH,
+    FEATURE_RULES,
+    FEATURE_SETTLED,
+    FEATURES_PATH,
+)
 
 router = APIRouter(tags=["service"])
 
@@ -24,9 +30,14 @@ def healthz(session: SessionDep, state: StateDep) -> dict[str, Any]:
 
 
 @router.get(FEATURES_PATH, responses=ERRORS)
-def features(actor: CurrentActor) -> dict[str, Any]:
-    """What this service supports beyond HumanLayer's API (a gate with groups or rules checks it)."""
-    return {"service": "hlml-approvals", "features": [FEATURE_GROUPS, FEATURE_RULES]}
+def features(actor: CurrentActor, state: StateDep) -> dict[str, Any]:
+    """What this service supports beyond HumanLayer's API (a gate with groups or rules checks it);
+    ``decision_push`` only while settled requests are pushed somewhere (webhook URLs configured, or
+    an in-process listener such as the Airflow plugin's)."""
+    listed = [FEATURE_GROUPS, FEATURE_RULES, FEATURE_SETTLED]
+    if state.publisher.active:
+        listed.append(FEATURE_PUSH)
+    return {"service": "hlml-approvals", "features": listed}
 
 
 @router.get("/metrics/approvals", response_model=MetricsPublic, responses=ERRORS)
