@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -36,11 +38,41 @@ def make_engine(database_url: str, *, pool_size: int = 20) -> Engine:
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             kwargs.update(pool_size=pool_size, max_overflow=pool_size)
     else:
-        kwargs.update(pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size)
     engine = create_engine(url, **kwargs)
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        event.listen(engine.pool, "checkin", _checked_in)
+        event.listen(engine.pool, "checkout", _ping_if_idle)
     return engine
+
+
+#: A pooled connection unused for longer than this is pinged before it is handed out.
+IDLE_PING_SECONDS = 5.0
+
+
+def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+    if record is not None:
+        record.info["hlml_idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+    """``pool_pre_ping``, for connections that sat idle: one that served a request a moment ago
+    (the case under load) is handed out without a round trip; one idle longer than
+    :data:`IDLE_PING_SECONDS` (the database may have restarted meanwhile) is checked first, and a
+    dead one is replaced before anyone uses it (the pool retries on ``DisconnectionError``)."""
+    idle_since = record.info.get("hlml_idle_since")
+    if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+        return
+    try:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+    except Exception as exc:
+        raise DisconnectionError("the pooled connection is dead") from exc
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
