@@ -664,16 +664,25 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
                     "wait_mode='park' needs Airflow 3.3+ (TaskAwaitingInput); use 'auto' or 'defer'"
                 )
             return False
-        if mode == "park":
-            return True
-        from airflow_provider_hlml.gate.wire import FEATURE_PUSH
+        from airflow_provider_hlml.gate.wire import FEATURE_PUSH, FEATURE_SETTLED
         from airflow_provider_hlml.hooks.humanlayer import HumanLayerError
 
         try:
-            pushes = FEATURE_PUSH in self.hook.features()
+            features = self.hook.features()
         except HumanLayerError as exc:
+            if mode == "park":
+                return True
             self.log.warning("Could not read the approvals backend's features (%s): deferring.", exc)
             return False
+        pushes = FEATURE_PUSH in features
+        if mode == "park":
+            if not pushes and FEATURE_SETTLED not in features:
+                self.log.warning(
+                    "wait_mode='park', but the approvals backend of %r neither pushes decisions nor "
+                    "answers the batched lookup: a decision reaches this gate only at its deadline.",
+                    self.humanlayer_conn_id,
+                )
+            return True
         if not pushes:
             self.log.info(
                 "The approvals backend of %r does not push decisions to Airflow: the gate defers.",

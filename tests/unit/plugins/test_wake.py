@@ -344,7 +344,9 @@ class TestReconcile:
         gate = DeferredGate(parked=True)
         monkeypatch.setenv(
             "AIRFLOW_CONN_HUMANLAYER_DEFAULT",
-            json.dumps({"conn_type": "humanlayer", "host": f"http://127.0.0.1:{free_port()}", "password": "k"}),
+            json.dumps(
+                {"conn_type": "humanlayer", "host": f"http://127.0.0.1:{free_port()}", "password": "k"}
+            ),
         )
         counts = wake.reconcile_parked_gates()
         assert counts["failed"] >= 1
