@@ -171,6 +171,25 @@ class TestWaitModeChoice:
         with pytest.raises(TaskDeferred):
             sensor.execute(make_context(sensor, try_number=1, run_id="manual__override_defer"))
 
+    def test_an_airflow_that_cannot_park_defers_and_refuses_an_explicit_park(
+        self, approvals_service: Any, humanlayer_conn: str, airflow_db: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Airflow 3.1 / 3.2 have no ``TaskAwaitingInput``: ``auto`` keeps the deferrable path."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from airflow_provider_hlml.sensors import approval
+
+        monkeypatch.setattr(approval, "_awaiting_input", lambda: None)
+        monkeypatch.setenv("AIRFLOW__HLML__WAIT_MODE", "auto")
+        sensor = HumanApprovalSensor(
+            task_id="gate", subject="Old Airflow?", deferrable=True, response_timeout=60
+        )
+        with pytest.raises(TaskDeferred):
+            sensor.execute(make_context(sensor, try_number=1, run_id="manual__old_airflow_auto"))
+        sensor = HumanApprovalSensor(task_id="gate", subject="Old Airflow, park?", wait_mode="park")
+        with pytest.raises(AirflowFailException, match=r"needs Airflow 3\.3"):
+            sensor.execute(make_context(sensor, try_number=1, run_id="manual__old_airflow_park"))
+
     def test_wait_mode_is_checked_at_parse_time(self) -> None:
         with pytest.raises(ValueError, match="wait_mode must be one of"):
             HumanApprovalSensor(task_id="gate", subject="?", wait_mode="sleep")
