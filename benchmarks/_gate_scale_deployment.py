@@ -342,7 +342,7 @@ def _ratio(ours: float, native: float) -> str:
     return f"{ours / native:5.2f}"
 
 
-def run(count: int, window: float, rate: float, ours_mode: str) -> None:
+def run(count: int, window: float, rate: float, ours_mode: str, native_first: bool = False) -> None:
     from sqlalchemy import create_engine
 
     workdir = Path(tempfile.mkdtemp(prefix="hlml-bench-scale-"))
@@ -393,17 +393,19 @@ def run(count: int, window: float, rate: float, ours_mode: str) -> None:
         }
         service.restart()
         engine = create_engine(stack.sql_alchemy_conn)
-        rows = [
-            run_side(
+        order = (NATIVE, OURS) if native_first else (OURS, NATIVE)
+        rows = {
+            dag_id: run_side(
                 stack, engine, sink, proxy, service, dag_id=dag_id, count=count, window=window, rate=rate
             )
-            for dag_id in (OURS, NATIVE)
-        ]
-        ours, native = rows
+            for dag_id in order
+        }
+        ours, native = rows[OURS], rows[NATIVE]
         print()
         print(
             f"gate_scale --deployment: {count} waiting gates each side, {database} metadata DB, LocalExecutor, "
-            f"{os.cpu_count()} cores; ours {ours_mode} (wait_mode); window {window:g}s; decisions at {rate:g}/s; "
+            f"{os.cpu_count()} cores; ours {ours_mode} (wait_mode); {order[0]} first; window {window:g}s; "
+            f"decisions at {rate:g}/s; "
             f"load average now {os.getloadavg()[0]:.1f}"
         )
         print(f"{'while waiting':<34} {'ours':>10} {'native':>10} {'ratio':>6}")

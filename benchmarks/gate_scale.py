@@ -21,7 +21,7 @@ N waiting gates of ours (parked on Airflow 3.3+) next to N native ``ApprovalOper
 cost the triggerer, the scheduler, the API server and the approvals service while they wait, then
 a burst of decisions (decision -> next task start), ratios ours / native:
 
-    python benchmarks/gate_scale.py --deployment [--gates 2000] [--window 60] [--rate 100]
+    python benchmarks/gate_scale.py --deployment [--gates 2000] [--window 60] [--rate 100] [--native-first]
 """
 
 from __future__ import annotations
@@ -280,12 +280,13 @@ def main() -> None:
         choices=("auto", "park", "defer"),
         help="--deployment: [hlml] wait_mode",
     )
+    parser.add_argument("--native-first", action="store_true", help="--deployment: measure native first")
     args = parser.parse_args()
     if args.deployment:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _gate_scale_deployment import run as run_deployment
 
-        run_deployment(args.gates, args.window, args.rate, args.ours_mode)
+        run_deployment(args.gates, args.window, args.rate, args.ours_mode, args.native_first)
         return
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
