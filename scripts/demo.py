@@ -186,6 +186,7 @@ def airflow_env(state: State, info: Mapping[str, Any]) -> dict[str, str]:
         "AIRFLOW__HLML__POLL_INTERVAL": "2",
         "AIRFLOW__HLML__APPROVALS_DATABASE_URL": approvals_database_url(state),
         "AIRFLOW__HLML__APPROVALS_DELEGATE_KEY": info["keys"]["delegate"],
+        "AIRFLOW__HLML__WEBHOOK_SECRET": info["webhook_secret"],
         "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "mlflow", "host": mlflow_url(info)}),
         "AIRFLOW_CONN_HUMANLAYER_DEFAULT": json.dumps(
             {"conn_type": "humanlayer", "host": approvals_base_url(info), "password": info["keys"]["agent"]}
@@ -207,6 +208,16 @@ def approvals_env(state: State) -> dict[str, str]:
         **os.environ,
         "HLML_APPROVALS_DATABASE_URL": approvals_database_url(state),
         "PYTHONUNBUFFERED": "1",
+    }
+
+
+def approvals_serve_env(state: State, info: Mapping[str, Any]) -> dict[str, str]:
+    """The approvals service's environment: it posts every decision to the Airflow API server
+    (signed), so the gates park in ``awaiting_input`` instead of waiting in the triggerer."""
+    return {
+        **approvals_env(state),
+        "HLML_APPROVALS_WEBHOOK_URLS": f"{airflow_url(info)}/hlml/webhooks/humanlayer",
+        "HLML_APPROVALS_WEBHOOK_SECRET": info["webhook_secret"],
     }
 
 
@@ -386,6 +397,7 @@ def start_stack(state: State, use_free_ports: bool) -> dict[str, Any]:
         "ports": choose_ports(use_free_ports),
         "fernet_key": Fernet.generate_key().decode(),
         "jwt_secret": secrets.token_urlsafe(64),
+        "webhook_secret": secrets.token_urlsafe(32),
         "passwords": passwords,
         "keys": {},
     }
@@ -438,7 +450,7 @@ def start_stack(state: State, use_free_ports: bool) -> dict[str, Any]:
             "--database-url",
             approvals_database_url(state),
         ],
-        approvals_env(state),
+        approvals_serve_env(state, info),
     )
 
     env = airflow_env(state, info)
@@ -506,20 +518,24 @@ def print_where_to_look(state: State, info: Mapping[str, Any], run_id: str) -> N
     say("Stop everything with `make demo-stop`.")
 
 
-def wait_until_settled_in_deferral(api: AirflowApi, run_id: str, timeout: float) -> None:
-    """Wait until the gate has been deferred for a while before deciding.
+#: The states a waiting gate is in: parked (Airflow 3.3+, the embedded default) or deferred.
+WAITING_STATES = ("awaiting_input", "deferred")
 
-    A decision within seconds of the deferral can hit an Airflow scheduler race
-    (apache/airflow#72716): the stale "success" of the worker that deferred is processed after
-    the resumed attempt started, and the gate is failed. A person never answers that fast; the
-    demo waits ``DEFERRAL_SETTLE_SECONDS`` to behave like one.
+
+def wait_until_settled_in_deferral(api: AirflowApi, run_id: str, timeout: float) -> None:
+    """Wait until the gate has been waiting (parked or deferred) for a while before deciding.
+
+    A decision within seconds of the gate starting to wait can hit an Airflow scheduler race
+    (apache/airflow#72716): the stale "success" of the worker that parked or deferred it is
+    processed after the resumed attempt started, and the gate is failed. A person never answers
+    that fast; the demo waits ``DEFERRAL_SETTLE_SECONDS`` to behave like one.
     """
     deadline = time.monotonic() + timeout
     deferred_since: float | None = None
     while time.monotonic() < deadline:
         tis = api.request("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
         states = {t["task_id"]: t["state"] for t in tis}
-        if states.get(GATE_TASK_ID) == "deferred":
+        if states.get(GATE_TASK_ID) in WAITING_STATES:
             deferred_since = deferred_since or time.monotonic()
             if time.monotonic() - deferred_since >= DEFERRAL_SETTLE_SECONDS:
                 return
