@@ -581,6 +581,10 @@ def _sign_in(page: Any, base_url: str, user: str, password: str) -> None:
     while not any(c["name"] == "_token" for c in page.context.cookies()):
         assert time.monotonic() < deadline, f"{user} got no session cookie after signing in"
         page.wait_for_timeout(200)
+    # The login page then navigates to the app: let that navigation land, or the caller's next
+    # page.goto() can be aborted by it (net::ERR_ABORTED).
+    page.wait_for_url(lambda url: "/auth/" not in url, timeout=60_000)
+    page.wait_for_load_state("load")
 
 
 def _pending_quorum_calls(env: BrowserStack) -> list[dict[str, Any]]:
