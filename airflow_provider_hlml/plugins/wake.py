@@ -155,13 +155,21 @@ def _resumed(ti: Any) -> bool:
     deadline reached it already), rather than on its way to waiting."""
     if not ti.next_kwargs:
         return False
+    kwargs = _next_kwargs(ti)
+    return kwargs is None or "event" in kwargs  # unreadable: nothing to hand over to
+
+
+def _next_kwargs(ti: Any) -> Mapping[str, Any] | None:
+    """A task instance's ``next_kwargs`` as Airflow decodes them on resume; ``None`` (logged)
+    when they cannot be read."""
     try:
         from airflow.models.trigger import _decode_next_kwargs
 
         kwargs = _decode_next_kwargs(ti.next_kwargs)
     except Exception:
-        return True  # unreadable: nothing to hand over to
-    return isinstance(kwargs, Mapping) and "event" in kwargs
+        log.warning("Could not read the next_kwargs of %s", ti, exc_info=True)
+        return None
+    return kwargs if isinstance(kwargs, Mapping) else None
 
 
 def _deferred_event(session: Any, ti: Any, call: Any) -> Any:
@@ -200,14 +208,8 @@ def parked_gate(ti: Any) -> dict[str, Any] | None:
 
     if ti.next_method != "execute_complete" or not ti.next_kwargs:
         return None
-    try:
-        from airflow.models.trigger import _decode_next_kwargs
-
-        kwargs = _decode_next_kwargs(ti.next_kwargs)
-    except Exception:
-        log.warning("Could not read the next_kwargs of %s", ti, exc_info=True)
-        return None
-    parked = kwargs.get(PARKED_KWARG) if isinstance(kwargs, Mapping) else None
+    kwargs = _next_kwargs(ti)
+    parked = kwargs.get(PARKED_KWARG) if kwargs is not None else None
     if not isinstance(parked, Mapping) or not isinstance(parked.get("call_id"), str):
         return None
     return dict(parked)

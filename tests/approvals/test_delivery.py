@@ -12,7 +12,7 @@ import re
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.approvals.conftest import Api
+from tests.approvals.conftest import Api, wait_for
 from tests.fixtures.approvals import ApprovalsService, make_keys
 from tests.fixtures.processes import free_port
 from tests.fixtures.smtp import SmtpServer
@@ -121,18 +121,8 @@ def _mails(smtp: SmtpServer, subject: str, to: str | None = None) -> list[EmailM
     return out
 
 
-def _wait(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _wait_mails(smtp: SmtpServer, subject: str, to: str | None = None, count: int = 1) -> list[EmailMessage]:
-    return _wait(  # type: ignore[no-any-return]
+    return wait_for(  # type: ignore[no-any-return]
         lambda: (m := _mails(smtp, subject, to)) and len(m) >= count and m,
         what=f"{count} message(s) '{subject}' to {to}",
     )
@@ -190,11 +180,11 @@ class TestEmailDelivery:
         # Only those the policy lets approve get one-click links: team@ is not an approver.
         assert len(_links(_mails(smtp, subject, "alice@example.com")[0])) == 2
         assert not LINK.findall(_text(_mails(smtp, subject, "team@example.com")[0]))
-        delivered = _wait(
+        delivered = wait_for(
             lambda: [e for e in _audit(mail_service, call_id) if e["event"] == "delivered"] or None,
             what="delivered audit events",
         )
-        _wait(lambda: len([e for e in _audit(mail_service, call_id) if e["event"] == "delivered"]) == 3)
+        wait_for(lambda: len([e for e in _audit(mail_service, call_id) if e["event"] == "delivered"]) == 3)
         assert delivered[0]["actor"] == "hlml-delivery"
         assert delivered[0]["metadata"]["channel"] == "email"
         status = Api(mail_service, mail_service.admin_key).get(
@@ -311,7 +301,7 @@ class TestEmailDelivery:
         started = time.monotonic()
         call_id = _create(mail_service, subject, approvers=["alice"])
         assert time.monotonic() - started < 5
-        retry = _wait(
+        retry = wait_for(
             lambda: [e for e in _audit(mail_service, call_id) if e["event"] == "delivery_retry"] or None,
             what="a delivery_retry audit event",
         )
@@ -324,7 +314,7 @@ class TestEmailDelivery:
         assert answer.json()["status"]["approved"] is True
         # Decided before it could be delivered: the notice is dropped, not sent late.
         smtp.refuse(False)
-        _wait(
+        wait_for(
             lambda: (
                 Api(mail_service, mail_service.admin_key)
                 .get("/hlml/deliveries", params={"call_id": call_id})
@@ -342,7 +332,7 @@ class TestEmailDelivery:
         smtp.refuse(True)
         subject = _subject()
         call_id = _create(mail_service, subject, approvers=["alice"])
-        _wait(lambda: [e for e in _audit(mail_service, call_id) if e["event"] == "delivery_retry"] or None)
+        wait_for(lambda: [e for e in _audit(mail_service, call_id) if e["event"] == "delivery_retry"] or None)
         smtp.refuse(False)
         message = _wait_mails(smtp, subject, "alice@example.com")[0]
         assert len(_links(message)) == 2
@@ -429,7 +419,7 @@ def test_pending_count_alert_fires_once_per_episode(smtp_server: SmtpServer, smt
         def alerts() -> list[EmailMessage]:
             return [m for m in smtp.messages() if "approvals pending" in str(m["Subject"])]
 
-        _wait(alerts, what="the pending-count alert")
+        wait_for(alerts, what="the pending-count alert")
         time.sleep(6)  # the check runs every 5 s: still one episode
         assert len(alerts()) == 1
         for call_id in calls[:3]:
@@ -439,7 +429,7 @@ def test_pending_count_alert_fires_once_per_episode(smtp_server: SmtpServer, smt
         time.sleep(6)  # the episode closes
         for _ in range(2):
             _create(service, _subject(), approvers=["alice"])
-        _wait(lambda: len(alerts()) == 2, what="a second episode's alert")
+        wait_for(lambda: len(alerts()) == 2, what="a second episode's alert")
     finally:
         service.stop()
 

@@ -8,6 +8,7 @@ decision once. Also: the batched settled lookup and the feature flags that annou
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import tempfile
@@ -26,7 +27,7 @@ from pydantic import ValidationError
 from airflow_provider_hlml.approvals.settings import ApprovalsSettings
 from airflow_provider_hlml.approvals.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_problem
 from airflow_provider_hlml.gate.wire import FEATURE_PUSH, FEATURE_SETTLED, FEATURES_PATH, SETTLED_PATH
-from tests.approvals.conftest import Api
+from tests.approvals.conftest import Api, wait_for
 from tests.fixtures.approvals import ApprovalsService, make_keys
 from tests.fixtures.processes import VENV_BIN, free_port
 
@@ -198,14 +199,7 @@ def _webhook_events(service: ApprovalsService, call_id: str, event: str) -> list
     ]
 
 
-def _wait(predicate: Callable[[], Any], timeout: float = 40.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait = functools.partial(wait_for, timeout=40.0)
 
 
 def _assert_signed(hit: Hit) -> None:
