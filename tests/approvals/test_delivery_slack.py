@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.approvals.conftest import Api
-from tests.approvals.test_delivery import _audit, _create, _status, _subject, _wait
+from tests.approvals.conftest import Api, wait_for
+from tests.approvals.test_delivery import _audit, _create, _status, _subject
 from tests.fixtures.approvals import ApprovalsService, make_keys
 from tests.fixtures.processes import free_port
 from tests.fixtures.slack_standin import SlackStandin
@@ -65,7 +65,7 @@ def _posted(slack: SlackStandin, subject: str) -> dict[str, Any]:
                 return call.params
         return None
 
-    return _wait(find, what=f"a Slack message about {subject}")  # type: ignore[no-any-return]
+    return wait_for(find, what=f"a Slack message about {subject}")  # type: ignore[no-any-return]
 
 
 def _message_of(slack: SlackStandin, subject: str) -> tuple[str, str]:
@@ -77,7 +77,7 @@ def _message_of(slack: SlackStandin, subject: str) -> tuple[str, str]:
                 return channel, ts
         return None
 
-    return _wait(find, what="the stored Slack message")  # type: ignore[no-any-return]
+    return wait_for(find, what="the stored Slack message")  # type: ignore[no-any-return]
 
 
 def _has_actions(blocks: list[dict[str, Any]]) -> bool:
@@ -125,7 +125,7 @@ class TestSlack:
         reply = slack.wait_for("response_url")[0]
         assert "recorded" in json.dumps(reply.params)
         channel, ts = _message_of(slack, subject)
-        _wait(lambda: not _has_actions(slack.messages[(channel, ts)].blocks), what="the message update")
+        wait_for(lambda: not _has_actions(slack.messages[(channel, ts)].blocks), what="the message update")
         assert "alice" in json.dumps(slack.messages[(channel, ts)].blocks)
 
     def test_a_decision_from_another_channel_updates_the_message(
@@ -137,7 +137,7 @@ class TestSlack:
         Api(slack_service, slack_service.reviewer_key).post(
             f"/agent/function_calls/{call_id}/respond", json={"approved": False, "comment": "not yet"}
         )
-        _wait(lambda: not _has_actions(slack.messages[(channel, ts)].blocks), what="the message update")
+        wait_for(lambda: not _has_actions(slack.messages[(channel, ts)].blocks), what="the message update")
         assert "not yet" in json.dumps(slack.messages[(channel, ts)].blocks)
         time.sleep(1)
         assert len([c for c in slack.calls("chat.update") if c.params.get("ts") == ts]) == 1
@@ -253,7 +253,7 @@ class TestSlack:
         call_id = _create(slack_service, subject, approvers=["alice"])
         assert time.monotonic() - started < 5
         _posted(slack, subject)
-        _wait(lambda: "delivered" in [e["event"] for e in _audit(slack_service, call_id)])
+        wait_for(lambda: "delivered" in [e["event"] for e in _audit(slack_service, call_id)])
         events = [e["event"] for e in _audit(slack_service, call_id)]
         assert events.count("delivery_retry") == 2
         assert events.index("delivery_retry") < events.index("delivered")
