@@ -159,6 +159,16 @@ def get_provider_info() -> dict[str, Any]:
                         "string",
                         "auto",
                     ),
+                    "finish_in_place": _opt(
+                        "Whether an approved gate ends where its decision lands: in the triggerer "
+                        "(deferred gates) or in the API server that received the decision (parked "
+                        "gates, and deferred ones it wakes), with its result written as the "
+                        "return_value XCom, instead of being scheduled again to resume on a worker. "
+                        "Rejections, timeouts and escalations always resume on a worker. A gate's "
+                        "finish_in_place argument overrides it.",
+                        "boolean",
+                        "True",
+                    ),
                     "reconcile_interval": _opt(
                         "Seconds between two reconciliations of parked gates by the API server: one "
                         "batched read of all of them per approvals connection, resuming any whose "

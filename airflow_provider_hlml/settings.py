@@ -60,6 +60,12 @@ def wait_mode() -> str:
     return mode
 
 
+def finish_in_place() -> bool:
+    """``[hlml] finish_in_place``: an approved gate ends where its decision lands (the triggerer or
+    the API server) instead of resuming on a worker."""
+    return conf.getboolean(SECTION, "finish_in_place", fallback=True)
+
+
 def reconcile_interval() -> int:
     """``[hlml] reconcile_interval``: seconds between reconciliations of parked gates (0 = at start only).
 

@@ -29,9 +29,12 @@ __all__ = [
     "ApprovalResult",
     "ApprovalTimeoutEvent",
     "ApproverRecord",
+    "FinishInPlace",
     "ResponderPayload",
     "approval_result",
+    "decided_by",
     "decision_event",
+    "finished_in_place",
     "iso",
     "parse_time",
     "settled_event",
@@ -57,6 +60,21 @@ class ApproverRecord(TypedDict):
     email: str | None
     rule: str | None
     at: str | None
+
+
+class FinishInPlace(TypedDict):
+    """What a waiting gate hands over so that an approval can end it where the decision lands
+    (the triggerer, or the API server's wake path) instead of resuming it on a worker.
+
+    The gate puts it in its trigger's kwargs or its parked ``next_kwargs`` only when ending in
+    place gives exactly what ``execute_complete`` would (see
+    ``HumanApprovalSensor.finish_in_place``); without it, every decision resumes the task.
+    """
+
+    approval_url: str | None
+    """The result's ``approval_url``, as the gate computes it."""
+    xcom: bool
+    """Whether the result is pushed as the ``return_value`` XCom (the gate's ``do_xcom_push``)."""
 
 
 class ApprovalDecisionEvent(TypedDict):
@@ -280,3 +298,38 @@ def approval_result(
         review_digest=event.get("review_digest")
         or (GateState.from_state(call.spec.state).digest if call is not None else None),
     )
+
+
+def finished_in_place(
+    event: ApprovalDecisionEvent | ApprovalCancelledEvent | dict[str, Any] | None,
+    call: GateFunctionCall | None,
+    finish: FinishInPlace | dict[str, Any] | None,
+) -> ApprovalResult | None:
+    """
+    The gate's result when ``event`` lets it end in place, ``None`` when the task must resume on
+    a worker.
+
+    Only an accepted approval ends in place: a rejection fails the task or skips its downstream
+    tasks, a timeout applies ``on_timeout`` and an escalation waits again, all of which need the
+    operator. The result is the one ``execute_complete`` returns for the same event
+    (:func:`approval_result`), so downstream tasks cannot tell the two paths apart.
+
+    :param event: the event the policy accepted (:func:`settled_event`).
+    :param call: the request as read.
+    :param finish: what the gate handed over (``None``: the gate resumes on a worker).
+    """
+    if not finish or event is None or event.get("status") != "approved" or event.get("approved") is not True:
+        return None
+    if event.get("context") is None and (call is None or call.spec.kwargs.get("context") is None):
+        return None  # the result would need the task to rebuild the context it sent
+    url = finish.get("approval_url")
+    return approval_result(dict(event), call, approval_url=url if isinstance(url, str) else None)
+
+
+def decided_by(event: ApprovalDecisionEvent | dict[str, Any] | ApprovalResult) -> str:
+    """Who decided, for a log line: the name and e-mail the server reported, or "an unnamed reviewer"."""
+    user = event.get("responded_by_user") or {}
+    name, email = user.get("name"), user.get("email")
+    if name and email and name != email:
+        return f"{name} <{email}>"
+    return str(name or email or "an unnamed reviewer")

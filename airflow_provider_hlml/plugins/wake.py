@@ -27,14 +27,17 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_hlml import settings as hlml_settings
+from airflow_provider_hlml.gate.events import ApprovalResult, decided_by, finished_in_place
 from airflow_provider_hlml.gate.state import GateState
 
 log = logging.getLogger(__name__)
 
 #: Outcomes of :func:`wake_gate`.
+ENDED = "ended"  # an approved gate ended here, successful, with its result as XCom
 RESUMED = "resumed"  # the gate resumes on a worker with the decision event
 NOT_WAITING = "not-waiting"  # no task instance is deferred on this request (any more)
 NOT_YET = "not-yet"  # the gate's task runs: it is about to park or defer (try again in a moment)
@@ -79,11 +82,16 @@ def wake_gate(call_body: Mapping[str, Any]) -> str:
     """
     Submit the decision in ``call_body`` to the gate waiting on it; returns what happened.
 
+    An approval of a gate that handed over what it needs (``finish``, see
+    :func:`~airflow_provider_hlml.gate.events.finished_in_place`) ends the gate here: its result
+    is written as its ``return_value`` XCom and the task is marked successful
+    (:data:`ENDED`). Every other decision resumes the task on a worker (:data:`RESUMED`).
+
     :param call_body: the function call as the approvals service returns it (trusted: from the
         mounted service's own database, a signed webhook, or a fresh read).
     """
     from airflow.models.taskinstance import TaskInstance
-    from airflow.models.trigger import Trigger
+    from airflow.models.trigger import Trigger, handle_event_submit
     from airflow.triggers.base import TriggerEvent
     from airflow.utils.session import create_session
     from airflow.utils.state import TaskInstanceState
@@ -96,6 +104,7 @@ def wake_gate(call_body: Mapping[str, Any]) -> str:
     if where is None:
         return NOT_A_GATE
     map_index = where["map_index"]
+    ended: tuple[Any, str, ApprovalResult] | None = None
     with create_session() as session:
         ti = session.scalar(
             select(TaskInstance)
@@ -109,11 +118,21 @@ def wake_gate(call_body: Mapping[str, Any]) -> str:
         )
         if ti is None:
             return NOT_WAITING
+        previous = str(ti.state)
         if ti.state == TaskInstanceState.DEFERRED and ti.trigger_id is not None:
-            event = _deferred_event(session, ti, call)
-            if event is None or event is NOT_WAITING:
-                return UNDECIDED if event is None else NOT_WAITING
-            Trigger.submit_event(trigger_id=ti.trigger_id, event=TriggerEvent(dict(event)), session=session)
+            found = _deferred_gate(session, ti, call)
+            if found is None:
+                return NOT_WAITING
+            event, finish = found
+            if event is None:
+                return UNDECIDED
+            result = finished_in_place(event, call, finish)
+            if result is not None:
+                end_in_place(session, ti, result, finish)
+                ended = (ti, previous, result)
+            else:
+                trigger_event = TriggerEvent(dict(event))
+                Trigger.submit_event(trigger_id=ti.trigger_id, event=trigger_event, session=session)
         elif ti.state == AWAITING_INPUT:
             parked = parked_gate(ti)
             if parked is None or parked.get("call_id") != call.call_id:
@@ -121,11 +140,14 @@ def wake_gate(call_body: Mapping[str, Any]) -> str:
             event = _accepted(call, parked.get("policy"))
             if event is None:
                 return UNDECIDED
-            from airflow.models.trigger import handle_event_submit
-
-            # What the native response handler does: the event goes into next_kwargs, the task is
-            # scheduled again and resumes in execute_complete on a worker.
-            handle_event_submit(TriggerEvent(dict(event)), task_instance=ti, session=session)
+            result = finished_in_place(event, call, parked.get("finish"))
+            if result is not None:
+                end_in_place(session, ti, result, parked.get("finish"))
+                ended = (ti, previous, result)
+            else:
+                # What the native response handler does: the event goes into next_kwargs, the task
+                # is scheduled again and resumes in execute_complete on a worker.
+                handle_event_submit(TriggerEvent(dict(event)), task_instance=ti, session=session)
         elif (
             ti.state in _ABOUT_TO_WAIT
             and where.get("try_number") in (None, ti.try_number)
@@ -134,6 +156,9 @@ def wake_gate(call_body: Mapping[str, Any]) -> str:
             return NOT_YET
         else:
             return NOT_WAITING
+    if ended is not None:
+        _announce_end(*ended)
+        return ENDED
     log.info(
         "Approval request %s: resumed %s.%s of %s",
         call.call_id,
@@ -142,6 +167,86 @@ def wake_gate(call_body: Mapping[str, Any]) -> str:
         where["run_id"],
     )
     return RESUMED
+
+
+def end_in_place(session: Any, ti: Any, result: ApprovalResult, finish: Mapping[str, Any] | None) -> None:
+    """End the waiting gate ``ti`` successfully with ``result``, in ``session`` (not committed).
+
+    The result is written the way a worker's return value is: serialized by the configured XCom
+    backend (``[core] xcom_backend``), stored by ``XComModel.set(serialize=False)`` as the
+    execution API stores it. (A ``TaskSuccessEvent``'s own ``xcoms`` are stored JSON-encoded
+    twice by Airflow 3.3, so workers would read the result as a string: docs/deployment.md.) The
+    state change is Airflow's own for a task a trigger ends (``handle_event_submit`` with a
+    ``TaskSuccessEvent``): end date, duration, the task's success callbacks.
+    """
+    from airflow.models.trigger import handle_event_submit
+    from airflow.models.xcom import XComModel
+    from airflow.sdk.execution_time.xcom import XCom
+    from airflow.triggers.base import TaskSuccessEvent
+
+    if finish is None or finish.get("xcom", True):
+        key = XCom.XCOM_RETURN_KEY
+        value = XCom.serialize_value(
+            value=result,
+            key=key,
+            task_id=ti.task_id,
+            dag_id=ti.dag_id,
+            run_id=ti.run_id,
+            map_index=ti.map_index,
+        )
+        XComModel.set(
+            key=key,
+            value=value,
+            dag_id=ti.dag_id,
+            task_id=ti.task_id,
+            run_id=ti.run_id,
+            map_index=ti.map_index,
+            serialize=False,
+            session=session,
+        )
+    handle_event_submit(TaskSuccessEvent(), task_instance=ti, session=session)
+
+
+def _announce_end(ti: Any, previous_state: str, result: ApprovalResult) -> None:
+    """After the commit: the log line in the task's log, and the task-instance listeners (as the
+    REST API's state change calls them)."""
+    message = (
+        f"Request {result['call_id']} approved by {decided_by(result)}: the gate ended in the API "
+        "server with its result (no worker resume)."
+    )
+    log.info("%s.%s of %s: %s", ti.dag_id, ti.task_id, ti.run_id, message)
+    append_task_log(ti, message)
+    try:
+        from airflow.listeners.listener import get_listener_manager
+
+        get_listener_manager().hook.on_task_instance_success(previous_state=previous_state, task_instance=ti)
+    except Exception:
+        log.exception("A task-instance listener failed on %s", ti)
+
+
+def append_task_log(ti: Any, message: str) -> bool:
+    """Append ``message`` to the task's log file for its current try, in the JSON lines a worker
+    writes, when this server keeps task logs on its own disk (``[logging] base_log_folder``);
+    returns whether it did."""
+    import json
+    from pathlib import Path
+
+    from airflow.configuration import conf
+    from airflow.utils.helpers import log_filename_template_renderer
+
+    try:
+        base = Path(conf.get("logging", "base_log_folder"))
+        path = base / log_filename_template_renderer()(ti=ti, try_number=ti.try_number)
+        if not path.is_file():
+            return False  # remote logging, or workers on other machines: this server's log has it
+        stamp = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        line = {"timestamp": stamp, "level": "info", "event": message, "logger": __name__}
+        with path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+        return True
+    except Exception:
+        log.warning("Could not append to the task log of %s", ti, exc_info=True)
+        return False
 
 
 #: ``TaskInstanceState.AWAITING_INPUT`` (Airflow 3.3+), compared as a string so older Airflow works.
@@ -172,20 +277,22 @@ def _next_kwargs(ti: Any) -> Mapping[str, Any] | None:
     return kwargs if isinstance(kwargs, Mapping) else None
 
 
-def _deferred_event(session: Any, ti: Any, call: Any) -> Any:
-    """The trigger's event for ``call`` of a deferred gate; ``None`` undecided; NOT_WAITING when
-    the task defers on something else."""
+def _deferred_gate(session: Any, ti: Any, call: Any) -> tuple[dict[str, Any] | None, Any] | None:
+    """``(event, finish)`` of a gate deferred on ``call`` (``event`` ``None``: undecided; ``finish``:
+    what its trigger holds to end it in place); ``None`` when the task defers on something else."""
     from airflow.models.trigger import Trigger
 
     from airflow_provider_hlml.triggers.approval import TRIGGER_CLASSPATH, HumanApprovalTrigger
 
     row = session.get(Trigger, ti.trigger_id)
     if row is None or row.classpath != TRIGGER_CLASSPATH:
-        return NOT_WAITING
+        return None
     kwargs = _decode_kwargs(row.kwargs)
     if kwargs.get("call_id") != call.call_id:
-        return NOT_WAITING  # another try's request
-    return HumanApprovalTrigger(**kwargs).accept(call)
+        return None  # another try's request
+    trigger = HumanApprovalTrigger(**kwargs)
+    event = trigger.accept(call)
+    return (dict(event) if event is not None else None), trigger.finish
 
 
 def _accepted(call: Any, policy_json: Any) -> dict[str, Any] | None:
@@ -257,7 +364,7 @@ def reconcile_parked_gates() -> dict[str, int]:
         counts["settled"] += len(bodies)
         for body in bodies:
             try:
-                if wake_gate(body) == RESUMED:
+                if wake_gate(body) in (RESUMED, ENDED):
                     counts["resumed"] += 1
             except Exception:
                 log.exception("Resuming the gate of %s failed", body.get("call_id"))

@@ -24,6 +24,7 @@ from airflow_provider_hlml.gate.events import (
     ApprovalDecisionEvent,
     ApprovalResult,
     ApprovalTimeoutEvent,
+    FinishInPlace,
     approval_result,
     settled_event,
 )
@@ -206,6 +207,12 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         the deadline is the scheduler's), ``defer`` (``deferrable`` / ``reschedule`` as above) or
         ``auto`` (park on Airflow 3.3+ when the approvals backend pushes decisions to this
         Airflow, defer otherwise); default ``[hlml] wait_mode``.
+    :param finish_in_place: whether an approval ends the gate where the decision lands (the
+        triggerer for a deferred gate, the API server for a parked one) with the same
+        ``return_value`` XCom, instead of scheduling the task again to resume on a worker; default
+        ``[hlml] finish_in_place`` (on). Rejections, timeouts and escalations always resume on a
+        worker, and so does every decision of a gate with ``outlets`` or one of a subclass that
+        overrides how an outcome is settled (see :meth:`finish_in_place_spec`).
     :param poll_interval: seconds between status reads (default ``[hlml] poll_interval``).
     :param humanlayer_conn_id: Airflow connection of type ``humanlayer`` (default
         ``[hlml] humanlayer_conn_id``).
@@ -253,8 +260,10 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         poll_interval: float = hlml_settings.poll_interval(),
         humanlayer_conn_id: str | None = None,
         wait_mode: str | None = None,
+        finish_in_place: bool | None = None,
         **kwargs: Any,
     ) -> None:
+        self.finish_in_place = finish_in_place
         self.wait_mode = _choice(wait_mode, hlml_settings.WAIT_MODES, "wait_mode") if wait_mode else None
         self.response_timeout_seconds = _seconds(response_timeout, "response_timeout")
         self.escalation_timeout_seconds = _seconds(escalation_timeout, "escalation_timeout")
@@ -714,11 +723,37 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             "policy": policy.to_json(),
             "escalated": escalated,
             "deadline": deadline.isoformat() if deadline else None,
+            "finish": self.finish_in_place_spec(context),
         }
         raise awaiting(
             method_name="execute_complete",
             kwargs={PARKED_KWARG: parked},
             timeout=max(deadline - _now(), timedelta(seconds=1)) if deadline else None,
+        )
+
+    #: Methods whose override makes an approval need the operator: such a gate resumes on a worker.
+    _SETTLING_METHODS = ("execute_complete", "settle", "result", "post_execute")
+
+    def finish_in_place_spec(self, context: Context) -> FinishInPlace | None:
+        """What the waiting path needs to end this gate in place on an approval, or ``None`` when
+        the gate must resume on a worker for every decision.
+
+        In place, Airflow marks the task successful and calls its success callbacks; the operator
+        does not run again. So a gate ends in place only when that gives the same as resuming:
+        the option is on (``finish_in_place``, ``[hlml] finish_in_place``), the gate has no
+        ``outlets`` (asset events are the worker's to emit), and its class settles outcomes with
+        this class's own methods.
+        """
+        enabled = (
+            self.finish_in_place if self.finish_in_place is not None else hlml_settings.finish_in_place()
+        )
+        if not enabled or self.outlets:
+            return None
+        own = HumanApprovalSensor.__dict__
+        if any(getattr(type(self), name) is not own[name] for name in self._SETTLING_METHODS if name in own):
+            return None
+        return FinishInPlace(
+            approval_url=approval_url(self.call_id_for(context)), xcom=bool(self.do_xcom_push)
         )
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
@@ -752,6 +787,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
                 allow_self_approval=policy.allow_self_approval,
                 policy=policy.to_json(),
                 escalated=escalated,
+                finish=self.finish_in_place_spec(context),
             ),
             method_name="execute_complete",
             timeout=timeout,
@@ -777,7 +813,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             # (our gates have no native HITL row). A decision that landed just before still wins.
             call, event = self.settle_deadline(context, dict(hlml_gate or {}))
         if event == "success":
-            # The trigger ended the task itself (an approval), but this runner resumes the task
+            # The trigger ended the task in place (an approval), but this runner resumes the task
             # with the task-end event instead (``dag.test()`` does): settle from the request.
             call = self.hook.get_function_call(call_id)
             event = self.check(call, context, self.already_escalated(call))

@@ -26,7 +26,9 @@ from airflow_provider_hlml.gate.events import (
     ApprovalEvent,
     ApprovalTimeoutEvent,
     ResponderPayload,
+    decided_by,
     decision_event,
+    finished_in_place,
     iso,
     parse_time,
     settled_event,
@@ -106,6 +108,11 @@ class HumanApprovalTrigger(BaseTrigger):
         separation of duties); when given, it supersedes ``approvers``, ``requester`` and
         ``allow_self_approval`` (kept for triggers serialized by earlier versions).
     :param escalated: whether this wait follows an escalation (reported in the timeout event).
+    :param finish: what the gate handed over to end in place on an approval
+        (:class:`~airflow_provider_hlml.gate.events.FinishInPlace`); then an accepted approval
+        writes the gate's result as its ``return_value`` XCom, the way a worker writes it, and
+        ends the task with a ``TaskSuccessEvent`` (no worker resume). ``None`` (and any other
+        decision) fires the decision event, and the task resumes on a worker.
     """
 
     def __init__(
@@ -121,6 +128,7 @@ class HumanApprovalTrigger(BaseTrigger):
         allow_self_approval: bool = False,
         policy: dict[str, Any] | None = None,
         escalated: bool = False,
+        finish: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if poll_interval <= 0:
@@ -137,6 +145,7 @@ class HumanApprovalTrigger(BaseTrigger):
         self.allow_self_approval = bool(allow_self_approval)
         self.policy_json = dict(policy) if policy else None
         self.escalated = bool(escalated)
+        self.finish = dict(finish) if finish else None
         self._refused_logged: set[str] = set()
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -153,6 +162,7 @@ class HumanApprovalTrigger(BaseTrigger):
                 "allow_self_approval": self.allow_self_approval,
                 "policy": self.policy_json,
                 "escalated": self.escalated,
+                "finish": self.finish,
             },
         )
 
@@ -251,6 +261,47 @@ class HumanApprovalTrigger(BaseTrigger):
             requested_at=requested_at,
         )
 
+    async def ending(
+        self, event: ApprovalDecisionEvent | ApprovalCancelledEvent, call: GateFunctionCall
+    ) -> TriggerEvent:
+        """The event that ends this wait: an approval the gate may end in place writes the
+        gate's result and ends the task here; anything else resumes the task on a worker."""
+        result = finished_in_place(event, call, self.finish)
+        ti = getattr(self, "task_instance", None)
+        if result is None or ti is None:
+            return TriggerEvent(dict(event))
+        from airflow.triggers.base import TaskSuccessEvent
+
+        if self.finish and self.finish.get("xcom", True):
+            try:
+                # The configured XCom backend serializes, the execution API stores: what a worker's
+                # return value goes through. (A TaskSuccessEvent's own ``xcoms`` are stored
+                # JSON-encoded twice by Airflow 3.3: docs/deployment.md.)
+                from airflow.sdk.execution_time.xcom import XCom
+
+                await XCom.aset(
+                    key=XCom.XCOM_RETURN_KEY,
+                    value=result,
+                    dag_id=ti.dag_id,
+                    task_id=ti.task_id,
+                    run_id=ti.run_id,
+                    map_index=ti.map_index,
+                )
+            except Exception as exc:
+                self.log.warning(
+                    "Could not write the result of %s (%s): the task resumes on a worker instead.",
+                    self.call_id,
+                    exc,
+                )
+                return TriggerEvent(dict(event))
+        self.log.info(
+            "Request %s approved by %s: the gate ends here, in the triggerer, with its result "
+            "(no worker resume).",
+            self.call_id,
+            decided_by(result),
+        )
+        return TaskSuccessEvent()
+
     async def on_kill(self) -> None:
         """A user marked or cleared the waiting task: withdraw the request so nobody decides it."""
         from airflow_provider_hlml.hooks.humanlayer import HumanLayerError, HumanLayerHook
@@ -288,7 +339,7 @@ class HumanApprovalTrigger(BaseTrigger):
                             requested_at = iso(call.status.requested_at)
                         final = self.accept(call)
                         if final is not None:
-                            yield TriggerEvent(dict(final))
+                            yield await self.ending(final, call)
                             return
                     self.log.info("No accepted decision on %s by %s.", self.call_id, self.deadline)
                     yield TriggerEvent(dict(self._timeout_event(requested_at)))
@@ -316,7 +367,7 @@ class HumanApprovalTrigger(BaseTrigger):
                 event = self.accept(call)
                 if event is not None:
                     self.log.info("Request %s: %s.", self.call_id, event["status"])
-                    yield TriggerEvent(dict(event))
+                    yield await self.ending(event, call)
                     return
                 # Still pending, or a refused decision (which the server returns without waiting).
                 decided = call.status is not None and call.status.approved is not None

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pendulum
 import pytest
+from airflow.listeners import hookimpl
 
 from airflow_provider_hlml.approvals.webhooks import SIGNATURE_HEADER, signed_headers
 from airflow_provider_hlml.plugins import wake
@@ -35,7 +36,13 @@ class DeferredGate:
     """One DAG run whose gate waits, deferred, on its trigger row (or ``parked`` in
     ``awaiting_input``, with the ``next_kwargs`` the task runner stores for it)."""
 
-    def __init__(self, *, approvers: list[str] | None = None, parked: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        approvers: list[str] | None = None,
+        parked: bool = False,
+        finish: dict[str, Any] | None = None,
+    ) -> None:
         from airflow.dag_processing.bundles.manager import DagBundlesManager
         from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
         from airflow.models.dag import DagModel
@@ -59,6 +66,7 @@ class DeferredGate:
         trigger = HumanApprovalTrigger(
             call_id=self.call_id,
             approvers=approvers or [],
+            finish=finish,
         )
         with create_session() as session:
             # As the dag processor records it for a DAG read from a file.
@@ -92,6 +100,7 @@ class DeferredGate:
                     "policy": policy.to_json(),
                     "escalated": False,
                     "deadline": None,
+                    "finish": finish,
                 }
                 self.set_state(session, "awaiting_input", next_kwargs=serialize({PARKED_KWARG: kept}))
                 return
@@ -112,6 +121,7 @@ class DeferredGate:
                     trigger_id=row.id,
                     try_number=1,
                     next_method="execute_complete",
+                    start_date=pendulum.now("UTC").subtract(minutes=5),
                 )
             )
 
@@ -121,7 +131,13 @@ class DeferredGate:
         session.execute(
             TaskInstance.__table__.update()  # type: ignore[attr-defined]
             .where(TaskInstance.dag_id == self.dag_id, TaskInstance.task_id == "gate")
-            .values(state=state, try_number=1, next_method="execute_complete", **values)
+            .values(
+                state=state,
+                try_number=1,
+                next_method="execute_complete",
+                start_date=pendulum.now("UTC").subtract(minutes=5),
+                **values,
+            )
         )
 
     def body(
@@ -207,6 +223,156 @@ class TestWakeGate:
         body = gate.body(approved=True)
         body["spec"]["state"] = None
         assert wake.wake_gate(body) == wake.NOT_A_GATE
+
+
+FINISH = {"approval_url": "http://airflow.example/hlml/requests/x", "xcom": True}
+
+
+class EndListener:
+    """A task-instance listener, registered with Airflow's listener manager."""
+
+    def __init__(self) -> None:
+        self.successes: list[tuple[Any, str]] = []
+
+    @hookimpl
+    def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:
+        self.successes.append((previous_state, task_instance.task_id))
+
+
+@pytest.fixture
+def end_listener() -> Iterator[EndListener]:
+    from airflow.listeners.listener import get_listener_manager
+
+    listener = EndListener()
+    manager = get_listener_manager()
+    manager.add_listener(listener)
+    yield listener
+    manager.pm.unregister(listener)
+
+
+def _stored_result(gate: DeferredGate) -> Any:
+    """The gate's ``return_value`` as the metadata DB holds it (the JSON column, decoded once:
+    what the execution API hands a worker's ``xcom_pull``)."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalar(
+            select(XComModel.value).where(
+                XComModel.dag_id == gate.dag_id,
+                XComModel.task_id == "gate",
+                XComModel.key == "return_value",
+            )
+        )
+
+
+class TestEndInPlace:
+    """An approved gate that handed over ``finish`` ends in the API server: successful, its result
+    written once as a worker writes it, with no resume on a worker."""
+
+    @pytest.mark.parametrize("parked", [False, True], ids=["deferred", "parked"])
+    def test_approval_ends_the_gate_with_its_result(
+        self, airflow_db: Any, parked: bool, end_listener: EndListener, tmp_path: Any
+    ) -> None:
+        from airflow.models.xcom import XComModel
+
+        gate = DeferredGate(parked=parked, finish=FINISH)
+        previous = "awaiting_input" if parked else "deferred"
+        log_file = _task_log_file(gate)
+        assert wake.wake_gate(gate.body(approved=True)) == wake.ENDED
+        ti = gate.gate()
+        assert str(ti.state) == "success"
+        assert ti.trigger_id is None
+        assert ti.end_date is not None
+        assert ti.duration is not None
+        assert ti.duration >= 300
+        stored = _stored_result(gate)
+        # Stored as a JSON object, once: a worker's xcom_pull (and a template) reads the dict.
+        assert isinstance(stored, dict), stored
+        assert stored["approved"] is True
+        assert stored["call_id"] == gate.call_id
+        assert stored["comment"] == "looks good"
+        assert stored["approval_url"] == FINISH["approval_url"]
+        assert stored["context"] == {"model_version": "7"}
+        assert stored["responded_by_user"]["email"] == "alice@example.com"
+        assert stored["response_seconds"] == 60.0
+        assert XComModel.deserialize_value(type("Row", (), {"value": stored})()) == stored
+        # The listeners saw a finished task, and the task's log names who decided.
+        assert end_listener.successes == [(previous, "gate")]
+        lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+        assert lines[-1]["level"] == "info"
+        assert "approved by alice <alice@example.com>" in lines[-1]["event"]
+        assert "no worker resume" in lines[-1]["event"]
+        # Delivered again: nothing happens twice.
+        assert wake.wake_gate(gate.body(approved=True)) == wake.NOT_WAITING
+        assert end_listener.successes == [(previous, "gate")]
+
+    @pytest.mark.parametrize("parked", [False, True], ids=["deferred", "parked"])
+    def test_rejection_still_resumes_on_a_worker(self, airflow_db: Any, parked: bool) -> None:
+        gate = DeferredGate(parked=parked, finish=FINISH)
+        assert wake.wake_gate(gate.body(approved=False)) == wake.RESUMED
+        ti = gate.gate()
+        assert str(ti.state) == "scheduled"
+        assert _stored_result(gate) is None
+
+    def test_without_finish_an_approval_resumes_on_a_worker(self, airflow_db: Any) -> None:
+        gate = DeferredGate(parked=True, finish=None)  # opted out, or a gate of an earlier version
+        assert wake.wake_gate(gate.body(approved=True)) == wake.RESUMED
+        assert str(gate.gate().state) == "scheduled"
+
+    def test_without_xcom_push_no_result_is_written(self, airflow_db: Any) -> None:
+        gate = DeferredGate(parked=True, finish={**FINISH, "xcom": False})
+        assert wake.wake_gate(gate.body(approved=True)) == wake.ENDED
+        assert str(gate.gate().state) == "success"
+        assert _stored_result(gate) is None
+
+    def test_a_result_that_needs_the_task_resumes_it(self, airflow_db: Any) -> None:
+        """A request carrying no context: the result needs the context the task sent."""
+        gate = DeferredGate(parked=True, finish=FINISH)
+        body = gate.body(approved=True)
+        del body["spec"]["kwargs"]["context"]
+        assert wake.wake_gate(body) == wake.RESUMED
+
+    def test_airflow_stores_a_task_success_events_xcoms_json_encoded_twice(self, airflow_db: Any) -> None:
+        """The Airflow 3.3 behaviour that makes the gate write its result itself
+        (docs/deployment.md, "Ending in place"): ``TaskSuccessEvent(xcoms=...)`` goes through
+        ``TaskInstance.xcom_push`` -> ``XComModel.set(serialize=True)``, which ``json.dumps`` the
+        value into a JSON column, so a worker pulls a string. When this test fails, Airflow has
+        fixed it and the gate could pass its result in the event instead."""
+        from airflow.models.trigger import handle_event_submit
+        from airflow.triggers.base import TaskSuccessEvent
+        from airflow.utils.session import create_session
+
+        gate = DeferredGate(parked=True)
+        with create_session() as session:
+            from airflow.models.taskinstance import TaskInstance
+
+            ti = session.query(TaskInstance).filter_by(dag_id=gate.dag_id, task_id="gate").one()
+            handle_event_submit(
+                TaskSuccessEvent(xcoms={"return_value": {"approved": True}}),
+                task_instance=ti,
+                session=session,
+            )
+        stored = _stored_result(gate)
+        assert stored == '{"approved": true}', "Airflow now stores TaskSuccessEvent xcoms once"
+
+
+def _task_log_file(gate: DeferredGate) -> Any:
+    """Create the gate's log file for its first try where a worker would have (it parked or
+    deferred from there), and return its path."""
+    from pathlib import Path
+
+    from airflow.configuration import conf
+    from airflow.utils.helpers import log_filename_template_renderer
+
+    ti = gate.gate()
+    path = Path(conf.get("logging", "base_log_folder")) / log_filename_template_renderer()(
+        ti=ti, try_number=1
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"event": "Waiting for a decision", "level": "info"}) + "\n")
+    return path
 
 
 class TestWakeParkedGate:

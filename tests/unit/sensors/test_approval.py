@@ -324,3 +324,51 @@ class TestOnKill:
     def test_on_kill_before_execution_does_nothing(self, faulty_server: Any, faulty_conn: str) -> None:
         HumanApprovalSensor(task_id="gate", subject="x", humanlayer_conn_id=faulty_conn).on_kill()
         assert faulty_server.requests == []
+
+
+class TestFinishInPlace:
+    """Which gates hand over what ending in place needs (``finish_in_place_spec``)."""
+
+    def test_on_by_default_with_the_results_link_and_xcom(self) -> None:
+        sensor = HumanApprovalSensor(task_id="gate", subject="Go?")
+        spec = sensor.finish_in_place_spec(_context(sensor))
+        assert spec is not None
+        assert spec["xcom"] is True
+        call_id = approval_call_id("dag", "manual__1", "gate", -1, 1)
+        assert spec["approval_url"] is not None
+        assert call_id in spec["approval_url"]
+
+    def test_do_xcom_push_false_is_kept(self) -> None:
+        sensor = HumanApprovalSensor(task_id="gate", subject="Go?", do_xcom_push=False)
+        spec = sensor.finish_in_place_spec(_context(sensor))
+        assert spec is not None
+        assert spec["xcom"] is False
+
+    def test_opt_out_per_gate(self) -> None:
+        sensor = HumanApprovalSensor(task_id="gate", subject="Go?", finish_in_place=False)
+        assert sensor.finish_in_place_spec(_context(sensor)) is None
+
+    def test_opt_out_in_config_and_per_gate_opt_in_wins(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AIRFLOW__HLML__FINISH_IN_PLACE", "False")
+        sensor = HumanApprovalSensor(task_id="gate", subject="Go?")
+        assert sensor.finish_in_place_spec(_context(sensor)) is None
+        forced = HumanApprovalSensor(task_id="gate", subject="Go?", finish_in_place=True)
+        assert forced.finish_in_place_spec(_context(forced)) is not None
+
+    def test_a_gate_with_outlets_resumes_on_a_worker(self) -> None:
+        from airflow.sdk import Asset
+
+        sensor = HumanApprovalSensor(task_id="gate", subject="Go?", outlets=[Asset("s3://models/approved")])
+        assert sensor.finish_in_place_spec(_context(sensor)) is None
+
+    def test_a_subclass_that_settles_outcomes_itself_resumes_on_a_worker(self) -> None:
+        class Audited(HumanApprovalSensor):
+            def result(self, *args: Any, **kwargs: Any) -> Any:
+                return {"audited": True, **super().result(*args, **kwargs)}
+
+        sensor = Audited(task_id="gate", subject="Go?")
+        assert sensor.finish_in_place_spec(_context(sensor)) is None
+
+    def test_the_factories_gates_end_in_place(self) -> None:
+        gate = code_execution_approval("print(1)", "staging", language="python")
+        assert gate.finish_in_place_spec(_context(gate)) is not None
