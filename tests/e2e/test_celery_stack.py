@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from airflow_provider_hlml.utils.ids import approval_call_id
+from tests.e2e.in_place import IN_PLACE, run_in_place_scenario
 from tests.fixtures.airflow_stack import AirflowStack, HumanLayerApi, wait_until
 from tests.fixtures.approvals import ApprovalsService
 from tests.fixtures.mlflow_server import MLflowServer
@@ -60,10 +61,11 @@ class TestCeleryDeployment:
 
         assert run["state"] == "success", celery_stack.diagnose(CHURN, run_id)
         # The approvals service posted the decision to the API server, which took the signed body
-        # and resumed the parked gate: the only way it could learn of it (nothing polls).
+        # and ended the approved gate there: the only way it could learn of it (nothing polls),
+        # and no worker took the gate again.
         api_log = celery_stack.processes["api-server"].log_path
         assert api_log is not None
-        assert f"Webhook for approval request {call_id} (signed): resumed" in api_log.read_text(
+        assert f"Webhook for approval request {call_id} (signed): ended" in api_log.read_text(
             errors="replace"
         )
         report = api.xcom(CHURN, run_id, "validate_model")
@@ -76,3 +78,18 @@ class TestCeleryDeployment:
         assert sum(received.values()) >= len(api.task_instances(CHURN, run_id))
         stored = list((e2e_mlflow.root / "artifacts").rglob("MLmodel"))
         assert stored, "no model reached the MLflow server's artifact root"
+
+    def test_approved_gate_ends_in_the_api_server_and_downstream_reads_its_result(
+        self, celery_stack: AirflowStack, reviewer: HumanLayerApi
+    ) -> None:
+        """Gates park (webhooks); the approved one ends in the API server, no Celery worker runs it
+        again; opted-out and rejected ones resume on a worker."""
+        received_before = sum(_tasks_received(celery_stack).values())
+        run_id = run_in_place_scenario(celery_stack, reviewer, "awaiting_input")
+        tis = celery_stack.api.task_instances(IN_PLACE, run_id)
+        # Each task that ran reached a Celery worker once, except the two gates that resumed on
+        # a worker (twice): the gate that ended in place never went back to the broker.
+        ran = [t["task_id"] for t in tis if t["state"] != "skipped"]
+        assert len(ran) == 5, tis
+        received = sum(_tasks_received(celery_stack).values()) - received_before
+        assert received == len(ran) + 2, (received, ran)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -19,6 +20,7 @@ import pytest
 from airflow_provider_hlml.approvals.webhooks import signed_headers
 from airflow_provider_hlml.utils.ids import approval_call_id
 from tests.e2e.conftest import MountedApprovals
+from tests.e2e.in_place import IN_PLACE, assert_ended_in_place, run_in_place_scenario
 from tests.fixtures.airflow_stack import MOUNTED_APPROVALS_PATH, AirflowStack, HumanLayerApi, wait_until
 from tests.fixtures.processes import VENV_BIN
 
@@ -91,6 +93,7 @@ class TestParkedGates:
                 if t["task_id"] == "gate"
             }
             assert states == {0: PARKED, 1: PARKED, 2: PARKED}
+            decided_at = time.time()
             for map_index, call_id in enumerate(calls):
                 reviewer.respond(call_id, approved=True, comment=f"mounted {map_index}")
             run = api.wait_for_run(FANOUT, run_id, timeout=240)
@@ -111,11 +114,20 @@ class TestParkedGates:
         decision = api.xcom(FANOUT, run_id, "gate", map_index=1)
         assert decision["comment"] == "mounted 1"
         assert decision["responded_by_user"]
-        # Each gate ran its first try only: parked, resumed once.
-        tis = [t for t in api.task_instances(FANOUT, run_id) if t["task_id"] == "gate"]
-        assert sorted((t["map_index"], t["try_number"], t["state"]) for t in tis) == [
-            (i, 1, "success") for i in range(3)
-        ]
+        # Each gate ran its first try only, and ended in the API server: parked, never resumed.
+        for map_index in range(3):
+            assert_ended_in_place(stack, FANOUT, run_id, decided_at, map_index=map_index)
+
+    def test_approved_gate_ends_in_the_api_server_and_downstream_reads_its_result(
+        self, parked_stack: tuple[AirflowStack, MountedApprovals]
+    ) -> None:
+        stack, keys = parked_stack
+        reviewer = _reviewer(stack, keys.reviewer_key)
+        try:
+            run_id = run_in_place_scenario(stack, reviewer, PARKED)
+        finally:
+            reviewer.close()
+        _assert_no_triggers(stack, IN_PLACE, run_id)
 
     def test_deadlines_are_the_schedulers_sweep_and_escalation_parks_again(
         self, parked_stack: tuple[AirflowStack, MountedApprovals]
@@ -195,6 +207,7 @@ class TestParkedGates:
 
         api_server = stack.processes["api-server"]
         api_server.kill9()  # nothing gets to hear of what follows
+        decided_at = time.time()
         for call_id in calls:
             subprocess.run(
                 [
@@ -217,10 +230,9 @@ class TestParkedGates:
         # The API server reconciles its parked gates when it starts: one batched read.
         run = api.wait_for_run(FANOUT, run_id, timeout=240)
         assert run["state"] == "success", stack.diagnose(FANOUT, run_id)
-        tis = [t for t in api.task_instances(FANOUT, run_id) if t["task_id"] == "gate"]
-        assert sorted((t["map_index"], t["try_number"], t["state"]) for t in tis) == [
-            (i, 1, "success") for i in range(3)
-        ]
+        # Each ended once, in the API server that came back: first try, never queued again.
+        for map_index in range(3):
+            assert_ended_in_place(stack, FANOUT, run_id, decided_at, map_index=map_index)
         assert api.xcom(FANOUT, run_id, "tally") == {"count": 3, "approved": 3, "calls": 3}
         log = api_server.log_path
         assert log is not None

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_hlml.utils.ids import approval_call_id
+from tests.e2e.in_place import assert_ended_in_place, queued_after, run_in_place_scenario
 from tests.fixtures.airflow_stack import AirflowStack, HumanLayerApi, wait_until
 from tests.fixtures.approvals import ApprovalsService
 from tests.fixtures.mlflow_server import MLflowServer
@@ -90,6 +91,14 @@ class TestScheduledDeferral:
         assert api.xcom("e2e_smoke", run["dag_run_id"], "wait_in_triggerer") >= 10.0
 
 
+class TestEndInPlace:
+    def test_approved_gate_ends_in_the_triggerer_and_downstream_reads_its_result(
+        self, local_stack: AirflowStack, reviewer: HumanLayerApi
+    ) -> None:
+        """No webhook here: the gates defer; the approved one ends in the triggerer."""
+        run_in_place_scenario(local_stack, reviewer, "deferred")
+
+
 class TestTriggererChaos:
     COUNT = 50
 
@@ -107,15 +116,24 @@ class TestTriggererChaos:
         triggerer = local_stack.processes["triggerer"]
         triggerer.kill9()
         assert not triggerer.alive()
+        # Half are decided while no triggerer runs (between decision and end), half after.
+        decided_at = time.time()
+        ordered = sorted(expected)
+        for call_id in ordered[: self.COUNT // 2]:
+            reviewer.respond(call_id, approved=True, comment="e2e: approved while the triggerer was down")
         local_stack.start_process("triggerer", "triggerer")
         local_stack.wait_healthy(("triggerer",))
 
-        for call_id in sorted(expected):
+        for call_id in ordered[self.COUNT // 2 :]:
             reviewer.respond(call_id, approved=True, comment="e2e: approved after the triggerer restart")
         run = local_stack.api.wait_for_run(FANOUT, run_id, timeout=300)
 
         assert run["state"] == "success", local_stack.diagnose(FANOUT, run_id)
         assert_all_gates_passed_first_try(local_stack, run_id, self.COUNT)
+        # Every gate ended once, in the restarted triggerer: none was queued for a worker again.
+        gates = [ti for ti in local_stack.api.task_instances(FANOUT, run_id) if ti["task_id"] == "gate"]
+        assert not [ti["map_index"] for ti in gates if queued_after(ti, decided_at)]
+        assert_ended_in_place(local_stack, FANOUT, run_id, decided_at, map_index=0)
         calls = calls_of_run(admin, run_id)
         assert len(calls) == self.COUNT, "the service must hold exactly one request per gate"
         assert {c["call_id"] for c in calls} == expected

@@ -75,9 +75,10 @@ def test_non_interactive_demo_promotes_a_model(tmp_path: Path) -> None:
         ).fetchall()
     assert rows == [(int(match.group(1)),)]
 
-    # The gate parked (awaiting_input): the approvals service's signed webhook resumed it.
+    # The gate parked (awaiting_input): the approvals service's signed webhook reached the API
+    # server, which ended the approved gate there (no resume on a worker).
     api_log = (state / "logs" / "api-server.log").read_text(errors="replace")
-    assert re.search(r"Webhook for approval request \S+ \(signed\): resumed", api_log), api_log[-3000:]
+    assert re.search(r"Webhook for approval request \S+ \(signed\): ended", api_log), api_log[-3000:]
 
     # Every process it started (api-server, scheduler, dag-processor, triggerer, MLflow,
     # approvals) was recorded and is gone after `stop`.
