@@ -7,6 +7,7 @@ with the same rules (:func:`settled_event`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
@@ -36,6 +37,7 @@ __all__ = [
     "decision_event",
     "finished_in_place",
     "iso",
+    "link_xcoms",
     "parse_time",
     "settled_event",
 ]
@@ -75,6 +77,9 @@ class FinishInPlace(TypedDict):
     """The result's ``approval_url``, as the gate computes it."""
     xcom: bool
     """Whether the result is pushed as the ``return_value`` XCom (the gate's ``do_xcom_push``)."""
+    links: NotRequired[dict[str, str]]
+    """The operator extra links' XComs (``xcom_key`` -> URL): a worker pushes them when the task
+    finishes, and the UI reads them from there."""
 
 
 class ApprovalDecisionEvent(TypedDict):
@@ -324,6 +329,14 @@ def finished_in_place(
         return None  # the result would need the task to rebuild the context it sent
     url = finish.get("approval_url")
     return approval_result(dict(event), call, approval_url=url if isinstance(url, str) else None)
+
+
+def link_xcoms(finish: FinishInPlace | Mapping[str, Any] | None) -> dict[str, str]:
+    """The extra links' XComs a gate handed over (only string keys and values are kept)."""
+    links = (finish or {}).get("links")
+    if not isinstance(links, dict):
+        return {}
+    return {k: v for k, v in links.items() if isinstance(k, str) and k and isinstance(v, str) and v}
 
 
 def decided_by(event: ApprovalDecisionEvent | dict[str, Any] | ApprovalResult) -> str:

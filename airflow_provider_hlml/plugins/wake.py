@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_hlml import settings as hlml_settings
-from airflow_provider_hlml.gate.events import ApprovalResult, decided_by, finished_in_place
+from airflow_provider_hlml.gate.events import ApprovalResult, decided_by, finished_in_place, link_xcoms
 from airflow_provider_hlml.gate.state import GateState
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,18 @@ def end_in_place(session: Any, ti: Any, result: ApprovalResult, finish: Mapping[
         XComModel.set(
             key=key,
             value=value,
+            dag_id=ti.dag_id,
+            task_id=ti.task_id,
+            run_id=ti.run_id,
+            map_index=ti.map_index,
+            serialize=False,
+            session=session,
+        )
+    for key, url in link_xcoms(finish).items():
+        # As a worker's finalize() pushes extra links: the URL as is, past any custom backend.
+        XComModel.set(
+            key=key,
+            value=url,
             dag_id=ti.dag_id,
             task_id=ti.task_id,
             run_id=ti.run_id,

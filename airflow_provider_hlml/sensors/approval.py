@@ -753,8 +753,27 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         if any(getattr(type(self), name) is not own[name] for name in self._SETTLING_METHODS if name in own):
             return None
         return FinishInPlace(
-            approval_url=approval_url(self.call_id_for(context)), xcom=bool(self.do_xcom_push)
+            approval_url=approval_url(self.call_id_for(context)),
+            xcom=bool(self.do_xcom_push),
+            links=self.extra_link_xcoms(context),
         )
+
+    def extra_link_xcoms(self, context: Context) -> dict[str, str]:
+        """``xcom_key`` -> URL of this gate's operator extra links, as a worker pushes them when the
+        task finishes (the UI reads the links from these XComs)."""
+        ti_key = getattr(context["ti"], "key", None)
+        links: dict[str, str] = {}
+        if ti_key is None:
+            return links
+        for link in self.operator_extra_links:
+            try:
+                url = link.get_link(operator=self, ti_key=ti_key)
+            except Exception:
+                self.log.warning("Could not build the %r link", getattr(link, "name", link), exc_info=True)
+                continue
+            if url:
+                links[link.xcom_key] = str(url)
+        return links
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         call = self.ensure_request(context)

@@ -30,6 +30,7 @@ from airflow_provider_hlml.gate.events import (
     decision_event,
     finished_in_place,
     iso,
+    link_xcoms,
     parse_time,
     settled_event,
 )
@@ -38,6 +39,7 @@ from airflow_provider_hlml.gate.policy import ApprovalPolicy
 if TYPE_CHECKING:
     from tenacity import RetryCallState
 
+    from airflow_provider_hlml.gate.events import ApprovalResult
     from airflow_provider_hlml.gate.wire import GateFunctionCall, UserInfo
     from airflow_provider_hlml.hooks.humanlayer import HumanLayerHook
 
@@ -272,35 +274,49 @@ class HumanApprovalTrigger(BaseTrigger):
             return TriggerEvent(dict(event))
         from airflow.triggers.base import TaskSuccessEvent
 
-        if self.finish and self.finish.get("xcom", True):
-            try:
-                # The configured XCom backend serializes, the execution API stores: what a worker's
-                # return value goes through. (A TaskSuccessEvent's own ``xcoms`` are stored
-                # JSON-encoded twice by Airflow 3.3: docs/deployment.md.)
-                from airflow.sdk.execution_time.xcom import XCom
-
-                await XCom.aset(
-                    key=XCom.XCOM_RETURN_KEY,
-                    value=result,
-                    dag_id=ti.dag_id,
-                    task_id=ti.task_id,
-                    run_id=ti.run_id,
-                    map_index=ti.map_index,
-                )
-            except Exception as exc:
-                self.log.warning(
-                    "Could not write the result of %s (%s): the task resumes on a worker instead.",
-                    self.call_id,
-                    exc,
-                )
-                return TriggerEvent(dict(event))
+        try:
+            await self._write_result(ti, result)
+        except Exception as exc:
+            self.log.warning(
+                "Could not write the result of %s (%s): the task resumes on a worker instead.",
+                self.call_id,
+                exc,
+            )
+            return TriggerEvent(dict(event))
         self.log.info(
             "Request %s approved by %s: the gate ends here, in the triggerer, with its result "
             "(no worker resume).",
             self.call_id,
             decided_by(result),
         )
+        await asyncio.to_thread(self._notify_listeners, ti)
         return TaskSuccessEvent()
+
+    async def _write_result(self, ti: Any, result: ApprovalResult) -> None:
+        """Write what a worker writes when the gate returns: its result (``return_value``),
+        serialized by the configured XCom backend and stored by the execution API, and its
+        extra links' XComs. (A TaskSuccessEvent's own ``xcoms`` are stored JSON-encoded twice by
+        Airflow 3.3: docs/deployment.md.)"""
+        from airflow.sdk.execution_time.comms import SetXCom
+        from airflow.sdk.execution_time.task_runner import SUPERVISOR_COMMS
+        from airflow.sdk.execution_time.xcom import XCom
+
+        where = {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
+        if self.finish and self.finish.get("xcom", True):
+            await XCom.aset(key=XCom.XCOM_RETURN_KEY, value=result, **where)
+        for key, url in link_xcoms(self.finish).items():
+            # As a worker's finalize() pushes extra links: the URL as is, past any custom backend.
+            await SUPERVISOR_COMMS.asend(SetXCom(key=key, value=url, **where))
+
+    def _notify_listeners(self, ti: Any) -> None:
+        """Call the task-instance listeners' ``on_task_instance_success``, as a worker does when a
+        task finishes (with the runtime task instance the triggerer built for this trigger)."""
+        try:
+            from airflow.sdk.listener import get_listener_manager
+
+            get_listener_manager().hook.on_task_instance_success(previous_state="deferred", task_instance=ti)
+        except Exception:
+            self.log.exception("A task-instance listener failed on %s", self.call_id)
 
     async def on_kill(self) -> None:
         """A user marked or cleared the waiting task: withdraw the request so nobody decides it."""

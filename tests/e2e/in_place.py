@@ -83,6 +83,9 @@ def run_in_place_scenario(stack: AirflowStack, reviewer: HumanLayerApi, waiting_
         "template_approved": "True",
     }
     assert read["by"], read
+    # The "Approval request" extra link, which a worker pushes when a task finishes, is there.
+    links = api.get(f"/dags/{IN_PLACE}/dagRuns/{run_id}/taskInstances/gate/links")["extra_links"]
+    assert call["gate"] in (links.get("Approval request") or ""), links
     gate_result = api.xcom(IN_PLACE, run_id, "gate")
     assert gate_result["approved"] is True
     assert gate_result["call_id"] == call["gate"]

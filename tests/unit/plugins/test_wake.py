@@ -225,7 +225,11 @@ class TestWakeGate:
         assert wake.wake_gate(body) == wake.NOT_A_GATE
 
 
-FINISH = {"approval_url": "http://airflow.example/hlml/requests/x", "xcom": True}
+FINISH = {
+    "approval_url": "http://airflow.example/hlml/requests/x",
+    "xcom": True,
+    "links": {"_link_ApprovalRequestLink": "http://airflow.example/hlml/requests/x"},
+}
 
 
 class EndListener:
@@ -250,7 +254,7 @@ def end_listener() -> Iterator[EndListener]:
     manager.pm.unregister(listener)
 
 
-def _stored_result(gate: DeferredGate) -> Any:
+def _stored_result(gate: DeferredGate, key: str = "return_value") -> Any:
     """The gate's ``return_value`` as the metadata DB holds it (the JSON column, decoded once:
     what the execution API hands a worker's ``xcom_pull``)."""
     from airflow.models.xcom import XComModel
@@ -262,7 +266,7 @@ def _stored_result(gate: DeferredGate) -> Any:
             select(XComModel.value).where(
                 XComModel.dag_id == gate.dag_id,
                 XComModel.task_id == "gate",
-                XComModel.key == "return_value",
+                XComModel.key == key,
             )
         )
 
@@ -298,6 +302,10 @@ class TestEndInPlace:
         assert stored["responded_by_user"]["email"] == "alice@example.com"
         assert stored["response_seconds"] == 60.0
         assert XComModel.deserialize_value(type("Row", (), {"value": stored})()) == stored
+        # The extra link's XCom, as a worker's finalize() pushes it: the UI reads the link there.
+        assert (
+            _stored_result(gate, "_link_ApprovalRequestLink") == FINISH["links"]["_link_ApprovalRequestLink"]
+        )
         # The listeners saw a finished task, and the task's log names who decided.
         assert end_listener.successes == [(previous, "gate")]
         lines = [json.loads(line) for line in log_file.read_text().splitlines()]

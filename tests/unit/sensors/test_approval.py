@@ -338,6 +338,22 @@ class TestFinishInPlace:
         assert spec["approval_url"] is not None
         assert call_id in spec["approval_url"]
 
+    def test_hands_over_the_extra_links_a_worker_would_push(self) -> None:
+        from airflow.models.taskinstancekey import TaskInstanceKey
+
+        sensor = HumanApprovalSensor(task_id="gate", subject="Go?")
+        context = _context(sensor)
+        context["ti"] = type(
+            "RuntimeTI",
+            (),
+            {**vars(context["ti"]), "key": TaskInstanceKey("dag", "gate", "manual__1", 1, -1)},
+        )()
+        spec = sensor.finish_in_place_spec(context)
+        assert spec is not None
+        call_id = approval_call_id("dag", "manual__1", "gate", -1, 1)
+        link = spec["links"]["_link_ApprovalRequestLink"]
+        assert call_id in link
+
     def test_do_xcom_push_false_is_kept(self) -> None:
         sensor = HumanApprovalSensor(task_id="gate", subject="Go?", do_xcom_push=False)
         spec = sensor.finish_in_place_spec(_context(sensor))

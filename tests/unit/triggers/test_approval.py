@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -61,6 +63,7 @@ class TestHumanApprovalTrigger:
             requester="carol",
             allow_self_approval=False,
             escalated=True,
+            finish={"approval_url": "http://airflow/x", "xcom": True},
         )
         assert trigger.serialize() == (
             CLASSPATH,
@@ -75,6 +78,7 @@ class TestHumanApprovalTrigger:
                 "allow_self_approval": False,
                 "policy": None,
                 "escalated": True,
+                "finish": {"approval_url": "http://airflow/x", "xcom": True},
             },
         )
 
@@ -286,3 +290,45 @@ class TestRefusalReason:
 
     def test_unknown_decider_is_left_to_the_server(self):
         assert refusal_reason(None, ["alice"], "alice", False) is None
+
+
+class TestEndingInPlace:
+    """Which events end the gate in the triggerer; the ending itself (the XCom written through the
+    triggerer's execution API client, ``TaskSuccessEvent``) runs in a real triggerer in
+    tests/e2e/test_stack_scenarios.py (TestEndInPlace, TestTriggererChaos)."""
+
+    FINISH = {"approval_url": "http://airflow/hlml/x", "xcom": True, "links": {"_link_X": "http://x"}}
+
+    @dataclass
+    class TaskInstance:
+        dag_id: str = "dag"
+        task_id: str = "gate"
+        run_id: str = "manual__1"
+        map_index: int = -1
+
+    def _context_call(self, server: FaultyHumanLayerServer, **decision: Any) -> None:
+        server.add_call("call-1", kwargs={"subject": "Go?", "context": {"model_version": "3"}})
+        server.decide("call-1", user_info=ALICE, **decision)
+
+    async def test_without_a_task_instance_the_decision_event_fires(self, faulty_server, faulty_conn):
+        self._context_call(faulty_server, approved=True, comment="ok")
+        payload = await _first_event(_trigger(faulty_conn, finish=self.FINISH))
+        assert payload["status"] == "approved"
+
+    async def test_a_rejection_fires_the_decision_event(self, faulty_server, faulty_conn):
+        self._context_call(faulty_server, approved=False, comment="no")
+        trigger = _trigger(faulty_conn, finish=self.FINISH)
+        trigger.task_instance = self.TaskInstance()  # type: ignore[assignment]
+        payload = await _first_event(trigger)
+        assert payload["status"] == "rejected"
+
+    async def test_a_result_it_cannot_write_resumes_the_task_instead(self, faulty_server, faulty_conn):
+        """An approval it may end, with a task instance, but no execution API client in this
+        process: the write fails, and the task resumes on a worker with the decision rather than
+        ending without its result (a TaskSuccessEvent's payload is "success", not this)."""
+        self._context_call(faulty_server, approved=True, comment="ok")
+        trigger = _trigger(faulty_conn, finish=self.FINISH)
+        trigger.task_instance = self.TaskInstance()  # type: ignore[assignment]
+        payload = await _first_event(trigger)
+        assert payload["status"] == "approved"
+        assert payload["comment"] == "ok"
