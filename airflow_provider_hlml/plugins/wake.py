@@ -184,38 +184,14 @@ def end_in_place(session: Any, ti: Any, result: ApprovalResult, finish: Mapping[
     from airflow.sdk.execution_time.xcom import XCom
     from airflow.triggers.base import TaskSuccessEvent
 
+    where = {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
+    # The extra links as a worker's finalize() pushes them: the URL as is, past any custom backend.
+    values: dict[str, Any] = dict(link_xcoms(finish))
     if finish is None or finish.get("xcom", True):
         key = XCom.XCOM_RETURN_KEY
-        value = XCom.serialize_value(
-            value=result,
-            key=key,
-            task_id=ti.task_id,
-            dag_id=ti.dag_id,
-            run_id=ti.run_id,
-            map_index=ti.map_index,
-        )
-        XComModel.set(
-            key=key,
-            value=value,
-            dag_id=ti.dag_id,
-            task_id=ti.task_id,
-            run_id=ti.run_id,
-            map_index=ti.map_index,
-            serialize=False,
-            session=session,
-        )
-    for key, url in link_xcoms(finish).items():
-        # As a worker's finalize() pushes extra links: the URL as is, past any custom backend.
-        XComModel.set(
-            key=key,
-            value=url,
-            dag_id=ti.dag_id,
-            task_id=ti.task_id,
-            run_id=ti.run_id,
-            map_index=ti.map_index,
-            serialize=False,
-            session=session,
-        )
+        values[key] = XCom.serialize_value(value=result, key=key, **where)
+    for key, value in values.items():
+        XComModel.set(key=key, value=value, serialize=False, session=session, **where)
     handle_event_submit(TaskSuccessEvent(), task_instance=ti, session=session)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -18,6 +17,7 @@ from airflow_provider_hlml.triggers.approval import (
     refusal_reason,
 )
 from tests.fixtures.faulty_server import FaultyHumanLayerServer
+from tests.unit.sensors.test_approval import TaskInstanceRecord
 
 CLASSPATH = "airflow_provider_hlml.triggers.approval.HumanApprovalTrigger"
 ALICE = {"name": "alice", "email": "alice@example.com", "principal": "alice"}
@@ -299,13 +299,6 @@ class TestEndingInPlace:
 
     FINISH = {"approval_url": "http://airflow/hlml/x", "xcom": True, "links": {"_link_X": "http://x"}}
 
-    @dataclass
-    class TaskInstance:
-        dag_id: str = "dag"
-        task_id: str = "gate"
-        run_id: str = "manual__1"
-        map_index: int = -1
-
     def _context_call(self, server: FaultyHumanLayerServer, **decision: Any) -> None:
         server.add_call("call-1", kwargs={"subject": "Go?", "context": {"model_version": "3"}})
         server.decide("call-1", user_info=ALICE, **decision)
@@ -318,7 +311,7 @@ class TestEndingInPlace:
     async def test_a_rejection_fires_the_decision_event(self, faulty_server, faulty_conn):
         self._context_call(faulty_server, approved=False, comment="no")
         trigger = _trigger(faulty_conn, finish=self.FINISH)
-        trigger.task_instance = self.TaskInstance()  # type: ignore[assignment]
+        trigger.task_instance = TaskInstanceRecord()  # type: ignore[assignment]
         payload = await _first_event(trigger)
         assert payload["status"] == "rejected"
 
@@ -328,7 +321,7 @@ class TestEndingInPlace:
         ending without its result (a TaskSuccessEvent's payload is "success", not this)."""
         self._context_call(faulty_server, approved=True, comment="ok")
         trigger = _trigger(faulty_conn, finish=self.FINISH)
-        trigger.task_instance = self.TaskInstance()  # type: ignore[assignment]
+        trigger.task_instance = TaskInstanceRecord()  # type: ignore[assignment]
         payload = await _first_event(trigger)
         assert payload["status"] == "approved"
         assert payload["comment"] == "ok"
