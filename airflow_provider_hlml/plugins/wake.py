@@ -1,5 +1,9 @@
 """Hand a decision to the waiting gate at once, from the Airflow API server.
 
+An approval the gate's policy accepts ends the gate here (:func:`end_in_place`: its result
+written as a worker writes it, the task marked successful), unless the gate asked to resume on a
+worker (``finish_in_place``); every other decision resumes it on a worker.
+
 A gate waits in one of two ways (``wait_mode``):
 
 - **deferred**: its trigger reads the request; the triggerer then needs up to a couple of its loop

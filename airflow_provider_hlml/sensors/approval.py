@@ -211,8 +211,9 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         triggerer for a deferred gate, the API server for a parked one) with the same
         ``return_value`` XCom, instead of scheduling the task again to resume on a worker; default
         ``[hlml] finish_in_place`` (on). Rejections, timeouts and escalations always resume on a
-        worker, and so does every decision of a gate with ``outlets`` or one of a subclass that
-        overrides how an outcome is settled (see :meth:`finish_in_place_spec`).
+        worker, and so does every decision of a gate with ``outlets``, one whose result a task is
+        mapped over, or one of a subclass that overrides how an outcome is settled (see
+        :meth:`finish_in_place_spec`).
     :param poll_interval: seconds between status reads (default ``[hlml] poll_interval``).
     :param humanlayer_conn_id: Airflow connection of type ``humanlayer`` (default
         ``[hlml] humanlayer_conn_id``).
@@ -741,7 +742,8 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         In place, Airflow marks the task successful and calls its success callbacks; the operator
         does not run again. So a gate ends in place only when that gives the same as resuming:
         the option is on (``finish_in_place``, ``[hlml] finish_in_place``), the gate has no
-        ``outlets`` (asset events are the worker's to emit), and its class settles outcomes with
+        ``outlets`` (asset events are the worker's to emit), no task is mapped over its result
+        (the worker records the mapping's length with it), and its class settles outcomes with
         this class's own methods.
         """
         enabled = (
@@ -749,8 +751,12 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         )
         if not enabled or self.outlets:
             return None
-        own = HumanApprovalSensor.__dict__
-        if any(getattr(type(self), name) is not own[name] for name in self._SETTLING_METHODS if name in own):
+        if self.has_dag() and next(self.iter_mapped_dependants(), None) is not None:
+            return None
+        if any(
+            getattr(type(self), name) is not getattr(HumanApprovalSensor, name)
+            for name in self._SETTLING_METHODS
+        ):
             return None
         return FinishInPlace(
             approval_url=approval_url(self.call_id_for(context)),

@@ -385,6 +385,30 @@ class TestFinishInPlace:
         sensor = Audited(task_id="gate", subject="Go?")
         assert sensor.finish_in_place_spec(_context(sensor)) is None
 
+    def test_a_subclass_with_its_own_post_execute_resumes_on_a_worker(self) -> None:
+        class Counted(HumanApprovalSensor):
+            def post_execute(self, context: Any, result: Any = None) -> None:
+                pass
+
+        sensor = Counted(task_id="gate", subject="Go?")
+        assert sensor.finish_in_place_spec(_context(sensor)) is None
+
+    def test_a_gate_whose_result_a_task_is_mapped_over_resumes_on_a_worker(self) -> None:
+        from airflow.sdk import DAG, task
+
+        with DAG("mapped_over", schedule=None):
+            gate = HumanApprovalSensor(task_id="gate", subject="Go?")
+            plain = HumanApprovalSensor(task_id="plain", subject="Go?")
+
+            @task
+            def each(item: Any) -> Any:
+                return item
+
+            each.expand(item=gate.output)
+            each.override(task_id="once")(plain.output)
+        assert gate.finish_in_place_spec(_context(gate)) is None
+        assert plain.finish_in_place_spec(_context(plain)) is not None
+
     def test_the_factories_gates_end_in_place(self) -> None:
         gate = code_execution_approval("print(1)", "staging", language="python")
         assert gate.finish_in_place_spec(_context(gate)) is not None
