@@ -21,7 +21,8 @@ Each mode is a fresh deployment; both gates are measured in the same runs of eac
   (the service pushes nothing, so ``[hlml] wait_mode`` auto defers);
 - ``webhook``: the same, plus the service's webhook to ``/hlml/webhooks/humanlayer`` (signed);
 - ``mounted``: the approvals service mounted in the API server (the embedded default);
-- ``celery``: ``webhook`` on the CeleryExecutor (two workers, Redis broker; PostgreSQL needed).
+- ``celery``: ``webhook`` on the CeleryExecutor (``--celery-workers``, 2 by default, two slots
+  each; Redis broker; PostgreSQL needed).
 
 An approved gate of ours ends where the decision lands (``[hlml] finish_in_place``, on by
 default): in the API server that received it (``webhook``, ``mounted``, ``celery``: the gate
@@ -104,7 +105,9 @@ def _phases(stack: AirflowStack, run_id: str, gate: str, after: str, sent: float
 MODES = ("standalone", "webhook", "mounted", "celery")
 
 
-def run(rounds: int, mode: str, finish_in_place: bool = True) -> tuple[list[float], list[float]]:
+def run(
+    rounds: int, mode: str, finish_in_place: bool = True, celery_workers: int = 2
+) -> tuple[list[float], list[float]]:
     """Measure ``rounds`` runs on a fresh deployment in ``mode``; returns (hlml, native) latencies."""
     workdir = Path(tempfile.mkdtemp(prefix="hlml-bench-e2e-"))
     databases = MetadataDatabases(workdir)
@@ -141,7 +144,7 @@ def run(rounds: int, mode: str, finish_in_place: bool = True) -> tuple[list[floa
             config,
             database=database,
             executor=executor,
-            workers=1,
+            workers=celery_workers,
             extra_env=extra_env,
         )
         if mode in ("webhook", "celery") and approvals is not None:
@@ -202,7 +205,8 @@ def run(rounds: int, mode: str, finish_in_place: bool = True) -> tuple[list[floa
         print()
         how = "ends in place" if finish_in_place else "resumes on a worker"
         print(
-            f"e2e decision -> downstream task start ({mode}; {database}, {executor}, {rounds} rounds; "
+            f"e2e decision -> downstream task start ({mode}; {database}, {executor}"
+            f"{f' x {celery_workers}' if mode == 'celery' else ''}, {rounds} rounds; "
             f"an approved hlml gate {how})"
         )
         print(summary("HumanApprovalSensor (hlml)", ours))
@@ -252,12 +256,18 @@ def main() -> None:
         action="store_false",
         help="[hlml] finish_in_place = False: approved gates resume on a worker (the previous behaviour)",
     )
+    parser.add_argument(
+        "--celery-workers",
+        type=int,
+        default=2,
+        help="Celery workers of the celery mode (2 slots each), as the e2e suite runs it (default 2)",
+    )
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         parser.error(f"--modes: unknown {', '.join(unknown)} (choose from {', '.join(MODES)})")
-    results = {mode: run(args.rounds, mode, args.finish_in_place) for mode in modes}
+    results = {mode: run(args.rounds, mode, args.finish_in_place, args.celery_workers) for mode in modes}
     print(
         "summary: decision -> downstream task start, p50 / p95 "
         f"(ratio hlml/native; target <= {target(args.finish_in_place)})"
