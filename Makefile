@@ -62,7 +62,7 @@ typecheck: install
 	$(BIN)/mypy
 
 test: install system-deps lint typecheck
-	$(BIN)/python -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider -ra --durations=15 $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -p no:cacheprovider -ra -m "not e2e and not browser" $(PYTEST_ARGS)

@@ -363,9 +363,10 @@ def production_models(models: list[dict[str, Any]]) -> int:
 
 
 def daily_decision_counts(
-    items: list[dict[str, Any]], *, days: int = 14
+    items: list[dict[str, Any]], *, days: int = 14, today: dt.date | None = None
 ) -> tuple[list[str], dict[str, list[float]]]:
-    today = dt.datetime.now(dt.timezone.utc).date()
+    """Decisions per status and UTC day of response over the ``days`` days ending ``today``."""
+    today = today or dt.datetime.now(dt.timezone.utc).date()
     labels = [(today - dt.timedelta(days=days - 1 - i)).isoformat() for i in range(days)]
     index = {label: i for i, label in enumerate(labels)}
     stacks: dict[str, list[float]] = {s: [0.0] * days for s in DECIDED_STATUSES}

@@ -165,7 +165,9 @@ class TestSeries:
             _item("rejected", 1, day=2),
             _item("expired", None, day=30),
         ]
-        labels, stacks = views.daily_decision_counts(items, days=7)
+        # The days are counted back from the items' own "now" (a run across midnight UTC moves
+        # the clock's day, not theirs).
+        labels, stacks = views.daily_decision_counts(items, days=7, today=NOW.date())
         assert len(labels) == 7
         assert stacks["approved"][-1] == 2
         assert stacks["rejected"][-3] == 1
