@@ -68,6 +68,10 @@ APPROVAL_URL = "hlml.approval_url"
 APPROVERS = "hlml.approvers"
 #: The digest of what the reviewers were shown (re-checked before the alias moved).
 REVIEW_DIGEST = "hlml.review_digest"
+#: The signed attestation of the approval (a DSSE envelope; see ``gate/attestation.py``).
+ATTESTATION = "hlml.attestation"
+#: The key id that signed :data:`ATTESTATION`.
+ATTESTATION_KEY_ID = "hlml.attestation_key_id"
 PROMOTED_ALIAS = "hlml.promoted_alias"
 PROMOTED_STAGE = "hlml.promoted_stage"
 PROMOTED_AT = "hlml.promoted_at"
@@ -95,3 +99,10 @@ def previous_stage_holder_tag(stage: str) -> str:
 def dag_run_group(dag_id: str, run_id: str) -> str:
     """The value of :data:`AIRFLOW_DAG_RUN` for one DAG run."""
     return f"{dag_id}/{run_id}"
+
+
+# --- Registered-model tags written by the alias guard ---------------------------------------------
+def guard_state_tag(alias: str) -> str:
+    """Registered-model tag: the guard's last finding on ``alias`` (JSON: verdict, version, reason,
+    at, and the version it was reverted to, if any)."""
+    return f"hlml.guard.{alias}"

@@ -42,6 +42,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_hlml.operators.train",
                     "airflow_provider_hlml.operators.validate",
                     "airflow_provider_hlml.operators.promote",
+                    "airflow_provider_hlml.operators.alias_guard",
                 ],
             }
         ],
@@ -258,6 +259,32 @@ def get_provider_info() -> dict[str, Any]:
                         "string",
                         "smtp_default",
                     ),
+                    "protected_aliases": _opt(
+                        "Registered-model aliases the alias guard watches (docs/security.md): a "
+                        "comma list for every model, or a JSON object of model name to aliases with "
+                        '"*" for models without their own entry. A version holding one must carry a '
+                        "valid signed attestation of its approval.",
+                        "string",
+                        "champion",
+                        '{"*": ["champion"], "fraud": ["champion", "prod"]}',
+                    ),
+                    "alias_guard_revert": _opt(
+                        "Whether the alias guard moves a protected alias found on a version without a "
+                        "valid attestation back to the last attested version (off: it alerts and "
+                        "records only).",
+                        "boolean",
+                        "False",
+                    ),
+                    "mlflow_webhook_secret": {
+                        **_opt(
+                            "Secret of the MLflow registry webhook that posts alias changes to "
+                            "/hlml/webhooks/mlflow (MlflowClient.create_webhook(secret=...)); empty: "
+                            "every delivery is refused and only the reconcile DAG guards aliases.",
+                            "string",
+                            "",
+                        ),
+                        "sensitive": True,
+                    },
                 },
             }
         },

@@ -154,3 +154,64 @@ def alert_email_to() -> str:
 def alert_smtp_conn_id() -> str:
     """``[hlml] alert_smtp_conn_id``: the SMTP connection the training alert e-mail is sent through."""
     return _text("alert_smtp_conn_id", DEFAULT_ALERT_SMTP_CONN_ID)
+
+
+DEFAULT_PROTECTED_ALIASES = "champion"
+#: Key of ``[hlml] protected_aliases`` (JSON form) naming the aliases of every model without its own entry.
+ANY_MODEL = "*"
+
+
+def protected_aliases() -> str:
+    """``[hlml] protected_aliases`` as written; :func:`protected_alias_table` reads it."""
+    return _text("protected_aliases", DEFAULT_PROTECTED_ALIASES)
+
+
+def protected_alias_table() -> dict[str, tuple[str, ...]]:
+    """``[hlml] protected_aliases``: the aliases the alias guard watches, by registered model.
+
+    A comma list (``champion, prod``) protects those aliases of every model; a JSON object maps
+    model names to lists of aliases, ``"*"`` for every model without its own entry (a model's
+    own entry replaces ``"*"``: ``[]`` leaves that model unguarded), e.g.
+    ``{"*": ["champion"], "fraud": ["champion", "prod"]}``.
+
+    :raises ValueError: for JSON that is not such an object.
+    """
+    import json
+
+    raw = protected_aliases()
+    if not raw.startswith("{"):
+        return {ANY_MODEL: _alias_list(raw.split(","))}
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        raise ValueError(f"[{SECTION}] protected_aliases: not a JSON object or a comma list") from None
+    if not isinstance(parsed, dict) or not all(
+        isinstance(v, list) and all(isinstance(a, str) for a in v) for v in parsed.values()
+    ):
+        raise ValueError(
+            f"[{SECTION}] protected_aliases must map model names to lists of aliases, "
+            'e.g. {"*": ["champion"], "fraud": ["champion", "prod"]}'
+        )
+    return {str(model): _alias_list(aliases) for model, aliases in parsed.items()}
+
+
+def _alias_list(aliases: list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(a.strip() for a in aliases if a.strip()))
+
+
+def protected_aliases_of(model: str, table: dict[str, tuple[str, ...]] | None = None) -> tuple[str, ...]:
+    """The protected aliases of registered model ``model`` (see :func:`protected_alias_table`)."""
+    table = protected_alias_table() if table is None else table
+    return table[model] if model in table else table.get(ANY_MODEL, ())
+
+
+def alias_guard_revert() -> bool:
+    """``[hlml] alias_guard_revert``: the alias guard moves an unattested protected alias back to
+    the last attested version (off: it only alerts and records)."""
+    return conf.getboolean(SECTION, "alias_guard_revert", fallback=False)
+
+
+def mlflow_webhook_secret() -> str:
+    """``[hlml] mlflow_webhook_secret``: secret MLflow signs its registry webhooks with ("" = the
+    receiver ``/hlml/webhooks/mlflow`` refuses every delivery)."""
+    return conf.get(SECTION, "mlflow_webhook_secret", fallback="") or ""

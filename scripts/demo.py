@@ -588,6 +588,21 @@ def champion_version(info: Mapping[str, Any]) -> str:
         return str(json.loads(resp.read())["model_version"]["version"])
 
 
+def verify_champion(info: Mapping[str, Any]) -> str:
+    """What ``hlml-approvals verify-model`` says of ``@champion`` (a DemoError when it fails)."""
+    argv = [
+        str(BIN / "hlml-approvals"),
+        "verify-model",
+        f"{MODEL_NAME}@{ALIAS}",
+        "--tracking-uri",
+        mlflow_url(info),
+        "--keys-url",
+        approvals_base_url(info) + "/attestation/keys",
+    ]
+    out = run(argv, os.environ, f"hlml-approvals verify-model {MODEL_NAME}@{ALIAS}", timeout=120)
+    return f"\n$ .venv/bin/hlml-approvals verify-model {' '.join(argv[2:])}\n{out.strip()}"
+
+
 def print_log_tails(state: State, names: tuple[str, ...], lines: int = 40) -> None:
     for name in dict.fromkeys((*names, "api-server")):
         path = state.logs / f"{name}.log"
@@ -625,6 +640,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         say()
         say(f"Run {run_id} succeeded: {MODEL_NAME} version {version} is now @{ALIAS}.")
         say(f"  {mlflow_url(info)}/#/models/{MODEL_NAME}/versions/{version}")
+        say(verify_champion(info))
         return 0
     except (DemoError, urllib.error.URLError, subprocess.TimeoutExpired, TimeoutError, KeyError) as exc:
         say()

@@ -13,9 +13,18 @@ from airflow_provider_hlml.approvals import db, store
 from airflow_provider_hlml.approvals.api.deps import ServiceState
 from airflow_provider_hlml.approvals.api.errors import BodySizeLimitMiddleware, install_error_handlers
 from airflow_provider_hlml.approvals.api.longpoll import ChangeHub, ChangeListener
-from airflow_provider_hlml.approvals.api.routes import delivery, function_calls, human_contacts, service
+from airflow_provider_hlml.approvals.api.routes import (
+    attestation,
+    delivery,
+    function_calls,
+    human_contacts,
+    registry,
+    service,
+)
+from airflow_provider_hlml.approvals.attest.keys import configure_key_file
 from airflow_provider_hlml.approvals.settings import ApprovalsSettings
 from airflow_provider_hlml.approvals.webhooks import Publisher
+from airflow_provider_hlml.gate.attestation import WELL_KNOWN_KEYS_PATH
 
 
 def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
@@ -31,6 +40,7 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
         db.migrate(settings.database_url)
     engine = db.make_engine(settings.database_url, pool_size=settings.db_pool_size)
     sessions = db.make_sessionmaker(engine)
+    configure_key_file(settings.signing_key_file)
 
     def changes_since(since: dt.datetime) -> Sequence[tuple[str, str, int]]:
         with sessions() as session:
@@ -103,6 +113,9 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
     app.include_router(human_contacts.router, prefix=prefix)
     app.include_router(service.router, prefix=prefix)
     app.include_router(delivery.router, prefix=prefix)
+    app.include_router(attestation.router, prefix=prefix)
+    app.include_router(registry.router, prefix=prefix)
+    app.add_api_route(WELL_KNOWN_KEYS_PATH, attestation.public_keys, methods=["GET"], include_in_schema=False)
     if prefix:
         app.add_api_route("/healthz", service.healthz, methods=["GET"], include_in_schema=False)
     return app

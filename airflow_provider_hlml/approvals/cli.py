@@ -611,5 +611,16 @@ def reject(
     _respond(call_id, False, comment, option, principal=principal, database_url=database_url, as_json=as_json)
 
 
+def _add_commands() -> None:
+    from airflow_provider_hlml.approvals.attest.cli import signing_keys, verify_model
+    from airflow_provider_hlml.approvals.audit.cli import audit
+
+    main.add_command(audit)
+    main.add_command(signing_keys)
+    main.add_command(verify_model)
+
+
+_add_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -126,7 +126,8 @@ class GrantError(Exception):
 
 
 #: Columns the service never changes; every other column of these tables it may UPDATE. The audit
-#: trail (``audit_events``) is append-only and gets no UPDATE at all.
+#: trail (``audit_events``) is append-only and gets no UPDATE at all; of the audit chain's head
+#: the service moves ``seq``, ``hash`` and ``updated_at``, never its id.
 IMMUTABLE_COLUMNS: dict[str, frozenset[str]] = {
     "principals": frozenset({"id", "name", "created_at"}),
     "api_keys": frozenset({"id", "principal_id", "key_hash", "display_prefix", "created_at"}),
@@ -146,8 +147,17 @@ IMMUTABLE_COLUMNS: dict[str, frozenset[str]] = {
     ),
     "request_steps": frozenset({"id", "request_id", "step", "action", "due_at", "params"}),
     "alert_episodes": frozenset({"id", "alert", "opened_at", "details"}),
+    "audit_chain_head": frozenset({"id"}),
+    # A signing key is what it is; the service only makes one active or retires it (revoking,
+    # which also drops the private half, is the owner's: ``hlml-approvals signing-keys revoke``).
+    "signing_keys": frozenset(
+        {"id", "key_id", "public_key", "private_key", "source", "created_at", "revoked_at"}
+    ),
 }
 APPEND_ONLY_TABLES = ("audit_events",)
+#: Tables the service reads and updates but never inserts into: the audit chain's head is one row,
+#: made by the migration (a second row would be a second head).
+UPDATE_ONLY_TABLES = ("audit_chain_head",)
 #: Tables the service only reads: groups are managed with ``hlml-approvals groups`` (as the owner).
 READ_ONLY_TABLES = ("groups", "group_members")
 
@@ -156,7 +166,8 @@ def grant_service_role(database_url: str, role: str) -> list[str]:
     """Give ``role`` exactly what the service needs on PostgreSQL; return the statements run.
 
     SELECT and INSERT on the service's tables (SELECT only on the groups), UPDATE only on the columns the service changes,
-    nothing but SELECT and INSERT on ``audit_events``, USAGE on the id sequences, SELECT on
+    nothing but SELECT and INSERT on ``audit_events``, SELECT and UPDATE of ``seq``, ``hash`` and
+    ``updated_at`` (no INSERT) on ``audit_chain_head``, USAGE on the id sequences, SELECT on
     ``alembic_version``; never DELETE or TRUNCATE. Whatever the role held on these tables before
     is revoked first, so running it again gives the same result. A role that owns the tables or
     their schema (or is a superuser, or a member of the owner) is refused: it could disable the
@@ -202,7 +213,8 @@ def grant_service_role(database_url: str, role: str) -> list[str]:
                 if name in READ_ONLY_TABLES:
                     statements.append(f"GRANT SELECT ON TABLE {tables[name]} TO {grantee}")
                     continue
-                statements.append(f"GRANT SELECT, INSERT ON TABLE {tables[name]} TO {grantee}")
+                insert = "" if name in UPDATE_ONLY_TABLES else ", INSERT"
+                statements.append(f"GRANT SELECT{insert} ON TABLE {tables[name]} TO {grantee}")
                 if name in APPEND_ONLY_TABLES:
                     continue
                 immutable = IMMUTABLE_COLUMNS.get(name, frozenset({"id"}))

@@ -43,6 +43,8 @@ class ApprovalsSettings(BaseSettings):
     :param public_url: the service's API base as reviewers reach it (``http(s)://host/humanlayer/v1``;
         mounted in Airflow: ``{airflow}/hlml/humanlayer/v1``); one-click links start with it (no
         links without it).
+    :param signing_key_file: a PEM Ed25519 private key the service signs decisions with (a mounted
+        secret); "" = a key the service generates on first start and keeps in its database.
     :param airflow_url: the Airflow UI as reviewers reach it: messages link to the gate's task and
         to the request in the dashboard ("" = no Airflow links).
     :param mlflow_url: the MLflow UI: messages link to the model versions ("" = no MLflow links).
@@ -96,6 +98,7 @@ class ApprovalsSettings(BaseSettings):
     webhook_window_seconds: float = Field(default=86_400, gt=0)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     public_url: str = ""
+    signing_key_file: str = ""
     airflow_url: str = ""
     mlflow_url: str = ""
     smtp_url: str = ""

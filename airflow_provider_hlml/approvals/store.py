@@ -22,6 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+from airflow_provider_hlml.approvals.attest.sign import sign_decision
+from airflow_provider_hlml.approvals.audit import chain
 from airflow_provider_hlml.approvals.models import (
     ROLES,
     ApiKey,
@@ -816,7 +818,7 @@ def _record_response(
         row.state = state
         row.responded_at = now
         row.user_info = user_info
-    _audit(
+    recorded = _audit(
         session,
         row,
         "responded" if state is not None else "answered",
@@ -825,6 +827,14 @@ def _record_response(
         comment=comment,
         metadata={**metadata, "email": user_info["email"]},
     )
+    if state is not None and row.kind == FUNCTION_CALL:
+        # Signed in the transaction that decides: a decision is never committed unsigned. (Making
+        # the first signing key flushes, which is where a concurrent decision can show up.)
+        try:
+            sign_decision(session, row, recorded)
+        except StaleDataError:
+            session.rollback()
+            raise _changed_concurrently(row) from None
     _commit_change(session, row)
     return row
 
@@ -886,14 +896,16 @@ def cancel(
     return row
 
 
+def _changed_concurrently(row: ApprovalRequest) -> ServiceError:
+    return ServiceError(409, "conflict", f"call_id {row.call_id!r} was changed concurrently; retry")
+
+
 def _commit_change(session: Session, row: ApprovalRequest) -> None:
     try:
         session.commit()
     except StaleDataError:
         session.rollback()
-        raise ServiceError(
-            409, "conflict", f"call_id {row.call_id!r} was changed concurrently; retry"
-        ) from None
+        raise _changed_concurrently(row) from None
 
 
 def _audit(
@@ -905,8 +917,11 @@ def _audit(
     on_behalf_of: str | None = None,
     comment: str | None = None,
     metadata: dict[str, Any] | None = None,
-) -> None:
-    session.add(
+) -> AuditEvent:
+    """Append ``event`` to ``row``'s audit trail (and the audit chain), not committed; the event,
+    whose ``seq`` and ``hash`` are already set."""
+    return chain.append(
+        session,
         AuditEvent(
             request_id=row.id,
             event=event,
@@ -915,7 +930,31 @@ def _audit(
             on_behalf_of=on_behalf_of,
             comment=comment,
             event_metadata=metadata,
-        )
+        ),
+    )
+
+
+def audit_registry_event(
+    session: Session,
+    event: str,
+    *,
+    actor: Actor | str | None,
+    comment: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append an event that concerns no request (``alias_moved``, ``alias_reverted``) to the audit
+    trail (and the audit chain), not committed; the event, whose ``seq`` and ``hash`` are set."""
+    check_clean({"event": event, "comment": comment, "metadata": metadata}, "audit")
+    return chain.append(
+        session,
+        AuditEvent(
+            request_id=None,
+            event=event,
+            at=utcnow(),
+            actor=actor.name if isinstance(actor, Actor) else actor,
+            comment=comment,
+            event_metadata=metadata,
+        ),
     )
 
 
@@ -964,10 +1003,12 @@ def audit_delivery(
     comment: str | None = None,
     metadata: dict[str, Any] | None = None,
     actor: str = "hlml-delivery",
-) -> None:
+) -> AuditEvent:
     """Add a delivery event (``delivered``, ``delivery_retry``, ``delivery_failed``,
-    ``link_opened``, ``undeliverable``) to request ``request_id``'s audit trail (not committed)."""
-    session.add(
+    ``link_opened``, ``undeliverable``) to request ``request_id``'s audit trail (and the audit
+    chain), not committed; the event."""
+    return chain.append(
+        session,
         AuditEvent(
             request_id=request_id,
             event=event,
@@ -975,7 +1016,7 @@ def audit_delivery(
             actor=actor,
             comment=comment,
             event_metadata=metadata,
-        )
+        ),
     )
 
 

@@ -20,6 +20,8 @@ __all__ = [
     "FEATURE_PUSH",
     "FEATURE_RULES",
     "FEATURE_SETTLED",
+    "REGISTRY_EVENTS",
+    "REGISTRY_EVENTS_PATH",
     "REPLAYED_HEADER",
     "SETTLED_PATH",
     "AnswerInfo",
@@ -49,6 +51,12 @@ FEATURE_PUSH = "decision_push"
 # ``{"call_ids": [...]}`` (1 to 10000) in, ``{"function_calls": [...]}`` out: those of the calls
 # that exist and are settled (decided, cancelled or expired), as ``GET /function_calls/{id}``.
 SETTLED_PATH = "/hlml/function_calls/settled"
+# The approvals service's extension route (under the API root) recording model-registry events
+# that concern no request in the audit chain: ``POST`` one (agent or admin key), ``GET`` the latest.
+REGISTRY_EVENTS_PATH = "/hlml/registry_events"
+# What the alias guard records there: a protected alias found on a version without a valid
+# attestation, and the guard moving it back to the last attested version.
+REGISTRY_EVENTS = ("alias_moved", "alias_reverted")
 
 
 class UserInfo(BaseModel):

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from humanlayer import HumanLayer
     from humanlayer.core.models import Escalation, FunctionCall, FunctionCallStatus
 
+    from airflow_provider_hlml.gate.attestation import KeySet
     from airflow_provider_hlml.gate.wire import GateFunctionCall
 
 DEFAULT_TIMEOUT = 30.0
@@ -516,6 +517,27 @@ class HumanLayerHook(BaseHook):
         """
         data = self._request("GET", f"/function_calls/{call_id}/audit")
         return list(data) if isinstance(data, list) else list(data.get("events", []))
+
+    def get_attestation(self, call_id: str) -> str | None:
+        """
+        The signed statement of a request's decision (approvals-service extension): a DSSE
+        envelope, or None while the request is pending, after a cancellation, and for servers
+        that sign nothing (the HumanLayer cloud).
+
+        :param call_id: HumanLayer call id.
+        """
+        try:
+            data = self._request("GET", f"/function_calls/{call_id}/attestation")
+        except HumanLayerNotFoundError:
+            return None
+        envelope = data.get("attestation") if isinstance(data, dict) else None
+        return envelope if isinstance(envelope, str) else None
+
+    def attestation_keys(self) -> KeySet:
+        """The public keys the server signs (and signed) decisions with, with their status."""
+        from airflow_provider_hlml.gate.attestation import KEYS_PATH, KeySet
+
+        return KeySet.from_document(self._request("GET", KEYS_PATH))
 
     def features(self) -> frozenset[str]:
         """What the server supports beyond HumanLayer's API (empty for servers without the route,

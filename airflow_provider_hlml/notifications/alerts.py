@@ -230,15 +230,13 @@ def _addresses(value: str) -> list[str]:
     return [address.strip() for address in value.split(",") if address.strip()]
 
 
-def default_training_alert() -> ConsecutiveFailuresAlert | None:
+def alert_email_notifier(subject: str, html_content: str, *, what: str) -> BaseNotifier | None:
     """
-    The alert training tasks get unless given one: an e-mail, or ``None`` when none is configured.
-
-    With ``[hlml] alert_email_to`` set, a :class:`ConsecutiveFailuresAlert` (threshold ``[hlml]
-    training_failure_alert_threshold``) with one ``SmtpNotifier`` of the SMTP provider, sending
-    :data:`DEFAULT_ALERT_SUBJECT` / :data:`DEFAULT_ALERT_HTML` to those addresses through
-    connection ``[hlml] alert_smtp_conn_id``, from ``[email] from_email`` or else the connection's
-    ``from_email`` extra. Without the SMTP provider installed it logs an error and returns ``None``.
+    The SMTP provider's ``SmtpNotifier`` sending ``subject`` / ``html_content`` (Jinja templates
+    rendered with the alert's context) to ``[hlml] alert_email_to`` through connection ``[hlml]
+    alert_smtp_conn_id``, from ``[email] from_email`` or else the connection's ``from_email``
+    extra; ``None`` when no address is configured, or (logged as an error naming ``what`` goes
+    unalerted) when the SMTP provider is not installed.
     """
     to = _addresses(settings.alert_email_to())
     if not to:
@@ -246,18 +244,29 @@ def default_training_alert() -> ConsecutiveFailuresAlert | None:
     try:
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
     except ImportError:
-        log.error(
-            "[hlml] alert_email_to is set but apache-airflow-providers-smtp is not installed: "
-            "training tasks get no failure alert"
-        )
+        log.error("[hlml] alert_email_to is set but apache-airflow-providers-smtp is not installed: %s", what)
         return None
     from airflow.sdk import conf
 
-    notifier = SmtpNotifier(
+    return SmtpNotifier(
         to=to,
         from_email=conf.get("email", "from_email", fallback=None) or None,
-        subject=DEFAULT_ALERT_SUBJECT,
-        html_content=DEFAULT_ALERT_HTML,
+        subject=subject,
+        html_content=html_content,
         smtp_conn_id=settings.alert_smtp_conn_id(),
     )
-    return ConsecutiveFailuresAlert([notifier])
+
+
+def default_training_alert() -> ConsecutiveFailuresAlert | None:
+    """
+    The alert training tasks get unless given one: an e-mail, or ``None`` when none is configured.
+
+    With ``[hlml] alert_email_to`` set, a :class:`ConsecutiveFailuresAlert` (threshold ``[hlml]
+    training_failure_alert_threshold``) with the e-mail of :func:`alert_email_notifier`
+    (:data:`DEFAULT_ALERT_SUBJECT` / :data:`DEFAULT_ALERT_HTML`). Without the SMTP provider
+    installed it logs an error and returns ``None``.
+    """
+    notifier = alert_email_notifier(
+        DEFAULT_ALERT_SUBJECT, DEFAULT_ALERT_HTML, what="training tasks get no failure alert"
+    )
+    return ConsecutiveFailuresAlert([notifier]) if notifier is not None else None

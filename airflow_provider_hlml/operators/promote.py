@@ -118,11 +118,32 @@ class ModelPromoteOperator(BaseOperator):
     :param mode: ``promote`` or ``rollback`` (restore the version recorded as previous holder).
     :param mlflow_conn_id: MLflow connection; default ``[hlml] mlflow_conn_id`` (itself
         ``mlflow_default`` unless configured).
+    :param humanlayer_conn_id: the approvals service the gate asked (for the decision's signed
+        attestation); default ``[hlml] humanlayer_conn_id``.
+    :param require_attestation: refuse to move the alias unless the approvals service signed an
+        attestation of an *approved* decision naming exactly this version (name, version, run id,
+        source), verified against the service's public keys or ``attestation_public_key``.
+        Without it the attestation is still written when the service has one (the
+        ``hlml.attestation`` tag, next to the audit tags), and its absence is only logged.
+    :param attestation_public_key: trust only this Ed25519 public key (base64 or PEM) instead of
+        the keys the service publishes (templated).
+
+    With an approval, the version also gets ``hlml.attestation`` (the signed statement of the
+    decision, see :mod:`~airflow_provider_hlml.gate.attestation`) and ``hlml.attestation_key_id``:
+    ``hlml-approvals verify-model NAME@ALIAS`` checks them wherever the model is served.
 
     XCom return value: a :class:`~airflow_provider_hlml.contracts.PromotionRecord`.
     """
 
-    template_fields: Sequence[str] = ("model_name", "version", "run_id", "model_uri", "alias", "stage")
+    template_fields: Sequence[str] = (
+        "model_name",
+        "version",
+        "run_id",
+        "model_uri",
+        "alias",
+        "stage",
+        "attestation_public_key",
+    )
     operator_extra_links = (MLflowRunLink(),)
     ui_color = "#f7e6d5"
 
@@ -139,6 +160,9 @@ class ModelPromoteOperator(BaseOperator):
         approval_task_id: str | None = None,
         mode: Literal["promote", "rollback"] = "promote",
         mlflow_conn_id: str | None = None,
+        humanlayer_conn_id: str | None = None,
+        require_attestation: bool = False,
+        attestation_public_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -158,6 +182,13 @@ class ModelPromoteOperator(BaseOperator):
         self.approval_task_id = approval_task_id
         self.mode = mode
         self.mlflow_conn_id = mlflow_conn_id or default_mlflow_conn_id()
+        self.humanlayer_conn_id = humanlayer_conn_id
+        self.require_attestation = require_attestation
+        self.attestation_public_key = attestation_public_key
+        if require_attestation and approval_task_id is None:
+            raise ValueError(
+                "require_attestation=True needs approval_task_id (the gate whose decision is attested)"
+            )
 
     # -- approval binding -----------------------------------------------------------------------
     def _approval(self, context: Context) -> ApprovalResult | None:
@@ -236,6 +267,72 @@ class ModelPromoteOperator(BaseOperator):
         if changes:
             raise AirflowFailException(CHANGED_SINCE_APPROVAL + "; ".join(changes))
 
+    # -- signed attestation -------------------------------------------------------------------
+    def _attestation(self, decision: Mapping[str, Any] | None, mv: ModelVersion) -> tuple[str, str] | None:
+        """(envelope, key id) of the decision's signed attestation, verified to name ``mv``.
+
+        None when there is no decision, or (without ``require_attestation``) when the service
+        has no attestation for it or cannot be read; refused (AirflowFailException) when
+        ``require_attestation`` and it is missing or does not verify, and always when the service
+        has one that does not name this version.
+        """
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from airflow_provider_hlml.gate.attestation import (
+            AttestationError,
+            KeySet,
+            check_names_model,
+            public_key_from_text,
+            verify_envelope,
+        )
+        from airflow_provider_hlml.hooks.humanlayer import HumanLayerError, HumanLayerHook
+        from airflow_provider_hlml.settings import humanlayer_conn_id
+
+        if decision is None:
+            return None
+        call_id = str(decision.get("call_id") or "")
+        hook = HumanLayerHook(self.humanlayer_conn_id or humanlayer_conn_id())
+        try:
+            envelope = hook.get_attestation(call_id) if call_id else None
+            if envelope is None:
+                if self.require_attestation:
+                    raise AirflowFailException(
+                        f"approval {call_id!r} has no signed attestation (require_attestation=True): "
+                        "the approvals service signs decisions it records itself; refusing"
+                    )
+                self.log.warning(
+                    "Approval %r has no signed attestation; promoting on the XCom decision", call_id
+                )
+                return None
+            keys = (
+                KeySet.pinned(public_key_from_text(self.attestation_public_key))
+                if self.attestation_public_key
+                else hook.attestation_keys()
+            )
+        except HumanLayerError as exc:
+            if self.require_attestation:
+                raise AirflowFailException(
+                    f"cannot read the attestation of approval {call_id!r}: {exc}"
+                ) from None
+            self.log.warning(
+                "Cannot read the attestation of approval %r (%s); promoting without it", call_id, exc
+            )
+            return None
+        try:
+            statement = verify_envelope(envelope, keys)
+            check_names_model(
+                statement, name=self.model_name, version=mv.version, run_id=mv.run_id, source=mv.source
+            )
+            if statement.call_id != call_id:
+                raise AttestationError(f"it attests request {statement.call_id!r}, not {call_id!r}")
+        except AttestationError as exc:
+            raise AirflowFailException(
+                f"the signed attestation of approval {call_id!r} does not allow promoting "
+                f"{self.model_name} v{mv.version}: {exc}"
+            ) from None
+        self.log.info("Attestation of approval %r verified (key %s)", call_id, statement.key_id)
+        return envelope, statement.key_id
+
     # -- version resolution ---------------------------------------------------------------------
     def _resolve_version(self, hook: MLflowHook, decision: Mapping[str, Any] | None) -> ModelVersion:
         import mlflow
@@ -283,7 +380,8 @@ class ModelPromoteOperator(BaseOperator):
                     mv = self._resolve_version(hook, decision)
                     self._check_binding(decision, mv)
                     self._check_review_facts(hook, decision, mv)
-                    result = self._promote(hook, context, decision, mv)
+                    attestation = self._attestation(decision, mv)
+                    result = self._promote(hook, context, decision, mv, attestation)
         except RegistryStateError as exc:
             raise AirflowFailException(str(exc)) from exc
         run_id = result["mlflow_run_id"]
@@ -319,9 +417,12 @@ class ModelPromoteOperator(BaseOperator):
         context: Context,
         decision: Mapping[str, Any] | None,
         mv: ModelVersion,
+        attestation: tuple[str, str] | None = None,
     ) -> PromotionRecord:
         name, version = self.model_name, str(mv.version)
         tags = self._audit_tags(context, decision)
+        if attestation is not None:
+            tags[audit.ATTESTATION], tags[audit.ATTESTATION_KEY_ID] = attestation
         with hook.promotion_lock(name):
             if self.stage is not None:
                 previous = self._promote_stage(hook, name, version, tags)

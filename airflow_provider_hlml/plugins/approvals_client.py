@@ -159,6 +159,19 @@ class ApprovalsClient:
             raise
         return body if isinstance(body, dict) else None
 
+    async def attestation_keys(self) -> dict[str, Any] | None:
+        """The keys document the backend signs decisions with (``GET /attestation/keys``); None
+        when it has none (the cloud, an older service)."""
+        from airflow_provider_hlml.gate.attestation import KEYS_PATH
+
+        try:
+            body = await self._request("GET", KEYS_PATH)
+        except ApprovalsRequestError as exc:
+            if exc.status_code in (404, 405):
+                return None
+            raise
+        return body if isinstance(body, dict) else None
+
     async def deliveries(self, call_ids: Sequence[str]) -> dict[str, Any] | None:
         """Where each of ``call_ids`` was delivered (``GET /hlml/deliveries``, self-hosted
         extension): ``{call_id: [notice, ...]}``, unknown ids absent; None when the backend has

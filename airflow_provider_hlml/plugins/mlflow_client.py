@@ -302,6 +302,7 @@ class MLflowReader:
                 {
                     "version": version,
                     "run_id": v.get("run_id"),
+                    "source": v.get("source"),
                     "creation_timestamp": v.get("creation_timestamp"),
                     "aliases": sorted(by_version.get(version, [])),
                     "tags": {t.get("key"): t.get("value") for t in v.get("tags", [])},

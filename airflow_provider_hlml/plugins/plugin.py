@@ -60,7 +60,9 @@ def build_fastapi_apps() -> tuple[dict[str, Any], ...]:
     apps.append(
         {
             "app": create_webhook_app(
-                DashboardData(settings, embedded_approvals=approvals_app), settings.webhook_secret
+                DashboardData(settings, embedded_approvals=approvals_app),
+                settings.webhook_secret,
+                settings.mlflow_webhook_secret,
             ),
             "url_prefix": DASHBOARD_PREFIX + WEBHOOKS_SUBPATH,
             "name": "HLML webhooks",
@@ -145,8 +147,9 @@ class HlmlPlugin(AirflowPlugin):
 
     Adds a top-level "ML Approvals" entry to the Airflow navigation that shows the dashboard in
     the Airflow page, mounts the built-in approvals service at ``/hlml/humanlayer/v1`` when
-    ``[hlml] approvals_enabled`` is true, and receives approvals webhooks at
-    ``/hlml/webhooks/humanlayer``.
+    ``[hlml] approvals_enabled`` is true, receives approvals webhooks at
+    ``/hlml/webhooks/humanlayer`` and MLflow registry webhooks (the alias guard) at
+    ``/hlml/webhooks/mlflow``.
     """
 
     name = "hlml"

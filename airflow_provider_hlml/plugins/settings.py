@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -50,6 +52,8 @@ class DashboardSettings:
     :param http_timeout: seconds the dashboard waits for MLflow or the approvals backend.
     :param webhook_secret: secret signing the webhooks of the approvals service ("" = unsigned
         bodies are verified by reading the request again).
+    :param mlflow_webhook_secret: secret signing MLflow's registry webhooks ("" = refused).
+    :param protected_aliases: the alias guard's protected aliases by model (``[hlml] protected_aliases``).
     """
 
     approvals_enabled: bool
@@ -60,6 +64,8 @@ class DashboardSettings:
     refresh_seconds: int
     http_timeout: float = 10.0
     webhook_secret: str = field(default="", repr=False)
+    mlflow_webhook_secret: str = field(default="", repr=False)
+    protected_aliases: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: {"*": ("champion",)})
 
     @classmethod
     def from_airflow_conf(cls) -> DashboardSettings:
@@ -71,4 +77,18 @@ class DashboardSettings:
             mlflow_conn_id=hlml_settings.mlflow_conn_id(),
             refresh_seconds=hlml_settings.dashboard_refresh_seconds(),
             webhook_secret=hlml_settings.webhook_secret(),
+            mlflow_webhook_secret=hlml_settings.mlflow_webhook_secret(),
+            protected_aliases=_protected_alias_table(),
         )
+
+
+def _protected_alias_table() -> dict[str, tuple[str, ...]]:
+    """``[hlml] protected_aliases``; a malformed value is logged and the default used, so the
+    dashboard still starts (the guard itself refuses to run on it)."""
+    try:
+        return hlml_settings.protected_alias_table()
+    except ValueError as exc:
+        logging.getLogger(__name__).error(
+            "%s: the dashboard shows @%s only", exc, hlml_settings.DEFAULT_PROTECTED_ALIASES
+        )
+        return {hlml_settings.ANY_MODEL: (hlml_settings.DEFAULT_PROTECTED_ALIASES,)}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import statistics
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from airflow_provider_hlml.gate.policy import Answer, ApprovalPolicy, is_group
@@ -419,3 +420,107 @@ def model_metric_series(
         [f"v{v['version']}" for v in versions],
         {n: [v.get("metrics", {}).get(n) for v in versions] for n in names},
     )
+
+
+#: What the dashboard shows for a protected alias (the guard's verdicts, and ``unchecked`` when
+#: neither the attestation could be verified here nor the guard has seen the current holder).
+GUARD_STATUSES = ("verified", "unverified", "reverted", "unchecked")
+
+
+def guarded_aliases(
+    models: list[dict[str, Any]], protected: Mapping[str, Sequence[str]], keys: Any | None = None
+) -> list[dict[str, Any]]:
+    """One row per protected alias that is set: who holds it, whether it is verified, unverified
+    or reverted, and the evidence (approvers, call id, key id, reason).
+
+    With ``keys`` (the approvals service's :class:`~airflow_provider_hlml.gate.attestation.KeySet`)
+    the holder's attestation is verified here; the guard's last finding (the ``hlml.guard.<alias>``
+    tag) adds whether it was a revert, and stands in when there are no keys to verify with.
+    """
+    from airflow_provider_hlml import audit, settings
+    from airflow_provider_hlml.gate.attestation import AttestationError, check_names_model, verify_envelope
+
+    table = {k: tuple(v) for k, v in protected.items()}
+    rows = []
+    for model in models:
+        name = str(model.get("name"))
+        aliases = model.get("aliases") or {}
+        for alias in settings.protected_aliases_of(name, table):
+            holder = aliases.get(alias)
+            if holder is None:
+                continue
+            holder = str(holder)
+            version = next((v for v in model.get("versions", []) if str(v.get("version")) == holder), None)
+            tags = (version or {}).get("tags") or {}
+            raw_state = (model.get("tags") or {}).get(audit.guard_state_tag(alias))
+            try:
+                state = json.loads(raw_state) if raw_state else None
+            except ValueError:
+                state = None
+            state = state if isinstance(state, dict) else None
+            row: dict[str, Any] = {
+                "model": name,
+                "alias": alias,
+                "version": holder,
+                "url": (version or {}).get("url") or model.get("url"),
+                "status": "unchecked",
+                "reason": "the guard has not checked this version yet",
+                "approvers": [],
+                "call_id": None,
+                "key_id": None,
+                "reverted_from": None,
+                "checked_at": None,
+                "source": None,
+            }
+            live: tuple[bool, str, Any] | None = None
+            if keys is not None and version is not None:
+                envelope = tags.get(audit.ATTESTATION)
+                if not envelope:
+                    live = (False, f"{name} v{holder} carries no approval attestation", None)
+                else:
+                    try:
+                        statement = verify_envelope(envelope, keys)
+                        check_names_model(
+                            statement,
+                            name=name,
+                            version=holder,
+                            run_id=version.get("run_id"),
+                            source=version.get("source"),
+                        )
+                    except AttestationError as exc:
+                        live = (False, f"{name} v{holder}: {exc}", None)
+                    else:
+                        live = (
+                            True,
+                            f"approved by {', '.join(statement.approvers) or 'nobody named'}",
+                            statement,
+                        )
+            if state is not None:
+                about = (
+                    state.get("reverted_to") if state.get("verdict") == "reverted" else state.get("version")
+                )
+                if str(about) == holder:
+                    row.update(
+                        status=state.get("verdict")
+                        if state.get("verdict") in GUARD_STATUSES
+                        else "unchecked",
+                        reason=state.get("reason"),
+                        approvers=list(state.get("approvers") or []),
+                        call_id=state.get("call_id"),
+                        key_id=state.get("key_id"),
+                        reverted_from=state.get("reverted_from"),
+                        checked_at=state.get("at"),
+                        source=state.get("source"),
+                    )
+            if live is not None:
+                ok, reason, statement = live
+                if not ok:
+                    row.update(status="unverified", reason=reason, approvers=[], call_id=None, key_id=None)
+                else:
+                    if row["status"] != "reverted":
+                        row.update(status="verified", reason=reason)
+                    row.update(
+                        approvers=statement.approvers, call_id=statement.call_id, key_id=statement.key_id
+                    )
+            rows.append(row)
+    return rows

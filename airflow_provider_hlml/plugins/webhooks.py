@@ -149,13 +149,14 @@ def _unwrap(payload: Any) -> tuple[str | None, Any]:
     return None, payload
 
 
-def create_webhook_app(data: Any, secret: str = "") -> FastAPI:
+def create_webhook_app(data: Any, secret: str = "", mlflow_secret: str = "") -> FastAPI:
     """
-    The receiver app.
+    The receiver app: ``/humanlayer`` here, ``/mlflow`` (:mod:`.mlflow_webhook`, the alias guard).
 
     :param data: the dashboard's :class:`~airflow_provider_hlml.plugins.app.DashboardData`, used to
         read a request again when bodies are not signed.
     :param secret: ``[hlml] webhook_secret``.
+    :param mlflow_secret: ``[hlml] mlflow_webhook_secret`` ("" refuses every MLflow delivery).
     """
     from pydantic import ValidationError
 
@@ -233,4 +234,7 @@ def create_webhook_app(data: Any, secret: str = "") -> FastAPI:
             )
         return JSONResponse({"call_id": call_id, "outcome": outcome})
 
+    from airflow_provider_hlml.plugins.mlflow_webhook import add_mlflow_route
+
+    add_mlflow_route(app, mlflow_secret)
     return app

@@ -177,7 +177,7 @@ MUTABLE_REQUEST_COLUMNS: tuple[str, ...] = (
     "comment",
 )
 MUTABLE_REQUEST_COLUMNS += ("reject_option_name", "response", "response_option_name", "user_info")
-MUTABLE_REQUEST_COLUMNS += ("cancelled_at", "cancel_reason", "extra_approvers", "answers")
+MUTABLE_REQUEST_COLUMNS += ("cancelled_at", "cancel_reason", "extra_approvers", "answers", "attestation")
 
 
 class TestDbGrant:
@@ -235,6 +235,8 @@ class TestDbGrant:
             "api_keys": {"SELECT", "INSERT", "UPDATE (revoked_at)"},
             "approval_requests": {"SELECT", "INSERT"} | {f"UPDATE ({c})" for c in MUTABLE_REQUEST_COLUMNS},
             "audit_events": {"SELECT", "INSERT"},
+            # The chain head is one row, made by the migration: moved, never inserted.
+            "audit_chain_head": {"SELECT", "UPDATE (seq)", "UPDATE (hash)", "UPDATE (updated_at)"},
             "groups": {"SELECT"},
             "group_members": {"SELECT"},
             "deliveries": {"SELECT", "INSERT"}
@@ -249,6 +251,8 @@ class TestDbGrant:
                 "UPDATE (outcome)",
             },
             "alert_episodes": {"SELECT", "INSERT", "UPDATE (open_key)", "UPDATE (closed_at)"},
+            # The first key is made by the service; it activates and retires keys, nothing else.
+            "signing_keys": {"SELECT", "INSERT", "UPDATE (active)", "UPDATE (retired_at)"},
             "sequences": {"USAGE"},
         }
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-EXPECTED_DAG_IDS = {"churn_pipeline", "churn_pipeline_spec", "code_execution_approval"}
+EXPECTED_DAG_IDS = {"churn_pipeline", "churn_pipeline_spec", "code_execution_approval", "hlml_alias_guard"}
 # Modules the operators import only when a task runs (ruff TID253 bans them at module level).
 HEAVY = (
     "mlflow",

@@ -74,6 +74,8 @@ def test_non_interactive_demo_promotes_a_model(tmp_path: Path) -> None:
             "SELECT version FROM registered_model_aliases WHERE name = 'churn_predictor' AND alias = 'champion'"
         ).fetchall()
     assert rows == [(int(match.group(1)),)]
+    # ... and verify-model, as the README shows it, finds that version's signed approval.
+    assert f"verified: churn_predictor v{match.group(1)} (@champion) was approved by reviewer" in output
 
     # The gate parked (awaiting_input): the approvals service's signed webhook reached the API
     # server, which ended the approved gate there (no resume on a worker).

@@ -30,6 +30,7 @@ ROLE_MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/agent/function_calls/{call_id}/escalate_email"): MANAGERS,
     ("POST", "/agent/function_calls/{call_id}/cancel"): MANAGERS,
     ("GET", "/function_calls/{call_id}/audit"): ANY_ROLE,
+    ("GET", "/function_calls/{call_id}/attestation"): ANY_ROLE,
     ("POST", "/contact_requests"): CREATORS,
     ("GET", "/contact_requests"): ANY_ROLE,
     ("GET", "/agent/human_contacts/pending"): ANY_ROLE,
@@ -42,8 +43,11 @@ ROLE_MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/hlml/features"): ANY_ROLE,
     ("GET", "/hlml/deliveries"): ANY_ROLE,
     ("POST", "/hlml/function_calls/settled"): ANY_ROLE,
+    ("POST", "/hlml/registry_events"): CREATORS,
+    ("GET", "/hlml/registry_events"): ANY_ROLE,
 }
-PUBLIC = {("GET", "/healthz")}
+#: The public keys that verify attestations are for anyone serving a model (no key needed).
+PUBLIC = {("GET", "/healthz"), ("GET", "/attestation/keys")}
 #: Routes with a credential of their own instead of an API key: a one-click link's token, Slack's
 #: signature (tests/approvals/test_delivery.py and test_delivery_slack.py test them in depth).
 OWN_CREDENTIAL = {
@@ -57,6 +61,7 @@ BODIES: dict[str, Any] = {
     "escalate_email": {"escalation_msg": "hurry"},
     "cancel": {"reason": "cancelled"},
     "settled": {"call_ids": ["matrix-not-a-call"]},
+    "registry_events": {"event": "alias_moved", "model": "matrix-model", "alias": "champion", "version": "1"},
 }
 
 

@@ -71,3 +71,30 @@ class TestGateConnectionDefault:
         monkeypatch.setenv("AIRFLOW__HLML__HUMANLAYER_CONN_ID", "hl_from_config")
         sensor = HumanApprovalSensor(task_id="gate", subject="Go?", humanlayer_conn_id="mine")
         assert sensor.humanlayer_conn_id == "mine"
+
+
+class TestProtectedAliases:
+    @pytest.mark.parametrize(
+        ("value", "table"),
+        [
+            ("", {"*": ("champion",)}),
+            (" champion, prod ,,champion", {"*": ("champion", "prod")}),
+            ('{"*": ["champion"], "fraud": ["champion", "prod"], "toy": []}', None),
+        ],
+    )
+    def test_comma_list_or_json_object(
+        self, value: str, table: dict[str, tuple[str, ...]] | None, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("AIRFLOW__HLML__PROTECTED_ALIASES", value)
+        if table is not None:
+            assert settings.protected_alias_table() == table
+            return
+        assert settings.protected_aliases_of("churn") == ("champion",)
+        assert settings.protected_aliases_of("fraud") == ("champion", "prod")
+        assert settings.protected_aliases_of("toy") == ()
+
+    @pytest.mark.parametrize("value", ["{not json", '{"*": "champion"}', '{"*": [1]}'])
+    def test_malformed_json_names_the_option(self, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("AIRFLOW__HLML__PROTECTED_ALIASES", value)
+        with pytest.raises(ValueError, match=r"\[hlml\] protected_aliases"):
+            settings.protected_alias_table()

@@ -45,6 +45,8 @@ class DashboardData:
     MLFLOW_CACHE_SECONDS = 10.0
     #: Seconds a card's MLflow look-ups may take (a page of cards waits for them).
     LINK_LOOKUP_TIMEOUT = 5.0
+    #: Seconds the approvals backend's attestation keys are reused (a revoked key shows within it).
+    KEYS_CACHE_SECONDS = 60.0
 
     def __init__(self, settings: DashboardSettings, embedded_approvals: Any | None = None) -> None:
         self.settings = settings
@@ -52,6 +54,7 @@ class DashboardData:
         self.base_path = airflow_base_path()
         self._mlflow_cache: tuple[float, MLflowTarget, dict[str, Any]] | None = None
         self._mlflow_lock = asyncio.Lock()
+        self._keys_cache: tuple[float, Any] | None = None
         self.link_lookups = card_links.MLflowLookups()
         self.delivery_lookups = delivery_status.DeliveryLookups()
 
@@ -142,6 +145,23 @@ class DashboardData:
                 return None, target, str(exc)
             self._mlflow_cache = (time.monotonic(), target, data)
         return data, target, None
+
+    async def attestation_keys(self) -> Any | None:
+        """The approvals backend's attestation keys (a ``KeySet``), reused for
+        :attr:`KEYS_CACHE_SECONDS`; None when it cannot say (down, no such route, no delegate key)."""
+        from airflow_provider_hlml.gate.attestation import KeySet
+
+        cached = self._keys_cache
+        if cached is not None and time.monotonic() - cached[0] < self.KEYS_CACHE_SECONDS:
+            return cached[1]
+        try:
+            client = await self.approvals_client()
+            document = await client.attestation_keys()
+            keys = KeySet.from_document(document) if document is not None else None
+        except (ApprovalsUnavailable, ApprovalsRequestError, DelegateKeyMissing, ValueError):
+            return None
+        self._keys_cache = (time.monotonic(), keys)
+        return keys
 
     async def everything(self, user: Any) -> tuple[Approvals, list[dict[str, Any]], MLflowData]:
         """Approvals, pipeline runs and MLflow data at once."""
@@ -300,11 +320,16 @@ async def load_call(data: DashboardData, user: Any, call_id: str) -> tuple[Appro
 
 
 async def experiments(data: DashboardData, user: Any) -> dict[str, Any]:
-    """MLflow experiments, models and pipeline runs (the Experiments tab)."""
-    (ml, target, problem), runs = await asyncio.gather(data.mlflow(), data.runs(user))
+    """MLflow experiments, models and pipeline runs (the Experiments tab), and the state of every
+    protected alias (the alias guard's view, verified here with the approvals backend's keys)."""
+    (ml, target, problem), runs, keys = await asyncio.gather(
+        data.mlflow(), data.runs(user), data.attestation_keys()
+    )
+    models = ml["models"] if ml else []
     return {
         "experiments": ml["experiments"] if ml else [],
-        "models": ml["models"] if ml else [],
+        "models": models,
+        "guarded_aliases": views.guarded_aliases(models, data.settings.protected_aliases, keys),
         "pipeline_runs": runs[:50],
         "mlflow_ui_url": target.ui_url if target else None,
         "backends": BackendStatus.of(None, problem),

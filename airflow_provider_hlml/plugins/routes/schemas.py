@@ -235,6 +235,9 @@ class Experiments(BaseModel):
 
     experiments: list[dict[str, Any]]
     models: list[dict[str, Any]]
+    #: Each protected alias that is set: holder, status (verified / unverified / reverted /
+    #: unchecked) and the evidence (approvers, call id, key id, reason).
+    guarded_aliases: list[dict[str, Any]] = []
     pipeline_runs: list[dict[str, Any]]
     mlflow_ui_url: str | None = None
     backends: BackendStatus

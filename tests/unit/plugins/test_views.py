@@ -950,3 +950,161 @@ class TestReviewerCardPage:
         ]
         assert "card" not in body
         assert "call" not in body
+
+
+class TestGuardedAliases:
+    """The dashboard's protected-alias rows: verified here with the service's keys, the guard's tag
+    adding reverts and standing in without keys."""
+
+    @pytest.fixture
+    def signer(self) -> tuple[Any, Any]:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        from airflow_provider_hlml.gate.attestation import KeySet, PublicKey, key_id_of, sign_statement
+
+        private = Ed25519PrivateKey.generate()
+        private_raw = private.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        public_raw = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        key_id = key_id_of(public_raw)
+
+        def sign(version: str) -> str:
+            statement = {
+                "type": "hlml.approval/v1",
+                "call_id": f"call-{version}",
+                "decision": "approved",
+                "decided_at": "2025-01-01T00:00:00+00:00",
+                "approvers": [{"name": "alice", "email": "alice@example.com", "rule": None}],
+                "model": {
+                    "name": "churn",
+                    "version": version,
+                    "run_id": f"run{version}",
+                    "source": f"src{version}",
+                },
+            }
+            return sign_statement(statement, private_raw=private_raw, key_id=key_id)
+
+        return sign, KeySet.pinned(PublicKey(key_id=key_id, public_raw=public_raw))
+
+    @staticmethod
+    def _model(
+        holder: str, tags: dict[str, dict[str, str]], model_tags: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        return {
+            "name": "churn",
+            "url": "http://mlflow/#/models/churn",
+            "aliases": {"champion": holder, "staging": "1"},
+            "tags": model_tags or {},
+            "versions": [
+                {
+                    "version": v,
+                    "run_id": f"run{v}",
+                    "source": f"src{v}",
+                    "tags": tags.get(v, {}),
+                    "url": f"u{v}",
+                }
+                for v in ("3", "2", "1")
+            ],
+        }
+
+    def test_verified_unverified_and_copied(self, signer: tuple[Any, Any]) -> None:
+        from airflow_provider_hlml import audit
+
+        sign, keys = signer
+        protected = {"*": ("champion",)}
+        (row,) = views.guarded_aliases(
+            [self._model("2", {"2": {audit.ATTESTATION: sign("2")}})], protected, keys
+        )
+        assert row["status"] == "verified"
+        assert row["approvers"] == ["alice"]
+        assert row["call_id"] == "call-2"
+        assert row["key_id"] in keys.keys
+        (row,) = views.guarded_aliases([self._model("3", {})], protected, keys)
+        assert row["status"] == "unverified"
+        assert "carries no approval attestation" in row["reason"]
+        (row,) = views.guarded_aliases(
+            [self._model("3", {"3": {audit.ATTESTATION: sign("2")}})], protected, keys
+        )
+        assert row["status"] == "unverified"
+        assert "names version '2', not '3'" in row["reason"]
+
+    def test_the_guard_tag_adds_a_revert_and_stands_in_without_keys(self, signer: tuple[Any, Any]) -> None:
+        import json
+
+        from airflow_provider_hlml import audit
+
+        sign, keys = signer
+        state = {
+            "verdict": "reverted",
+            "version": "3",
+            "reverted_from": "3",
+            "reverted_to": "1",
+            "reason": "churn v3 (@champion) carries no approval attestation",
+            "approvers": ["alice"],
+            "call_id": "call-1",
+            "key_id": "k",
+            "at": "2025-01-01T00:00:00+00:00",
+            "source": "webhook",
+        }
+        model = self._model(
+            "1", {"1": {audit.ATTESTATION: sign("1")}}, {audit.guard_state_tag("champion"): json.dumps(state)}
+        )
+        (row,) = views.guarded_aliases([model], {"*": ("champion",)}, keys)
+        assert row["status"] == "reverted"
+        assert row["reverted_from"] == "3"
+        assert row["call_id"] == "call-1"
+        (row,) = views.guarded_aliases([model], {"*": ("champion",)}, None)
+        assert row["status"] == "reverted"
+        assert row["source"] == "webhook"
+        # The holder moved since the guard last looked, and nothing can verify it here.
+        model["aliases"]["champion"] = "2"
+        (row,) = views.guarded_aliases([model], {"*": ("champion",)}, None)
+        assert row["status"] == "unchecked"
+        # Unprotected or unset aliases have no row.
+        assert views.guarded_aliases([model], {"*": ("prod",)}, keys) == []
+        assert views.guarded_aliases([model], {"churn": ()}, keys) == []
+
+    def test_rendered_escaped_on_the_experiments_page(self) -> None:
+        from airflow_provider_hlml.plugins.routes.deps import templates
+        from airflow_provider_hlml.plugins.routes.schemas import BackendStatus
+
+        html = (
+            templates()
+            .get_template("experiments.html")
+            .render(
+                root="/hlml",
+                tab="experiments",
+                user=Identity(name="bob", email=None, user_id="bob"),
+                refresh_seconds=0,
+                airflow_base="",
+                backends=BackendStatus.of(None, None),
+                mlflow_ui_url=None,
+                guarded_aliases=[
+                    {
+                        "model": "<script>x</script>",
+                        "alias": "champion",
+                        "version": "3",
+                        "url": "javascript:alert(1)",
+                        "status": "unverified",
+                        "reason": "<b>bad</b>",
+                        "approvers": [],
+                        "call_id": None,
+                        "key_id": None,
+                        "reverted_from": None,
+                        "checked_at": None,
+                        "source": None,
+                    }
+                ],
+                models=[],
+                experiments=[],
+                pipeline_runs=[],
+            )
+        )
+        assert "<script>x</script>" not in html
+        assert "&lt;script&gt;" in html
+        assert "javascript:" not in html
+        assert "&lt;b&gt;bad" in html
