@@ -612,9 +612,10 @@ def reject(
 
 
 def _add_commands() -> None:
-    from airflow_provider_hlml.approvals.attest.cli import signing_keys, verify_model
+    from airflow_provider_hlml.approvals.attest.cli import signing_keys, verify_attestations, verify_model
     from airflow_provider_hlml.approvals.audit.cli import audit
 
+    audit.add_command(verify_attestations)
     main.add_command(audit)
     main.add_command(signing_keys)
     main.add_command(verify_model)

@@ -617,3 +617,56 @@ class TestCli:
         result = runner.invoke(audit, ["verify-export", str(bad)])
         assert result.exit_code == 1
         assert "line 1 is not JSON" in result.output
+
+
+class TestAttestationsHoldTheChain:
+    """The signed decisions embed the chain position and hash of the event that recorded them: a
+    chain rewritten with every hash recomputed passes ``audit verify`` but not them."""
+
+    def _verify_attestations(self, database_url: str) -> tuple[int, str]:
+        from click.testing import CliRunner
+
+        from airflow_provider_hlml.approvals.cli import main
+
+        result = CliRunner().invoke(main, ["audit", "verify-attestations", "--database-url", database_url])
+        return result.exit_code, result.output
+
+    def test_a_rehashed_chain_no_longer_matches_the_signed_decisions(
+        self, engine: Engine, database_url: str
+    ) -> None:
+        call_ids = _history(engine)
+        code, out = self._verify_attestations(database_url)
+        assert code == 0, out
+        assert "attestations intact: 3 signed decisions match the audit chain" in out
+        # The owner rewrites the first approval's comment and recomputes the whole chain and head.
+        approved = next(e for e in _events(engine) if e.call_id == call_ids[0] and e.event == "responded")
+        _tamper(
+            engine,
+            "UPDATE audit_events SET comment = 'rubber stamp' WHERE id = :id",
+            params={"id": approved.id},
+        )
+        _rehash_everything(engine)
+        assert chain.verify(engine).ok  # consistent again: the chain alone cannot tell
+        code, out = self._verify_attestations(database_url)
+        assert code == 1
+        assert f"request {call_ids[0]}: the audit chain was rewritten: event seq {approved.seq}" in out
+
+    def test_an_attestation_moved_to_another_request_is_refused(
+        self, engine: Engine, database_url: str
+    ) -> None:
+        call_ids = _history(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "DROP TRIGGER IF EXISTS approval_requests_attestation_fixed"
+                + (" ON approval_requests" if engine.dialect.name == "postgresql" else "")
+            )
+            first = conn.execute(
+                text("SELECT attestation FROM approval_requests WHERE call_id = :c"), {"c": call_ids[0]}
+            ).scalar_one()
+            conn.execute(
+                text("UPDATE approval_requests SET attestation = :a WHERE call_id = :c"),
+                {"a": first, "c": call_ids[3]},
+            )
+        code, out = self._verify_attestations(database_url)
+        assert code == 1
+        assert f"request {call_ids[3]}: its attestation is that of request '{call_ids[0]}'" in out

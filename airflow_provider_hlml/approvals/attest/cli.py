@@ -146,3 +146,36 @@ def verify_model(
     else:
         click.echo(("verified: " if verdict.ok else "NOT verified: ") + verdict.reason, err=not verdict.ok)
     sys.exit(0 if verdict.ok else 1)
+
+
+@click.command("verify-attestations")
+@_database_option
+@click.option("--keys-url", envvar=KEYS_URL_ENV, default=None, help="Trust the keys published there.")
+@click.option(
+    "--public-key", envvar=PUBLIC_KEY_ENV, default=None, help="Trust only this key (base64, PEM, @FILE)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def verify_attestations(
+    database_url: str, keys_url: str | None, public_key: str | None, as_json: bool
+) -> None:
+    """Check every signed decision: its signature, and that the audit event it was signed with is
+    still in the chain with the same hash (catches a chain rewritten with recomputed hashes).
+    Keys: --public-key, else --keys-url, else the database's own (an auditor pins their copy)."""
+    from airflow_provider_hlml.approvals.attest import keys
+    from airflow_provider_hlml.approvals.attest.check import check_attestations
+    from airflow_provider_hlml.approvals.attest.verify import keys_from
+    from airflow_provider_hlml.approvals.cli import _session
+    from airflow_provider_hlml.gate.attestation import AttestationError
+
+    with _session(database_url) as session:
+        try:
+            key_set = (
+                keys_from(keys_url=keys_url, public_key=public_key)
+                if keys_url or public_key
+                else keys.key_set(session)
+            )
+        except AttestationError as exc:
+            raise click.ClickException(str(exc)) from None
+        report = check_attestations(session, key_set)
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.describe())
+    sys.exit(0 if report.ok else 1)
