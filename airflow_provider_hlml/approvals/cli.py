@@ -18,19 +18,13 @@ from typing import Any, TypeVar
 
 import click
 
+from airflow_provider_hlml.approvals.cli_options import database_option, json_option
 from airflow_provider_hlml.approvals.models import ROLES
-from airflow_provider_hlml.approvals.settings import DEFAULT_DATABASE_URL
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_database_option = click.option(
-    "--database-url",
-    envvar="HLML_APPROVALS_DATABASE_URL",
-    default=DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="SQLAlchemy URL of the approvals database (env HLML_APPROVALS_DATABASE_URL).",
-)
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+_database_option = database_option
+_json_option = json_option
 
 
 @contextmanager

@@ -22,23 +22,12 @@ from airflow_provider_hlml.approvals.cli import main as approvals_cli
 from airflow_provider_hlml.gate.attestation import KEYS_PATH
 from airflow_provider_hlml.hooks.mlflow import MLflowHook
 from tests.fixtures.processes import VENV_BIN
-from tests.integration.test_governance_promotion import _pipeline, _reviewers
+from tests.integration.test_governance_promotion import _pipeline, _reviewers, env
 from tests.unit.operators.dagrun_helpers import run_dag, task_states, xcom_value
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def env(
-    mlflow_conn: str,
-    approvals_service: Any,
-    humanlayer_conn: str,
-    airflow_db: Any,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Any:
-    monkeypatch.setenv("AIRFLOW__HLML__LONG_POLL_SECONDS", "5")
-    monkeypatch.delenv("AIRFLOW__HLML__APPROVAL_POLICY_FILE", raising=False)
-    return approvals_service
+__all__ = ["env"]  # the fixture, shared with the governance tests
 
 
 def _promote_kwargs(dag: Any, **kwargs: Any) -> None:

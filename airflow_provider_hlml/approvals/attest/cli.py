@@ -8,21 +8,9 @@ import sys
 import click
 
 from airflow_provider_hlml.approvals.attest.verify import KEYS_URL_ENV, PUBLIC_KEY_ENV
-from airflow_provider_hlml.approvals.settings import DEFAULT_DATABASE_URL
+from airflow_provider_hlml.approvals.cli_options import database_option
 
-_database_option = click.option(
-    "--database-url",
-    envvar="HLML_APPROVALS_DATABASE_URL",
-    default=DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="SQLAlchemy URL of the approvals database (env HLML_APPROVALS_DATABASE_URL).",
-)
-_key_file_option = click.option(
-    "--key-file",
-    envvar="HLML_APPROVALS_SIGNING_KEY_FILE",
-    default="",
-    help="The service's signing key file, if it uses one (env HLML_APPROVALS_SIGNING_KEY_FILE).",
-)
+_database_option = database_option
 
 
 @click.group("signing-keys")

@@ -16,24 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from airflow_provider_hlml.approvals.cli_options import database_option, json_option
 from airflow_provider_hlml.approvals.models import KINDS
-from airflow_provider_hlml.approvals.settings import DEFAULT_DATABASE_URL
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from airflow_provider_hlml.approvals.audit.chain import VerifyReport
 
-# The same option as every database command of ``approvals/cli.py`` (which imports this module,
-# so it is not imported from there).
-_database_option = click.option(
-    "--database-url",
-    envvar="HLML_APPROVALS_DATABASE_URL",
-    default=DEFAULT_DATABASE_URL,
-    show_default=True,
-    help="SQLAlchemy URL of the approvals database (env HLML_APPROVALS_DATABASE_URL).",
-)
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+_database_option = database_option
+_json_option = json_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
