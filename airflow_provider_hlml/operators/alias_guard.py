@@ -80,17 +80,20 @@ MAX_REVERT_CANDIDATES = 50
 MAX_REASON = 1000
 
 DEFAULT_GUARD_SUBJECT = (
-    "[hlml] @{{ hlml_guard.alias }} of {{ hlml_guard.model }} is on unattested "
-    "v{{ hlml_guard.version }} ({{ hlml_guard.verdict }})"
+    "[hlml] @{{ hlml_guard.alias }} of {{ hlml_guard.model }} "
+    "{% if hlml_guard.version %}is on unattested v{{ hlml_guard.version }}{% else %}was deleted{% endif %} "
+    "({{ hlml_guard.verdict }})"
 )
 DEFAULT_GUARD_HTML = (
     "<p>The protected alias <b>@{{ hlml_guard.alias | e }}</b> of registered model "
-    "<b>{{ hlml_guard.model | e }}</b> was found on version <b>{{ hlml_guard.version | e }}</b>, "
-    "which carries no valid approval attestation: {{ hlml_guard.reason | e }}</p>"
+    "<b>{{ hlml_guard.model | e }}</b> "
+    "{% if hlml_guard.version %}was found on version <b>{{ hlml_guard.version | e }}</b>, "
+    "which carries no valid approval attestation{% else %}was deleted outside the gate{% endif %}: "
+    "{{ hlml_guard.reason | e }}</p>"
     "{% if hlml_guard.reverted_to %}<p>The guard moved it back to version "
     "<b>{{ hlml_guard.reverted_to | e }}</b> (approved by {{ hlml_guard.approvers | join(', ') | e }}, "
-    "request {{ hlml_guard.call_id | e }}).</p>{% else %}<p>It was left in place: check who moved it "
-    "and promote an approved version.</p>{% endif %}"
+    "request {{ hlml_guard.call_id | e }}).</p>{% else %}<p>It was left {% if hlml_guard.version %}in "
+    "place{% else %}unset{% endif %}: check who changed it and promote an approved version.</p>{% endif %}"
     "<p>Seen by the {{ hlml_guard.source | e }} at {{ hlml_guard.at | e }}.</p>"
 )
 
@@ -258,11 +261,14 @@ class AliasGuard:
         hook = self.mlflow
         with hook.promotion_lock(name):
             holder = hook.alias_holder(name, alias)
+            previous = read_guard_state(hook.client.get_registered_model(name).tags, alias)
             if holder is None:
+                if previous is not None and previous.get("verdict") in (VERIFIED, REVERTED):
+                    # It held an attested version when the guard last looked: deleted around the gate.
+                    return self._deleted(name, alias, previous)
                 return GuardFinding(
                     name, alias, UNSET, None, f"@{alias} of {name} is not set", source=self.source
                 )
-            previous = read_guard_state(hook.client.get_registered_model(name).tags, alias)
             verdict = verify_version(hook.client, name, str(holder.version), self.keys(), alias=alias)
             if verdict.ok:
                 return self._verified(name, alias, verdict, previous)
@@ -350,6 +356,39 @@ class AliasGuard:
             verdict.reason,
             restored.version,
         )
+        self._alert(finding)
+        return finding
+
+    def _deleted(self, name: str, alias: str, previous: Mapping[str, Any]) -> GuardFinding:
+        """A protected alias that held an attested version was deleted: alert, record and, with
+        revert, set it again on the last attested version."""
+        held = previous.get("reverted_to") or previous.get("version")
+        reason = f"@{alias} of {name} was deleted (it held attested version {held})"
+        target = self._revert_target(name, alias, "", previous) if self.revert else None
+        if target is None:
+            finding = GuardFinding(name, alias, UNSET, None, reason, source=self.source)
+            self._write_state(finding)
+            audited = self._record("alias_moved", finding)
+            finding = replace(finding, recorded=True, audited=audited)
+            log.warning("Protected alias %s", reason)
+            self._alert(finding)
+            return finding
+        self.mlflow.client.set_registered_model_alias(name, alias, str(target.version))
+        finding = GuardFinding(
+            name,
+            alias,
+            REVERTED,
+            None,
+            reason,
+            source=self.source,
+            reverted_to=target.version,
+            **self._evidence(target),
+        )
+        self._write_state(finding)
+        moved = self._record("alias_moved", replace(finding, call_id=None, key_id=None, approvers=()))
+        audited = self._record("alias_reverted", finding) and moved
+        finding = replace(finding, recorded=True, audited=audited)
+        log.warning("Protected alias %s: set again on v%s", reason, target.version)
         self._alert(finding)
         return finding
 
@@ -446,8 +485,9 @@ class AliasGuard:
     def reconcile(self, models: Iterable[str] | None = None) -> tuple[list[GuardFinding], list[str]]:
         """Check the protected aliases of ``models`` (default: every registered model).
 
-        Aliases that are not set are skipped when listing every model. One alias failing does
-        not stop the others.
+        When listing every model, an alias that is not set is checked only if the guard has a
+        finding on it (it held a version: a deletion is caught). One alias failing does not stop
+        the others.
 
         :return: ``(findings, errors)``.
         """
@@ -458,8 +498,11 @@ class AliasGuard:
         else:
             for rm in self._registered_models():
                 aliases = getattr(rm, "aliases", None) or {}
+                tags = getattr(rm, "tags", None) or {}
                 wanted += [
-                    (rm.name, a) for a in settings.protected_aliases_of(rm.name, table) if a in aliases
+                    (rm.name, a)
+                    for a in settings.protected_aliases_of(rm.name, table)
+                    if a in aliases or audit.guard_state_tag(a) in tags
                 ]
         findings: list[GuardFinding] = []
         errors: list[str] = []

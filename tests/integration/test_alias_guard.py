@@ -451,3 +451,19 @@ class TestGuardOfAGatePromotion:
         assert found["recorded"] is False
         assert len(registry_events(guarded, name)) == 2
         assert len(alerts_about(smtp_server, name)) == 1
+
+        # Someone deletes @champion: the guard knew it held an attested version, so it is caught
+        # and set again on that version.
+        client.delete_registered_model_alias(name, "champion")
+        run = run_dag(dag)
+        (found,) = xcom_value(run, "reconcile_protected_aliases")
+        assert found["verdict"] == "reverted"
+        assert found["version"] is None
+        assert found["reverted_to"] == promoted
+        assert f"@champion of {name} was deleted (it held attested version {promoted})" in found["reason"]
+        assert holder(client, name) == promoted
+        events = registry_events(guarded, name)
+        assert [e["event"] for e in events] == ["alias_moved", "alias_reverted"] * 2
+        assert_chain_intact(guarded)
+        alerts = wait_until(lambda: len(a := alerts_about(smtp_server, name)) == 2 and a)
+        assert f"@champion of {name} was deleted" in alerts[1]["Subject"]

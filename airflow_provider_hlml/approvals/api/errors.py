@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from airflow_provider_hlml.approvals.audit.chain import ChainConflict
 from airflow_provider_hlml.approvals.store import ServiceError
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,13 @@ async def _service_handler(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.message, exc.code, headers=headers)
 
 
+async def _chain_conflict_handler(_request: Request, exc: Exception) -> JSONResponse:
+    # The head moved under a lock this transaction held: should not happen; if it does, nothing
+    # was committed and the same call can simply be made again.
+    log.warning("audit chain conflict: %s", exc)
+    return error_response(409, f"{exc}", "conflict", headers={"Retry-After": "1"})
+
+
 async def _unexpected_handler(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal server error", "internal_error")
@@ -71,6 +79,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
     app.add_exception_handler(ServiceError, _service_handler)
+    app.add_exception_handler(ChainConflict, _chain_conflict_handler)
     app.add_exception_handler(Exception, _unexpected_handler)
 
 
