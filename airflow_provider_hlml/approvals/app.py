@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,10 +22,12 @@ from airflow_provider_hlml.approvals.api.routes import (
     registry,
     service,
 )
-from airflow_provider_hlml.approvals.attest.keys import configure_key_file
+from airflow_provider_hlml.approvals.attest.keys import active_signer, configure_key_file
 from airflow_provider_hlml.approvals.settings import ApprovalsSettings
 from airflow_provider_hlml.approvals.webhooks import Publisher
 from airflow_provider_hlml.gate.attestation import WELL_KNOWN_KEYS_PATH
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
@@ -49,6 +52,16 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
     def wake_delivery() -> None:
         if state.delivery is not None:
             state.delivery.wake()
+
+    def ensure_signing_key() -> None:
+        """Make (or record, from the key file) the signing key at start, so the keys route lists
+        it before the first decision. Best effort: the first decision makes it otherwise."""
+        try:
+            with sessions() as session:
+                active_signer(session)
+                session.commit()
+        except Exception as exc:  # e.g. a database not migrated yet: the routes say so
+            log.warning("No signing key made at start (%s): the first decision makes it", type(exc).__name__)
 
     listener = None
     if engine.dialect.name == "postgresql":
@@ -85,6 +98,7 @@ def create_app(settings: ApprovalsSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ensure_signing_key()
         if state.delivery is not None:
             state.delivery.start()
         yield

@@ -5,7 +5,7 @@ Revises: 0006
 Create Date: 2026-12-11
 
 - ``signing_keys``: the Ed25519 keys decisions are signed with (one active; see
-  ``approvals/attest/keys.py``). The first key is made on first use, not here: a service that
+  ``approvals/attest/keys.py``). The first key is made when the service starts, not here: a service that
   reads its key from a file never has a private key in the database.
 - ``approval_requests.attestation``: the signed statement of a decision, written once with it (a
   trigger refuses changing it afterwards, as revision 0002's refuse changing what a request is).
