@@ -164,18 +164,7 @@ def _rehash_everything(engine: Engine) -> None:
         prev, by_request = chain.GENESIS, {}
         for row in rows:
             request_prev = by_request.get(row.request_id)
-            digest = chain.event_hash(
-                seq=row.seq,
-                request_id=row.request_id,
-                event=row.event,
-                at=row.at,
-                actor=row.actor,
-                on_behalf_of=row.on_behalf_of,
-                comment=row.comment,
-                metadata=row.metadata,
-                prev=prev,
-                request_prev=request_prev,
-            )
+            digest = chain.row_hash(row, prev=prev, request_prev=request_prev)
             conn.execute(
                 text(
                     "UPDATE audit_events SET prev_hash = :p, request_prev_hash = :rp, hash = :h WHERE id = :id"
@@ -475,18 +464,7 @@ class TestVerifyFindsTampering:
             row = conn.execute(
                 select(*chain.EVENT_COLUMNS).where(AuditEvent.__table__.c.id == target.id)
             ).one()
-        digest = chain.event_hash(
-            seq=row.seq,
-            request_id=row.request_id,
-            event=row.event,
-            at=row.at,
-            actor=row.actor,
-            on_behalf_of=row.on_behalf_of,
-            comment=row.comment,
-            metadata=row.metadata,
-            prev=row.prev_hash,
-            request_prev=row.request_prev_hash,
-        )
+        digest = chain.row_hash(row)
         _tamper(engine, f"UPDATE audit_events SET hash = '{digest}' WHERE id = {target.id}")
         _assert_names(
             chain.verify(engine, call_id=call_ids[0]).first_break, target, "content_changed", "rehashed"

@@ -268,6 +268,23 @@ def event_hash(**content: Any) -> str:
     return hashlib.sha256(canonical_content(**content)).hexdigest()
 
 
+def row_hash(row: Any, *, seq: int | None = None, prev: str | None = None, request_prev: Any = ...) -> str:
+    """The hash of an ``audit_events`` row (a Core row of :data:`EVENT_COLUMNS` or the like);
+    ``seq``, ``prev`` and ``request_prev`` replace the row's own when given (chaining it anew)."""
+    return event_hash(
+        seq=row.seq if seq is None else seq,
+        request_id=row.request_id,
+        event=row.event,
+        at=row.at,
+        actor=row.actor,
+        on_behalf_of=row.on_behalf_of,
+        comment=row.comment,
+        metadata=row.metadata,
+        prev=row.prev_hash if prev is None else prev,
+        request_prev=row.request_prev_hash if request_prev is ... else request_prev,
+    )
+
+
 def hash_of(event: AuditEvent) -> str:
     """The hash ``event`` should carry, recomputed from its columns."""
     return event_hash(
@@ -752,18 +769,7 @@ def _check_request_event(conn: Connection, row: Any, last: Any, head: ChainHead 
             detail=f"request_prev_hash {row.request_prev_hash}, the request's previous event has {last.hash}",
             **here,
         )
-    actual = event_hash(
-        seq=row.seq,
-        request_id=row.request_id,
-        event=row.event,
-        at=row.at,
-        actor=row.actor,
-        on_behalf_of=row.on_behalf_of,
-        comment=row.comment,
-        metadata=row.metadata,
-        prev=row.prev_hash,
-        request_prev=row.request_prev_hash,
-    )
+    actual = row_hash(row)
     if actual != row.hash:
         return Break(
             "content_changed", CONTENT_CHANGED, detail=f"hash {row.hash}, content hashes to {actual}", **here

@@ -33,7 +33,7 @@ from alembic import op
 
 # The hash an event carries is defined by the service's code, not frozen in this file: the
 # verifier must recompute exactly what the migration wrote, so both use the same function.
-from airflow_provider_hlml.approvals.audit.chain import GENESIS, event_hash
+from airflow_provider_hlml.approvals.audit.chain import GENESIS, row_hash
 from airflow_provider_hlml.approvals.models import UTCDateTime, utcnow
 
 revision = "0006"
@@ -139,18 +139,7 @@ def _chain_existing_events() -> tuple[int, str]:
         for row in rows:
             seq += 1
             request_prev = by_request.get(row.request_id) if row.request_id is not None else None
-            digest = event_hash(
-                seq=seq,
-                request_id=row.request_id,
-                event=row.event,
-                at=row.at,
-                actor=row.actor,
-                on_behalf_of=row.on_behalf_of,
-                comment=row.comment,
-                metadata=row.metadata,
-                prev=prev,
-                request_prev=request_prev,
-            )
+            digest = row_hash(row, seq=seq, prev=prev, request_prev=request_prev)
             values.append(
                 {
                     "b_id": row.id,
