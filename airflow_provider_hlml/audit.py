@@ -50,6 +50,10 @@ EXPERIMENT_CREATED_BY_DAG = "hlml.created_by_dag"
 CANDIDATE_MODEL_URI = "hlml.candidate_model_uri"
 #: ``true`` | ``false``: whether every threshold was met.
 VALIDATION_PASSED = "hlml.validation_passed"
+#: Validation-run tag: the decision policy's outcome (``auto_approve`` / ``auto_reject`` / ``human``).
+DECISION_OUTCOME = "hlml.decision_outcome"
+#: Validation-run tag: the principal an auto-decision is made as (``policy:<name>-v<version>``).
+DECISION_PRINCIPAL = "hlml.decision_principal"
 
 # --- Monitoring runs ------------------------------------------------------------------------------
 #: The registered model and version a monitoring run measured.

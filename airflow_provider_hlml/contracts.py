@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
+from typing_extensions import NotRequired
+
 from airflow_provider_hlml.gate.events import ApprovalResult, ApproverRecord
 
 __all__ = [
@@ -105,12 +107,16 @@ class ValidationReport(ModelReference):
     :param metrics: metric name -> :class:`MetricCheck`.
     :param champion_version: the version holding the baseline alias (compared against), if any.
     :param validation_run_id: the MLflow run the validation itself logged to (not the model's).
+    :param decision: with a decision policy, its outcome (``auto_approve``, ``auto_reject`` or
+        ``human``), why, the principal it decides as, and the evidence per metric (values,
+        improvement, confidence interval): :meth:`~airflow_provider_hlml.policy.decision.PolicyDecision.to_json`.
     """
 
     passed: bool
     metrics: dict[str, MetricCheck]
     champion_version: str | None
     validation_run_id: str
+    decision: NotRequired[dict[str, Any]]
 
 
 class PromotionRecord(ModelReference, total=False):

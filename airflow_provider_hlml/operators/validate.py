@@ -22,6 +22,7 @@ from airflow_provider_hlml.operators.mlflow_runs import (
     quiet_skops_module_scan,
     terminate_run,
 )
+from airflow_provider_hlml.policy.decision import DecisionPolicy
 from airflow_provider_hlml.settings import mlflow_conn_id as default_mlflow_conn_id
 from airflow_provider_hlml.utils.thresholds import METRIC_ALIASES, THRESHOLD_KEYS, parse_thresholds
 
@@ -78,6 +79,12 @@ class MLflowValidateOperator(BaseOperator):
         (return the failing report; a human decides).
     :param mlflow_conn_id: MLflow connection; default ``[hlml] mlflow_conn_id`` (itself
         ``mlflow_default`` unless configured).
+    :param decision_policy: a :class:`~airflow_provider_hlml.policy.decision.DecisionPolicy` (or
+        its mapping form): the candidate and the champion predict on the same validation rows and
+        the policy decides ``auto_approve`` (a clear win), ``auto_reject`` (a clear regression) or
+        ``human`` by paired bootstrap intervals of each metric's improvement. The report gets
+        ``decision`` (outcome, reason, principal, evidence); the validation run gets the tags
+        ``hlml.decision_outcome`` / ``hlml.decision_principal`` and ``decision.json``.
     """
 
     template_fields: Sequence[str] = ("model_uri", "data", "model_name", "baseline_alias", "target")
@@ -96,6 +103,7 @@ class MLflowValidateOperator(BaseOperator):
         baseline_alias: str = "champion",
         on_fail: Literal["fail", "skip", "continue"] = "fail",
         mlflow_conn_id: str | None = None,
+        decision_policy: DecisionPolicy | Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -115,6 +123,12 @@ class MLflowValidateOperator(BaseOperator):
         self.baseline_alias = baseline_alias
         self.on_fail = on_fail
         self.mlflow_conn_id = mlflow_conn_id or default_mlflow_conn_id()
+        # Checked when the DAG is defined, like the thresholds.
+        self.decision_policy = (
+            DecisionPolicy.from_mapping(decision_policy)
+            if isinstance(decision_policy, Mapping)
+            else decision_policy
+        )
 
     def _load_data(self, context: Context) -> pd.DataFrame:
         import pandas as pd
@@ -209,6 +223,18 @@ class MLflowValidateOperator(BaseOperator):
                         "champion_version": str(champion.version) if champion is not None else None,
                         "validation_run_id": run_id,
                     }
+                    if self.decision_policy is not None:
+                        decision = self._decide(
+                            frame,
+                            champion_uri=(
+                                f"models:/{model_name}/{champion.version}" if champion is not None else None
+                            ),
+                        )
+                        report["decision"] = decision
+                        mlflow.log_dict(decision, "decision.json")
+                        mlflow.set_tag(audit.DECISION_OUTCOME, decision["outcome"])
+                        if decision["principal"]:
+                            mlflow.set_tag(audit.DECISION_PRINCIPAL, decision["principal"])
                     if baseline is not None:
                         log_batch(
                             client,
@@ -226,6 +252,23 @@ class MLflowValidateOperator(BaseOperator):
                     terminate_run(client, run_id, "FAILED", error_text(exc))
                 raise
         return self._finish(context, report)
+
+    def _decide(self, frame: pd.DataFrame, *, champion_uri: str | None) -> dict[str, Any]:
+        """The decision policy's outcome on ``frame``: both models predict the same rows."""
+        import mlflow
+
+        from airflow_provider_hlml.policy.decision import decide
+
+        assert self.decision_policy is not None
+        features, labels = frame.drop(columns=[self.target]), frame[self.target].to_numpy()
+        with quiet_skops_module_scan():
+            candidate = mlflow.pyfunc.load_model(self.model_uri).predict(features)
+            champion = mlflow.pyfunc.load_model(champion_uri).predict(features) if champion_uri else None
+        decision = decide(self.decision_policy, labels, _as_array(candidate), _as_array(champion))
+        self.log.info(
+            "Decision policy %s: %s (%s)", self.decision_policy.principal, decision.outcome, decision.reason
+        )
+        return decision.to_json()
 
     def _evaluate(self, model_uri: str, frame: pd.DataFrame) -> Any:
         import mlflow
@@ -309,3 +352,13 @@ class MLflowValidateOperator(BaseOperator):
         if self.on_fail == "skip":
             raise AirflowSkipException(message)
         raise AirflowFailException(message)
+
+
+def _as_array(predictions: Any) -> Any:
+    """A pyfunc model's predictions as a 1-D array (a one-column frame or series included)."""
+    import numpy as np
+
+    if predictions is None:
+        return None
+    values = np.asarray(getattr(predictions, "values", predictions))
+    return values.reshape(-1) if values.ndim == 2 and values.shape[1] == 1 else values

@@ -489,6 +489,75 @@ class TestMLflowValidateOperator:
         assert report["metrics"]["f1"]["passed"] is False  # most_frequent predicts one class
         assert xcom_value(dag_run, "validate_fail", "validation_report")["passed"] is False
 
+    def test_a_decision_policy_decides_a_clear_win_and_a_clear_regression(
+        self, hook: MLflowHook, registered: dict[str, Any]
+    ) -> None:
+        from airflow.sdk import DAG
+
+        name = registered["name"]
+        policy = {
+            "name": "champion-margin",
+            "version": 1,
+            "metrics": {"accuracy": {"threshold": 0.5, "min_improvement": 0.02, "max_regression": 0.02}},
+            "seed": 11,
+        }
+
+        def validate(dag_id: str, version: str, **kwargs: Any) -> dict[str, Any]:
+            with DAG(_uid(dag_id), schedule=None, start_date=START) as dag:
+                MLflowValidateOperator(
+                    task_id="validate",
+                    model_uri=f"models:/{name}/{version}",
+                    data=lambda: churn_frame("validation"),
+                    target="churned",
+                    thresholds={"accuracy": 0.0},
+                    on_fail="continue",
+                    decision_policy=policy,
+                    **kwargs,
+                )
+            report: dict[str, Any] = xcom_value(run_dag(dag), "validate")
+            return report
+
+        # The poor version against the good champion: a clear regression, rejected by the policy.
+        hook.client.set_registered_model_alias(name, "champion", registered["good"]["version"])
+        report = validate("policy_regression", registered["poor"]["version"])
+        decision = report["decision"]
+        assert decision["outcome"] == "auto_reject"
+        assert decision["principal"] == "policy:champion-margin-v1"
+        low, high = decision["metrics"]["accuracy"]["interval"]
+        assert low < high < -0.02
+        assert decision["policy"]["seed"] == 11
+        tags = hook.client.get_run(report["validation_run_id"]).data.tags
+        assert tags[audit.DECISION_OUTCOME] == "auto_reject"
+        assert tags[audit.DECISION_PRINCIPAL] == "policy:champion-margin-v1"
+
+        # The good version against the poor champion: a clear win, approved by the policy; the
+        # same data and seed give the same interval.
+        hook.client.set_registered_model_alias(name, "champion", registered["poor"]["version"])
+        first = validate("policy_win", registered["good"]["version"])["decision"]
+        assert first["outcome"] == "auto_approve"
+        assert first["metrics"]["accuracy"]["interval"][0] > 0.02
+        again = validate("policy_win_again", registered["good"]["version"])["decision"]
+        assert again["metrics"] == first["metrics"]
+        # A policy that forbids auto-approval asks a person about the same clear win.
+        policy["allow_auto_approve"] = False
+        strict = validate("policy_strict", registered["good"]["version"])
+        assert strict["decision"]["outcome"] == "human"
+        assert strict["decision"]["principal"] is None
+        assert audit.DECISION_PRINCIPAL not in hook.client.get_run(strict["validation_run_id"]).data.tags
+
+    def test_a_decision_policy_that_cannot_be_evaluated_is_refused_at_definition(self) -> None:
+        from airflow_provider_hlml.policy.decision import PolicyError
+
+        with pytest.raises(PolicyError, match="one of"):
+            MLflowValidateOperator(
+                task_id="v",
+                model_uri="models:/m/1",
+                data="x.csv",
+                target="y",
+                thresholds={"f1": 0.1},
+                decision_policy={"metrics": {"log_loss": 0.5}},
+            )
+
     def test_bad_thresholds_are_refused_at_definition(self) -> None:
         with pytest.raises(
             ThresholdsError,
