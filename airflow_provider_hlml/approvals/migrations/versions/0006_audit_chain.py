@@ -88,15 +88,7 @@ def upgrade() -> None:
     _drop_append_only_triggers()
     seq, head = _chain_existing_events()
     op.get_bind().execute(sa.insert(_head).values(id=1, seq=seq, hash=head, updated_at=utcnow()))
-    if _dialect() == "sqlite":
-        # SQLite changes nullability only by rebuilding the table (keeping AUTOINCREMENT).
-        with op.batch_alter_table(
-            "audit_events", recreate="always", table_kwargs={"sqlite_autoincrement": True}
-        ) as batch:
-            _tighten(batch)
-    else:
-        with op.batch_alter_table("audit_events") as batch:
-            _tighten(batch)
+    _alter_audit_events(_tighten)
     _create_append_only_triggers()
 
 
@@ -178,14 +170,7 @@ def downgrade() -> None:
             "and revision 0005 has no place for them; the audit trail is never deleted"
         )
     _drop_append_only_triggers()
-    if _dialect() == "sqlite":
-        with op.batch_alter_table(
-            "audit_events", recreate="always", table_kwargs={"sqlite_autoincrement": True}
-        ) as batch:
-            _loosen(batch)
-    else:
-        with op.batch_alter_table("audit_events") as batch:
-            _loosen(batch)
+    _alter_audit_events(_loosen)
     _create_append_only_triggers()
     op.drop_table("audit_chain_head")
 
@@ -223,3 +208,16 @@ def _create_append_only_triggers() -> None:
             "CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events "
             "FOR EACH ROW EXECUTE FUNCTION hlml_audit_events_append_only()"
         )
+
+
+def _alter_audit_events(change: Any) -> None:
+    """Apply ``change(batch)`` to ``audit_events``: SQLite changes nullability only by rebuilding
+    the table (kept ``AUTOINCREMENT``), PostgreSQL alters it in place."""
+    if _dialect() == "sqlite":
+        with op.batch_alter_table(
+            "audit_events", recreate="always", table_kwargs={"sqlite_autoincrement": True}
+        ) as batch:
+            change(batch)
+    else:
+        with op.batch_alter_table("audit_events") as batch:
+            change(batch)
