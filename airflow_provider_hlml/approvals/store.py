@@ -34,8 +34,15 @@ from airflow_provider_hlml.approvals.models import (
     Principal,
     utcnow,
 )
-from airflow_provider_hlml.gate.policy import GROUP_PREFIX, Answer, ApprovalPolicy, Responder, is_group
-from airflow_provider_hlml.gate.state import PERSON_PREFIX, ApprovalRule, GateState, Reminders
+from airflow_provider_hlml.gate.policy import (
+    GROUP_PREFIX,
+    Answer,
+    ApprovalPolicy,
+    Responder,
+    is_group,
+    is_policy_principal,
+)
+from airflow_provider_hlml.gate.state import PERSON_PREFIX, POLICY_RULE, ApprovalRule, GateState, Reminders
 from airflow_provider_hlml.gate.wire import CALL_ID_TAKEN, UserInfo, spec_differences
 
 KEY_PREFIX = "hl_"
@@ -83,6 +90,12 @@ def create_key(session: Session, *, name: str, role: str, email: str | None = No
     check_clean({"name": name, "email": email}, "principal")
     if not name.strip():
         raise ServiceError(422, "invalid_name", "name must not be empty")
+    if is_policy_principal(name):
+        raise ServiceError(
+            422,
+            "invalid_name",
+            "names starting with 'policy:' are reserved for decision policies, which hold no key",
+        )
     principal = session.scalar(select(Principal).where(Principal.name == name))
     if principal is None:
         principal = Principal(name=name, email=email, role=role)
@@ -376,6 +389,9 @@ def create_request(
         created["members"] = members
     _audit(session, row, "created", actor=actor, metadata=created)
     session.commit()
+    # A decision policy with no override window decides at once (committed on its own: the
+    # request exists either way, as created).
+    apply_auto_decision(session, row)
     return row, True
 
 
@@ -625,7 +641,13 @@ def _may_respond(
             raise
         _refuse(session, row, actor, exc.message, on_behalf_of=None)
     reason: str | None = None
-    if row.created_by is not None and row.created_by == actor.name:
+    if any(is_policy_principal(user_info.get(k)) for k in ("name", "email", "principal")):
+        # Only apply_auto_decision records a policy's answer, from the request's own auto-decision.
+        reason = (
+            "a 'policy:' name cannot answer through the API: a decision policy's decision is "
+            "recorded by the service from the request itself"
+        )
+    elif row.created_by is not None and row.created_by == actor.name:
         reason = f"principal {actor.name!r} created this request and cannot respond to it"
     else:
         who = Responder.of(UserInfo.model_validate(user_info))
@@ -741,6 +763,98 @@ def respond_function_call(
         comment=comment,
         metadata=metadata,
     )
+
+
+#: Who the service records a decision policy's answer as (its name is the policy's principal).
+POLICY_ROLE = "policy"
+
+
+def auto_decision_due(row: ApprovalRequest, now: dt.datetime | None = None) -> dt.datetime | None:
+    """When ``row``'s decision policy decides it, if it carries an auto-decision that may still be
+    recorded (a pending function call nobody has answered); None otherwise."""
+    if row.kind != FUNCTION_CALL or row.state != "pending" or row.answers:
+        return None
+    auto = GateState.from_state((row.spec or {}).get("state")).auto
+    if auto is None:
+        return None
+    return _as_utc(row.requested_at, "requested_at") + dt.timedelta(seconds=auto.override_seconds)
+
+
+def apply_auto_decision(session: Session, row: ApprovalRequest, *, now: dt.datetime | None = None) -> bool:
+    """Record the request's own auto-decision as the answer of its decision policy, when it is due.
+
+    The answer goes through the request's :class:`~airflow_provider_hlml.gate.policy.ApprovalPolicy`
+    like any other (which accepts exactly this principal, this outcome, and no earlier answer), is
+    audited with the policy's reason and evidence, signed, and committed. Returns whether it was
+    recorded; False when there is none, a person answered first, or the override window is open.
+    """
+    due = auto_decision_due(row)
+    if due is None or (now or utcnow()) < due:
+        return False
+    policy = policy_of(row)
+    auto = policy.auto
+    assert auto is not None  # auto_decision_due found it
+    user_info: dict[str, Any] = {
+        "name": auto.principal,
+        "email": None,
+        "principal": auto.principal,
+        "via_delegate": False,
+    }
+    who = Responder.of(UserInfo.model_validate(user_info))
+    reason = policy.explain(who, [], auto.approves)
+    if reason is not None:  # cannot happen for a readable auto-decision; never record one refused
+        raise ServiceError(409, "conflict", reason)
+    now = utcnow()
+    comment = auto.reason or f"Decided by {auto.principal}"
+    rule = POLICY_RULE if auto.approves else None
+    answer = {**user_info, "approved": auto.approves, "comment": comment, "at": now.isoformat(), "rule": rule}
+    row.answers = [answer]
+    row.approved = auto.approves
+    row.comment = comment
+    kwargs = (row.spec or {}).get("kwargs")
+    context = kwargs.get("context") if isinstance(kwargs, dict) else None
+    evidence = context.get("decision") if isinstance(context, dict) else None
+    metadata: dict[str, Any] = {
+        "approved": auto.approves,
+        "reject_option_name": None,
+        "rule": rule,
+        "progress": f"decided by {auto.principal}",
+        "decided_by_policy": auto.principal,
+        "override_seconds": auto.override_seconds,
+        "evidence": evidence if isinstance(evidence, dict) else None,
+    }
+    if auto.approves:
+        metadata["approvers"] = [{"name": auto.principal, "email": None, "rule": rule}]
+    actor = Actor(principal_id=0, name=auto.principal, email=None, role=POLICY_ROLE)
+    _record_response(
+        session,
+        row,
+        state="approved" if auto.approves else "rejected",
+        actor=actor,
+        user_info=user_info,
+        comment=comment,
+        metadata=metadata,
+    )
+    return True
+
+
+def decide_by_policy(session: Session, *, call_id: str, actor: Actor) -> ApprovalRequest:
+    """Record a function call's auto-decision once its override window has passed (the gate asks
+    when its wait for a person ends). Only the request's creator or an admin may ask; 409 when
+    the request has no auto-decision, a person answered, it is decided, or the window is open."""
+    row = get_request(session, kind=FUNCTION_CALL, call_id=call_id)
+    if actor.role != "admin" and row.created_by != actor.name:
+        raise ServiceError(403, "forbidden", "only the principal that created this request may ask for it")
+    if row.state != "pending":
+        raise ServiceError(409, "conflict", f"call_id {row.call_id!r} is already {row.state}")
+    due = auto_decision_due(row)
+    if due is None:
+        what = "a person has answered it" if row.answers else "it carries no auto-decision"
+        raise ServiceError(409, "conflict", f"no decision policy decides call_id {row.call_id!r}: {what}")
+    if utcnow() < due:
+        raise ServiceError(409, "conflict", f"the override window is open until {due.isoformat()}")
+    apply_auto_decision(session, row)
+    return row
 
 
 def respond_human_contact(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from typing_extensions import NotRequired
 
-from airflow_provider_hlml.gate.state import GateState
+from airflow_provider_hlml.gate.state import GateState, is_policy_principal
 
 if TYPE_CHECKING:
     from airflow_provider_hlml.gate.policy import ApprovalPolicy
@@ -154,6 +154,10 @@ class ApprovalResult(TypedDict):
     """Every approval that counted toward the decision and the rule each met (empty when unknown)."""
     review_digest: str | None
     """The digest of what the reviewers were shown (:mod:`..gate.digest`), when the request has one."""
+    branch: str
+    """``auto_approve`` / ``auto_reject`` (the request's decision policy decided) or ``human``."""
+    branch_reason: str
+    """Why that branch: the policy's reason, or why a person decided."""
 
 
 def iso(value: datetime | None) -> str | None:
@@ -259,6 +263,29 @@ def settled_event(
     return None, None
 
 
+def decision_branch(
+    event: Mapping[str, Any], call: GateFunctionCall | None, timed_out: bool = False
+) -> tuple[str, str]:
+    """Which branch decided a request (``auto_approve``, ``auto_reject`` or ``human``) and why."""
+    approved = bool(event.get("approved"))
+    responder = event.get("responded_by_user") or {}
+    who = (responder.get("id") or responder.get("name")) if isinstance(responder, Mapping) else None
+    if not timed_out and is_policy_principal(who):
+        reason = event.get("comment") or f"decided by {who}"
+        return ("auto_approve" if approved else "auto_reject"), str(reason)
+    gate = GateState.from_state(call.spec.state) if call is not None else GateState()
+    if timed_out:
+        return "human", "no decision in time: the gate's on_timeout policy decided"
+    if gate.auto is not None:
+        return "human", (
+            f"a person decided within the override window (the decision policy {gate.auto.principal} "
+            f"would have decided '{gate.auto.outcome}': {gate.auto.reason})"
+        )
+    if gate.auto_declined:
+        return "human", gate.auto_declined
+    return "human", "a person decided (no decision policy decided this request)"
+
+
 def approval_result(
     event: ApprovalDecisionEvent | dict[str, Any],
     call: GateFunctionCall | None,
@@ -286,6 +313,7 @@ def approval_result(
         sent_context = event["context"]
     elif call is not None and call.spec.kwargs.get("context") is not None:
         sent_context = call.spec.kwargs.get("context")
+    branch, branch_reason = decision_branch(event, call, timed_out)
     return ApprovalResult(
         approved=approved,
         chosen_options=[APPROVE if approved else REJECT],
@@ -302,6 +330,8 @@ def approval_result(
         approvals=list(event.get("approvals") or (approver_records(call) if call is not None else [])),
         review_digest=event.get("review_digest")
         or (GateState.from_state(call.spec.state).digest if call is not None else None),
+        branch=branch,
+        branch_reason=branch_reason,
     )
 
 

@@ -18,6 +18,14 @@ says ``veto: false``.
 **Separation of duties.** The people in :attr:`ApprovalPolicy.forbidden` (the DAG run's
 requester, the model's author) may not answer at all, whichever rule lists them.
 
+**Decisions by a decision policy.** A gate whose validation stage decided by evidence (a clear win
+or a clear regression, :mod:`airflow_provider_hlml.policy.decision`) writes that decision into its
+request (:class:`~airflow_provider_hlml.gate.state.AutoDecision`). The approvals service records
+it as the answer of the policy's principal (``policy:<name>-v<version>``), which decides the
+request on its own: one answer, by that principal, matching the request's outcome, and only while
+no person has answered (a person answering within the override window decides instead). Nobody
+else may answer under a ``policy:`` name: a key, a person or a delegate naming one is refused.
+
 A responder is known by up to four identities: a name, an e-mail address, the principal of the key
 that answered and (on the dashboard) an Airflow user id. A rule lists a responder when any of them
 is listed; a forbidden person is refused when any of them matches. Comparison ignores case and
@@ -37,11 +45,14 @@ from airflow_provider_hlml.gate.state import (
     DUTIES,
     GROUP_PREFIX,
     PERSON_PREFIX,
+    POLICY_PRINCIPAL_PREFIX,
     UNREADABLE_RULE,
     ApprovalRule,
+    AutoDecision,
     Forbidden,
     GateState,
     is_group,
+    is_policy_principal,
 )
 
 if TYPE_CHECKING:
@@ -50,15 +61,18 @@ if TYPE_CHECKING:
 __all__ = [
     "DUTIES",
     "GROUP_PREFIX",
+    "POLICY_PRINCIPAL_PREFIX",
     "Answer",
     "ApprovalPolicy",
     "ApprovalRule",
+    "AutoDecision",
     "Forbidden",
     "Refusal",
     "Responder",
     "RuleProgress",
     "Tally",
     "is_group",
+    "is_policy_principal",
     "names_any",
 ]
 
@@ -121,6 +135,15 @@ class Responder:
         """Whether ``other`` shares an identity with this responder."""
         return bool(self.identities & other.identities)
 
+    @property
+    def claims_policy(self) -> bool:
+        """Whether any identity of this responder is a decision policy's name (``policy:...``)."""
+        return any(is_policy_principal(i) for i in self.identities)
+
+    def is_policy(self, principal: str) -> bool:
+        """Whether this responder is exactly the policy ``principal``: no other identity, no e-mail."""
+        return bool(self.identities) and self.identities == _identities((principal,)) and self.email is None
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -160,6 +183,8 @@ class Refusal(enum.Enum):
     NOT_AN_APPROVER = "not_an_approver"
     ALREADY_ANSWERED = "already_answered"
     WOULD_NOT_COUNT = "would_not_count"
+    #: A ``policy:`` name that is not this request's own auto-decision (or is, too late or reversed).
+    NOT_THE_POLICY = "not_the_policy"
 
 
 @dataclass(frozen=True)
@@ -194,11 +219,13 @@ class Tally:
     :param rules: each rule's progress, in rule order.
     :param counted: per approval (in answer order), the rule name it counts toward, or None.
     :param vetoed_by: the rejection that decides the request, if any.
+    :param by_policy: the decision policy's answer that decides the request, if any.
     """
 
     rules: tuple[RuleProgress, ...]
     counted: tuple[tuple[Answer, str | None], ...]
     vetoed_by: Answer | None = None
+    by_policy: Answer | None = None
 
     @property
     def met(self) -> bool:
@@ -211,6 +238,8 @@ class Tally:
     @property
     def decided(self) -> bool | None:
         """True (approved), False (rejected) or None (still pending)."""
+        if self.by_policy is not None:
+            return self.by_policy.approved
         if self.vetoed_by is not None:
             return False
         return True if self.met else None
@@ -218,6 +247,8 @@ class Tally:
     @property
     def summary(self) -> str:
         """E.g. ``"ML lead 1 of 2: alice; Compliance 0 of 1"``."""
+        if self.by_policy is not None:
+            return f"decided by {self.by_policy.who.label}"
         return "; ".join(p.summary for p in self.rules)
 
 
@@ -265,6 +296,7 @@ class ApprovalPolicy:
     :param rules: the rules that must all be met (see :class:`ApprovalRule`).
     :param forbidden: people who may not answer (separation of duties).
     :param members: ``group:<name>`` -> the identities of its members when the request opened.
+    :param auto: the decision policy's decision the request carries, if any.
     """
 
     approvers: tuple[str, ...] = ()
@@ -274,6 +306,7 @@ class ApprovalPolicy:
     rules: tuple[ApprovalRule, ...] = ()
     forbidden: tuple[Forbidden, ...] = ()
     members: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    auto: AutoDecision | None = None
 
     @classmethod
     def from_state(
@@ -300,6 +333,7 @@ class ApprovalPolicy:
                 allow_self_approval=gate.allow_self_approval,
                 rules=gate.rules,
                 forbidden=gate.forbidden,
+                auto=gate.auto,
             )
             .escalated_to(extra_approvers)
             .with_members(members)
@@ -314,6 +348,7 @@ class ApprovalPolicy:
             "extra_approvers": list(self.extra_approvers),
             "rules": [r.to_json() for r in self.rules],
             "forbidden": [f.to_json() for f in self.forbidden],
+            **({"auto": self.auto.to_json()} if self.auto is not None else {}),
         }
 
     @classmethod
@@ -397,9 +432,16 @@ class ApprovalPolicy:
     def tally(self, answers: Iterable[Answer]) -> Tally:
         """Where a request stands after ``answers`` (in the order they were given)."""
         rules = self.effective_rules
+        answers = list(answers)
+        by_policy = self.policy_answer(answers)
+        if by_policy is not None:
+            progress = tuple(RuleProgress(rule, ()) for rule in rules)
+            return Tally(rules=progress, counted=((by_policy, None),), by_policy=by_policy)
         approvals: list[Answer] = []
         vetoed_by: Answer | None = None
         for answer in answers:
+            if answer.who.claims_policy:
+                continue  # never a person's answer; counts only as the request's own auto-decision
             if any(answer.who.same_person(a.who) for a in approvals):
                 continue  # each person counts once
             if answer.approved:
@@ -419,6 +461,17 @@ class ApprovalPolicy:
             (a, rules[r].name if r is not None else None) for a, r in zip(approvals, assigned, strict=True)
         )
         return Tally(rules=progress, counted=counted, vetoed_by=vetoed_by)
+
+    def policy_answer(self, answers: Sequence[Answer]) -> Answer | None:
+        """The answer of this request's decision policy, when it is the first and only answer and
+        says what the request's auto-decision says."""
+        auto = self.auto
+        if auto is None or len(answers) != 1:
+            return None
+        (answer,) = answers
+        if answer.who.is_policy(auto.principal) and answer.approved is auto.approves:
+            return answer
+        return None
 
     # ---- who may answer ---------------------------------------------------------------------
     def _person(self, who: str) -> list[str]:
@@ -456,6 +509,16 @@ class ApprovalPolicy:
         """
         if not who.identities:
             return Refusal.NO_IDENTITY
+        if who.claims_policy:
+            auto = self.auto
+            if (
+                auto is None
+                or not who.is_policy(auto.principal)
+                or answers
+                or (approving is not None and approving is not auto.approves)
+            ):
+                return Refusal.NOT_THE_POLICY
+            return None
         barred = self.forbidden_as(who)
         if barred is not None:
             return Refusal.SELF_APPROVAL if barred.duty == "requester" else Refusal.MODEL_AUTHOR
@@ -503,6 +566,13 @@ class ApprovalPolicy:
             return f"{who.label} is not one of the approvers of this request: {allowed}"
         if refusal is Refusal.ALREADY_ANSWERED:
             return f"{who.label} has already answered this request; each person counts once"
+        if refusal is Refusal.NOT_THE_POLICY:
+            if self.auto is not None and who.is_policy(self.auto.principal) and answers:
+                return f"{who.label} may not decide: a person answered within the override window"
+            return (
+                f"{who.label} may not answer: a '{POLICY_PRINCIPAL_PREFIX}' name is recorded only by the "
+                "approvals service, as the request's own decision policy"
+            )
         met = [p.rule.name for p in self.tally(answers).rules if p.met]
         return (
             f"{who.label}'s approval would not count: every rule they may approve toward is already met "
@@ -548,7 +618,7 @@ class ApprovalPolicy:
             parsed = [Answer(who, approved)]
         seen: list[Answer] = []
         for answer in parsed:
-            reason = self.explain(answer.who, seen)
+            reason = self.explain(answer.who, seen, answer.approved if answer.who.claims_policy else None)
             if reason is not None:
                 return reason
             seen.append(answer)

@@ -13,16 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "AUTO_OUTCOMES",
     "DUTIES",
     "GROUP_PREFIX",
     "PERSON_PREFIX",
+    "POLICY_PRINCIPAL_PREFIX",
+    "POLICY_RULE",
     "STATE_KEY",
     "ApprovalRule",
+    "AutoDecision",
     "Forbidden",
     "GateLocation",
     "GateState",
     "Reminders",
     "is_group",
+    "is_policy_principal",
 ]
 
 #: The key of the gate's part in ``spec.state``.
@@ -31,12 +36,24 @@ STATE_KEY = "hlml"
 GROUP_PREFIX = "group:"
 #: How a request's resolved ``members`` name a person barred from deciding (all their identities).
 PERSON_PREFIX = "person:"
+#: How the principal of a decision made by a promotion decision policy is named:
+#: ``policy:champion-margin-v1`` (:mod:`airflow_provider_hlml.policy.decision`). No key, person or
+#: delegate may answer under such a name: only the approvals service records it, from the request's
+#: own :class:`AutoDecision`.
+POLICY_PRINCIPAL_PREFIX = "policy:"
+#: The rule a decision policy's approval is recorded under (in the answers and the attestation).
+POLICY_RULE = "decision policy"
 #: The separation-of-duties roles a gate can forbid from deciding (``forbid=[...]``).
 DUTIES = ("requester", "model_author")
 #: Bounds of what a rule may say (the service refuses anything beyond them).
 MAX_RULES = 20
 MAX_REQUIRED = 50
 MAX_NAME = 200
+
+
+def is_policy_principal(name: Any) -> bool:
+    """Whether ``name`` names a decision policy (``policy:<name>-v<version>``) rather than a person."""
+    return isinstance(name, str) and name.strip().casefold().startswith(POLICY_PRINCIPAL_PREFIX)
 
 
 def is_group(entry: Any) -> bool:
@@ -318,6 +335,77 @@ class Reminders:
         }
 
 
+#: The decisions a policy can make for a gate.
+AUTO_OUTCOMES = ("approve", "reject")
+#: The longest override window a request may carry (seconds).
+MAX_OVERRIDE_SECONDS = 30 * 86_400.0
+
+
+@dataclass(frozen=True)
+class AutoDecision:
+    """A decision the gate's decision policy made, which the approvals service records for it.
+
+    :param outcome: ``approve`` or ``reject``.
+    :param principal: who the decision is recorded as: ``policy:<name>-v<version>``.
+    :param reason: why, in words (shown to reviewers, written to the audit trail).
+    :param override_seconds: how long after the request opens a person may still decide instead
+        (0: the service records the policy's decision when the request is created).
+
+    The evidence itself (metrics, intervals, the policy's version) is in the request's context,
+    which the review digest and the attestation cover.
+    """
+
+    outcome: str
+    principal: str
+    reason: str = ""
+    override_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.outcome not in AUTO_OUTCOMES:
+            raise ValueError(f"auto.outcome must be one of {', '.join(AUTO_OUTCOMES)}; got {self.outcome!r}")
+        if (
+            not is_policy_principal(self.principal)
+            or len(self.principal) > MAX_NAME
+            or any(c.isspace() or not c.isprintable() for c in self.principal)
+        ):
+            raise ValueError(
+                f"auto.principal must be 'policy:<name>-v<version>'; got {self.principal[:80]!r}"
+            )
+        seconds = self.override_seconds
+        if isinstance(seconds, bool) or not 0 <= seconds <= MAX_OVERRIDE_SECONDS:
+            raise ValueError(f"auto.override_seconds must be from 0 to {MAX_OVERRIDE_SECONDS:.0f}")
+
+    @property
+    def approves(self) -> bool:
+        return self.outcome == "approve"
+
+    @classmethod
+    def from_json(cls, raw: Any) -> AutoDecision | None:
+        """Read ``state.hlml.auto``; anything malformed reads as no auto-decision (a person decides)."""
+        if not isinstance(raw, Mapping):
+            return None
+        try:
+            seconds = raw.get("override_seconds", 0)
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                return None
+            return cls(
+                outcome=str(raw.get("outcome")),
+                principal=str(raw.get("principal")),
+                reason=str(raw.get("reason") or "")[:2000],
+                override_seconds=float(seconds),
+            )
+        except ValueError:
+            return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "principal": self.principal,
+            "reason": self.reason,
+            "override_seconds": self.override_seconds,
+        }
+
+
 @dataclass(frozen=True)
 class GateState:
     """The approval policy and the origin a gate writes into ``spec.state["hlml"]``.
@@ -333,6 +421,10 @@ class GateState:
     :param reminders: the gate's ladder over time (None: the service's default).
     :param timeout: seconds from the request's creation until the gate stops waiting (escalation
         included), if it has a timeout: one-click links expire then, and no reminder is sent later.
+    :param auto: the decision the gate's decision policy made, if it made one (see
+        :class:`AutoDecision`); the service records it unless a person answers first.
+    :param auto_declined: why the gate asks a person although its decision policy decided (the
+        approval policy file forbids it, the server cannot record it); reviewers see it.
     """
 
     approvers: tuple[str, ...] = ()
@@ -345,6 +437,8 @@ class GateState:
     digest: str | None = None
     reminders: Reminders | None = None
     timeout: float | None = None
+    auto: AutoDecision | None = None
+    auto_declined: str | None = None
 
     @classmethod
     def from_state(cls, state: Any) -> GateState:
@@ -376,6 +470,8 @@ class GateState:
             digest=_text(raw.get("digest")),
             reminders=_reminders(raw.get("reminders")),
             timeout=_positive(raw.get("timeout")),
+            auto=AutoDecision.from_json(raw.get("auto")),
+            auto_declined=_text(raw.get("auto_declined")),
         )
 
     def to_state(self) -> dict[str, Any]:
@@ -399,6 +495,10 @@ class GateState:
             hlml["reminders"] = self.reminders.to_json()
         if self.timeout:
             hlml["timeout"] = self.timeout
+        if self.auto is not None:
+            hlml["auto"] = self.auto.to_json()
+        if self.auto_declined:
+            hlml["auto_declined"] = self.auto_declined
         return {STATE_KEY: hlml}
 
 

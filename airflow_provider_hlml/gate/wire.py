@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 __all__ = [
+    "AUTO_DECISION_PATH",
     "CALL_ID_TAKEN",
     "FEATURES_PATH",
+    "FEATURE_AUTO_DECISIONS",
     "FEATURE_GROUPS",
     "FEATURE_PUSH",
     "FEATURE_RULES",
@@ -51,6 +53,11 @@ FEATURE_PUSH = "decision_push"
 # ``{"call_ids": [...]}`` (1 to 10000) in, ``{"function_calls": [...]}`` out: those of the calls
 # that exist and are settled (decided, cancelled or expired), as ``GET /function_calls/{id}``.
 SETTLED_PATH = "/hlml/function_calls/settled"
+# The service records the decision policy's decision a request carries (``spec.state.hlml.auto``):
+# at once when it has no override window, or on ``POST`` here (``{call_id}``) by the request's
+# creator once the window has passed.
+FEATURE_AUTO_DECISIONS = "auto_decisions"
+AUTO_DECISION_PATH = "/hlml/function_calls/{call_id}/decide_by_policy"
 # The approvals service's extension route (under the API root) recording model-registry events
 # that concern no request in the audit chain: ``POST`` one (agent or admin key), ``GET`` the latest.
 REGISTRY_EVENTS_PATH = "/hlml/registry_events"

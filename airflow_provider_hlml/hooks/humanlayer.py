@@ -509,6 +509,21 @@ class HumanLayerHook(BaseHook):
         )
         return GateFunctionCall.model_validate(data)
 
+    def decide_by_policy(self, call_id: str) -> GateFunctionCall:
+        """
+        Have the approvals service record the decision policy's decision a request carries, now
+        that its override window has passed (approvals-service extension; 409 when a person
+        answered or the window is still open).
+
+        :param call_id: HumanLayer call id.
+        """
+        from urllib.parse import quote
+
+        from airflow_provider_hlml.gate.wire import AUTO_DECISION_PATH, GateFunctionCall
+
+        data = self._request("POST", AUTO_DECISION_PATH.format(call_id=quote(call_id, safe="")))
+        return GateFunctionCall.model_validate(data)
+
     def get_audit(self, call_id: str) -> list[dict[str, Any]]:
         """
         The audit trail of a request (approvals-service extension).

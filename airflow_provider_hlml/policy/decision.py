@@ -21,6 +21,7 @@ approvals service, the promotion and the dashboard can tell it from a person's.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -56,6 +57,8 @@ METRICS: dict[str, bool] = {
     "rmse": False,
     "mae": False,
 }
+#: What a policy's name may be (it becomes part of the principal decisions are recorded under).
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 #: Bootstrap resamples per batch (bounds memory: batch x rows x 3 arrays).
 _BATCH = 100
 
@@ -107,6 +110,9 @@ class DecisionPolicy:
     :param allow_auto_approve: whether a clear win is approved without a person (a governance
         policy file can forbid it per model or approval type).
     :param allow_auto_reject: whether a clear regression is rejected without a person.
+    :param override_window: seconds during which a person may still decide instead of the policy:
+        the gate's request stays open that long (reviewers see the policy's proposal and evidence)
+        and the policy's decision is recorded only if nobody answered. 0: at once.
     """
 
     rules: tuple[MetricRule, ...]
@@ -117,8 +123,23 @@ class DecisionPolicy:
     seed: int = 0
     allow_auto_approve: bool = True
     allow_auto_reject: bool = True
+    override_window: float = 0.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise PolicyError("name: 1-64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit")
+        if (
+            isinstance(self.version, bool)
+            or not isinstance(self.version, int)
+            or not 1 <= self.version <= 10**6
+        ):
+            raise PolicyError("version: an integer from 1 to 1000000")
+        for flag in ("allow_auto_approve", "allow_auto_reject"):
+            if not isinstance(getattr(self, flag), bool):
+                raise PolicyError(f"{flag}: true or false")
+        window = self.override_window
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 <= window <= 30 * 86_400:
+            raise PolicyError("override_window: seconds from 0 to 2592000 (30 days)")
         if not self.rules:
             raise PolicyError("a decision policy needs at least one metric rule")
         if len({r.metric for r in self.rules}) != len(self.rules):
@@ -137,7 +158,7 @@ class DecisionPolicy:
     def from_mapping(cls, raw: Mapping[str, Any]) -> DecisionPolicy:
         """A policy from its JSON/YAML form: ``{"name", "version", "metrics": {metric:
         {"threshold", "min_improvement", "max_regression"}}, "resamples", "confidence", "seed",
-        "allow_auto_approve", "allow_auto_reject"}``."""
+        "allow_auto_approve", "allow_auto_reject", "override_window"}``."""
         if not isinstance(raw, Mapping):
             raise PolicyError("a decision policy is a mapping")
         metrics = raw.get("metrics")
@@ -160,6 +181,7 @@ class DecisionPolicy:
             "seed",
             "allow_auto_approve",
             "allow_auto_reject",
+            "override_window",
         }
         unknown = set(raw) - known - {"metrics"}
         if unknown:
@@ -184,6 +206,7 @@ class DecisionPolicy:
             "seed": self.seed,
             "allow_auto_approve": self.allow_auto_approve,
             "allow_auto_reject": self.allow_auto_reject,
+            "override_window": self.override_window,
         }
 
 

@@ -32,6 +32,7 @@ from airflow_provider_hlml.gate.policy import ApprovalPolicy
 from airflow_provider_hlml.gate.state import (
     DUTIES,
     ApprovalRule,
+    AutoDecision,
     Forbidden,
     GateLocation,
     GateState,
@@ -217,6 +218,16 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
     :param poll_interval: seconds between status reads (default ``[hlml] poll_interval``).
     :param humanlayer_conn_id: Airflow connection of type ``humanlayer`` (default
         ``[hlml] humanlayer_conn_id``).
+    :param auto_decisions: act on a promotion decision policy's outcome in the context
+        (``context["decision"]``, as ``MLflowValidateOperator(decision_policy=...)`` reports it):
+        for ``auto_approve`` / ``auto_reject`` the request carries the decision and the approvals
+        service records it as the policy's principal (``policy:<name>-v<version>``), with the
+        evidence, attested like any decision; with the policy's ``override_window`` the request
+        stays open that long and a person answering first decides instead. ``human`` (and any
+        decision the approval policy file forbids: ``auto_approve: false`` / ``auto_reject:
+        false`` for the gate's type, urgency or model; or a server that cannot record it, such as
+        the HumanLayer cloud) asks a person as always. The result's ``branch`` and
+        ``branch_reason`` say which branch decided and why. Default on.
     """
 
     template_fields: Sequence[str] = (
@@ -262,8 +273,10 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         humanlayer_conn_id: str | None = None,
         wait_mode: str | None = None,
         finish_in_place: bool | None = None,
+        auto_decisions: bool = True,
         **kwargs: Any,
     ) -> None:
+        self.auto_decisions = auto_decisions
         self.finish_in_place = finish_in_place
         self.wait_mode = _choice(wait_mode, hlml_settings.WAIT_MODES, "wait_mode") if wait_mode else None
         self.response_timeout_seconds = _seconds(response_timeout, "response_timeout")
@@ -419,7 +432,15 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         from airflow_provider_hlml.gate.routing import Requirement, load_policy_file
 
         path = hlml_settings.approval_policy_file()
-        required = load_policy_file(path).requirement(self.approval_type, urgency) if path else Requirement()
+        model = sent_context.get("model_name") if isinstance(sent_context, Mapping) else None
+        required = (
+            load_policy_file(path).requirement(
+                self.approval_type, urgency, model if isinstance(model, str) else None
+            )
+            if path
+            else Requirement()
+        )
+        self._requirement = required
         if "requester" in required.forbid and self.allow_self_approval:
             raise AirflowFailException(
                 f"allow_self_approval=True is refused: the approval policy file ({path}) forbids "
@@ -435,6 +456,47 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             rules=rules,
             forbidden=forbidden,
         )
+
+    def auto_decision(self, sent_context: Any) -> tuple[AutoDecision | None, str | None]:
+        """The decision policy's decision this gate's request carries, if any, and otherwise why a
+        person decides although the policy decided (``None`` when it did not: ``human``, or no
+        policy). Call after :meth:`request_policy` (it reads the policy file's requirement)."""
+        decision = sent_context.get("decision") if isinstance(sent_context, Mapping) else None
+        if not self.auto_decisions or not isinstance(decision, Mapping):
+            return None, None
+        outcome = {"auto_approve": "approve", "auto_reject": "reject"}.get(str(decision.get("outcome")))
+        if outcome is None:
+            return None, None
+        verb = "approve" if outcome == "approve" else "reject"
+        policy = decision.get("policy")
+        window = policy.get("override_window", 0) if isinstance(policy, Mapping) else 0
+        try:
+            auto = AutoDecision(
+                outcome=outcome,
+                principal=str(decision.get("principal")),
+                reason=str(decision.get("reason") or "")[:2000],
+                override_seconds=float(window),
+            )
+        except (TypeError, ValueError) as exc:
+            self.log.warning("The context's decision cannot be used (%s): a person decides.", exc)
+            return None, f"the decision policy's decision is unreadable ({exc}): a person decides"
+        required = getattr(self, "_requirement", None)
+        if required is not None and not required.allows(outcome):
+            model = sent_context.get("model_name") if isinstance(sent_context, Mapping) else None
+            about = f"model {model!r}, " if isinstance(model, str) else ""
+            return None, (
+                f"{auto.principal} would {verb} ({auto.reason}), but the approval policy file forbids "
+                f"a decision policy to {verb} this gate ({about}{self.approval_type}, "
+                f"{self.request_urgency(sent_context)} urgency): a person decides"
+            )
+        from airflow_provider_hlml.gate.wire import FEATURE_AUTO_DECISIONS
+
+        if FEATURE_AUTO_DECISIONS not in self.hook.features():
+            return None, (
+                f"{auto.principal} would {verb} ({auto.reason}), but the approvals backend cannot "
+                "record a decision policy's decision: a person decides"
+            )
+        return auto, None
 
     def request_context(self, context: Context) -> dict[str, Any]:
         """
@@ -474,6 +536,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         urgency = self.request_urgency(sent_context)
         policy = self.request_policy(context, sent_context, urgency)
         self._policy = policy
+        auto, auto_declined = self.auto_decision(sent_context)
         facts = review_facts(sent_context)
         options = [ResponseOption.model_validate(o) for o in self.options]
         reject_options = [ResponseOption.model_validate(o) for o in self.reject_options]
@@ -496,6 +559,8 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             digest=review_digest(facts) if facts is not None else None,
             reminders=self.reminders,
             timeout=self.total_timeout_seconds,
+            auto=auto,
+            auto_declined=auto_declined,
             airflow=GateLocation(
                 dag_id=ti.dag_id,
                 run_id=ti.run_id,
@@ -541,8 +606,22 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         # Also when "created": a server may answer a create with a request it already had.
         self.check_same_request(call, request)
         url = approval_url(call.call_id)
-        if created:
-            self.log.info("Asked for approval: request %s, decide at %s", call.call_id, url)
+        decided = call.status is not None and call.status.approved is not None
+        if created and decided:
+            self.log.info("Request %s was decided by its decision policy (%s)", call.call_id, url)
+        elif created:
+            auto = GateState.from_state(call.spec.state).auto
+            if auto is not None:
+                self.log.info(
+                    "%s would %s: request %s stays open %.0f s for a person to decide instead (%s)",
+                    auto.principal,
+                    auto.outcome,
+                    call.call_id,
+                    auto.override_seconds,
+                    url,
+                )
+            else:
+                self.log.info("Asked for approval: request %s, decide at %s", call.call_id, url)
             for notifier in self.notifiers:
                 notifier(context)
         else:
@@ -595,15 +674,62 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             )
 
     def deadline_of(self, call: GateFunctionCall, escalated: bool) -> datetime | None:
-        """When the current waiting phase ends, counted from the request's ``requested_at``."""
-        if self.response_timeout_seconds is None:
-            return None
+        """When the current waiting phase ends, counted from the request's ``requested_at``: the
+        gate's timeout, or sooner the end of a decision policy's override window."""
         requested = (call.status.requested_at if call.status else None) or _now()
         requested = requested if requested.tzinfo else requested.replace(tzinfo=timezone.utc)
+        window = self.override_window_end(call, requested)
+        deadline = self.gate_deadline(requested, escalated)
+        if window is None or deadline is None:
+            return window or deadline
+        return min(deadline, window)
+
+    def gate_deadline(self, requested: datetime, escalated: bool) -> datetime | None:
+        """When the gate's own timeout (and escalation) ends for a request made at ``requested``."""
+        if self.response_timeout_seconds is None:
+            return None
         seconds = self.response_timeout_seconds
         if escalated:
             seconds += self.escalation_timeout_seconds or 0
         return requested + timedelta(seconds=seconds)
+
+    @staticmethod
+    def override_window_end(call: GateFunctionCall, requested: datetime) -> datetime | None:
+        """When the request's decision policy decides it, while nobody has answered."""
+        status = call.status
+        if status is None or status.approved is not None or status.answers:
+            return None
+        auto = GateState.from_state(call.spec.state).auto
+        return requested + timedelta(seconds=auto.override_seconds) if auto is not None else None
+
+    def decide_by_policy(
+        self, context: Context, call: GateFunctionCall | None, call_id: str, escalated: bool
+    ) -> dict[str, Any] | _KeepWaiting | None:
+        """At the end of an override window nobody used: have the service record the policy's
+        decision and return its event; keep waiting when a person has answered meanwhile; None
+        when the request carries no auto-decision (a real timeout)."""
+        from airflow_provider_hlml.hooks.humanlayer import HumanLayerConflictError
+
+        if call is None:
+            call = self.hook.get_function_call(call_id)
+        if GateState.from_state(call.spec.state).auto is None:
+            return None
+        if call.status is not None and call.status.approved is None and not call.status.answers:
+            try:
+                call = self.hook.decide_by_policy(call_id)
+            except HumanLayerConflictError as exc:
+                self.log.info("The decision policy did not decide %s: %s", call_id, exc)
+                call = self.hook.get_function_call(call_id)
+        event = self.check(call, context, escalated)
+        if event is not None and event["status"] != "timeout":
+            return event
+        requested = (call.status.requested_at if call.status else None) or _now()
+        requested = requested if requested.tzinfo else requested.replace(tzinfo=timezone.utc)
+        deadline = self.gate_deadline(requested, escalated)
+        if deadline is not None and _now() >= deadline:
+            return None  # the gate's own deadline passed too: on_timeout applies
+        # A person answered within the window (wait for them), or the service's clock is behind.
+        return _KeepWaiting(escalated=escalated)
 
     def already_escalated(self, call: GateFunctionCall) -> bool:
         """Whether this request was escalated before (read from the approvals service's audit trail)."""
@@ -988,6 +1114,11 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         self, context: Context, event: Mapping[str, Any], call: GateFunctionCall | None
     ) -> ApprovalResult | _KeepWaiting:
         call_id = event["call_id"]
+        by_policy = self.decide_by_policy(context, call, call_id, bool(event.get("escalated")))
+        if isinstance(by_policy, _KeepWaiting):
+            return by_policy
+        if by_policy is not None:
+            return self.settle(context, by_policy, None)
         policy = self.on_timeout
         if policy == "escalate" and not event.get("escalated"):
             self.escalate(call_id)

@@ -62,7 +62,7 @@ class TestHostileFiles:
     @pytest.mark.parametrize(
         ("text", "message"),
         [
-            ("- a\n- b\n", "a mapping with default, types and urgency"),
+            ("- a\n- b\n", "a mapping with default, types, urgency and models"),
             ("typo: {}\n", "unknown keys ['typo']"),
             ("types: [model_promotion]\n", "types: a mapping of names"),
             ("types:\n  custom: {rules: [], approvers: [x]}\n", "types.custom: unknown keys ['approvers']"),

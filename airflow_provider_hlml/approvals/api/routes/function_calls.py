@@ -34,7 +34,7 @@ from airflow_provider_hlml.approvals.schemas import (
     SettledLookup,
 )
 from airflow_provider_hlml.approvals.webhooks import FUNCTION_CALL_COMPLETED
-from airflow_provider_hlml.gate.wire import REPLAYED_HEADER, SETTLED_PATH
+from airflow_provider_hlml.gate.wire import AUTO_DECISION_PATH, REPLAYED_HEADER, SETTLED_PATH
 
 KIND = store.FUNCTION_CALL
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -71,9 +71,25 @@ def create_function_call(
     if not created:
         response.status_code = 200
         response.headers[REPLAYED_HEADER] = "true"
-    elif state.delivery is not None:
-        state.delivery.wake()
+    else:
+        if row.state != "pending":  # decided at once by the request's decision policy
+            state.announce(KIND, row.call_id, function_call_body(row), FUNCTION_CALL_COMPLETED)
+        if state.delivery is not None:
+            state.delivery.wake()
     return public_model(row)
+
+
+@router.post(AUTO_DECISION_PATH, response_model=FunctionCallPublic)
+def decide_function_call_by_policy(
+    call_id: str, session: SessionDep, state: StateDep, actor: CurrentActor
+) -> Any:
+    """Record the decision policy's decision the call carries, once its override window has passed
+    and nobody answered (the request's creator or an admin asks; 409 otherwise)."""
+    store.check_clean(call_id, "call_id")
+    row = store.decide_by_policy(session, call_id=call_id, actor=actor)
+    result = function_call_body(row)
+    state.announce(KIND, call_id, result, FUNCTION_CALL_COMPLETED)
+    return result
 
 
 @router.get("/function_calls", response_model=list[FunctionCallPublic])

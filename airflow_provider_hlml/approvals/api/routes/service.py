@@ -12,6 +12,7 @@ from airflow_provider_hlml.approvals.api.deps import CurrentActor, SessionDep, S
 from airflow_provider_hlml.approvals.api.routes.function_calls import ERRORS
 from airflow_provider_hlml.approvals.schemas import MetricsPublic
 from airflow_provider_hlml.gate.wire import (
+    FEATURE_AUTO_DECISIONS,
     FEATURE_GROUPS,
     FEATURE_PUSH,
     FEATURE_RULES,
@@ -34,7 +35,7 @@ def features(actor: CurrentActor, state: StateDep) -> dict[str, Any]:
     """What this service supports beyond HumanLayer's API (a gate with groups or rules checks it);
     ``decision_push`` only while settled requests are pushed somewhere (webhook URLs configured, or
     an in-process listener such as the Airflow plugin's)."""
-    listed = [FEATURE_GROUPS, FEATURE_RULES, FEATURE_SETTLED]
+    listed = [FEATURE_GROUPS, FEATURE_RULES, FEATURE_SETTLED, FEATURE_AUTO_DECISIONS]
     if state.publisher.active:
         listed.append(FEATURE_PUSH)
     return {"service": "hlml-approvals", "features": listed}
