@@ -61,6 +61,10 @@ MONITORED_MODEL_NAME = "hlml.model_name"
 MONITORED_MODEL_VERSION = "hlml.model_version"
 #: The MLflow run that trained the monitored version.
 MONITORED_SOURCE_RUN_ID = "hlml.source_run_id"
+#: The alias whose holder a monitoring run measured (``champion``).
+MONITORED_ALIAS = "hlml.model_alias"
+#: Monitoring-run tag: ``true`` | ``false``, whether the drift policy found the model drifted.
+DRIFT_DETECTED = "hlml.drift_detected"
 
 # --- Model-version audit tags written by ModelPromoteOperator -----------------------------------
 APPROVED_BY = "hlml.approved_by"
@@ -70,6 +74,9 @@ APPROVAL_CALL_ID = "hlml.approval_call_id"
 APPROVAL_URL = "hlml.approval_url"
 #: Every approver of the promotion and the rule each met: ``alice (ML lead); bob (Compliance)``.
 APPROVERS = "hlml.approvers"
+#: Which branch approved the promotion: ``auto_approve`` (the request's decision policy, whose
+#: principal is then :data:`APPROVED_BY`) or ``human``.
+APPROVAL_BRANCH = "hlml.approval_branch"
 #: The digest of what the reviewers were shown (re-checked before the alias moved).
 REVIEW_DIGEST = "hlml.review_digest"
 #: The signed attestation of the approval (a DSSE envelope; see ``gate/attestation.py``).

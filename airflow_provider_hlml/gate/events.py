@@ -99,6 +99,9 @@ class ApprovalDecisionEvent(TypedDict):
     """Every approval that counted, with its rule (the approvals service reports them)."""
     review_digest: NotRequired[str | None]
     """The digest of what the reviewers were shown, as the request carries it."""
+    branch: NotRequired[str]
+    """Which branch decided (:func:`decision_branch`), read where the request was known."""
+    branch_reason: NotRequired[str]
 
 
 class ApprovalTimeoutEvent(TypedDict):
@@ -186,7 +189,7 @@ def decision_event(call: GateFunctionCall) -> ApprovalDecisionEvent | None:
             email=info.email,
             via_delegate=info.via_delegate,
         )
-    return ApprovalDecisionEvent(
+    event = ApprovalDecisionEvent(
         status="approved" if status.approved else "rejected",
         call_id=call.call_id,
         approved=bool(status.approved),
@@ -199,6 +202,8 @@ def decision_event(call: GateFunctionCall) -> ApprovalDecisionEvent | None:
         approvals=approver_records(call),
         review_digest=GateState.from_state(call.spec.state).digest,
     )
+    event["branch"], event["branch_reason"] = decision_branch(event, call)
+    return event
 
 
 def approver_records(call: GateFunctionCall) -> list[ApproverRecord]:
@@ -313,7 +318,10 @@ def approval_result(
         sent_context = event["context"]
     elif call is not None and call.spec.kwargs.get("context") is not None:
         sent_context = call.spec.kwargs.get("context")
-    branch, branch_reason = decision_branch(event, call, timed_out)
+    if not timed_out and event.get("branch") and call is None:
+        branch, branch_reason = str(event["branch"]), str(event.get("branch_reason") or "")
+    else:
+        branch, branch_reason = decision_branch(event, call, timed_out)
     return ApprovalResult(
         approved=approved,
         chosen_options=[APPROVE if approved else REJECT],

@@ -407,6 +407,8 @@ class ModelPromoteOperator(BaseOperator):
             if decision.get("approval_url"):
                 tags[audit.APPROVAL_URL] = str(decision["approval_url"])
             tags[audit.APPROVERS] = approvers_tag(approvers_of(decision))
+            if decision.get("branch"):
+                tags[audit.APPROVAL_BRANCH] = str(decision["branch"])
             if decision.get("review_digest"):
                 tags[audit.REVIEW_DIGEST] = str(decision["review_digest"])
         return tags

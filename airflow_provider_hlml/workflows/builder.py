@@ -164,6 +164,7 @@ def _build_stage(spec: WorkflowSpec, stage: Stage, wiring: _Wiring, dag: DAG) ->
             model_name=spec.model_name if wiring.training.config.register_model else None,
             baseline_alias=validation.baseline_alias,
             on_fail=validation.on_fail,
+            decision_policy=validation.decision_policy,
             **mlflow,
             **common,
         )
@@ -225,6 +226,7 @@ def _build_gate(spec: WorkflowSpec, stage: Stage, wiring: _Wiring, dag: DAG) -> 
         on_timeout=stage.on_timeout,
         on_reject=stage.on_reject,
         reminders=stage.reminders.to_gate() if stage.reminders is not None else None,
+        auto_decisions=stage.approval_required == "auto",
         **_conn_kwargs(spec, "humanlayer_conn_id"),
         **_conn_kwargs(spec, "mlflow_conn_id"),  # the model's author is read from this MLflow
         **extra,
@@ -241,7 +243,7 @@ def _doc(spec: WorkflowSpec) -> str:
         "|---|---|---|---|",
     ]
     for index, stage in enumerate(spec.stages):
-        gate = "required" if stage.approval_required else ""
+        gate = {"auto": "by evidence, else a person", True: "required"}.get(stage.approval_required, "")
         lines.append(f"| {index} | {stage.name} (`{stage.stage_task_id}`) | {stage.type} | {gate} |")
     lines += ["", f"MLflow experiment `{spec.experiment_name}`, registered model `{spec.model_name}`."]
     return "\n".join(lines)

@@ -282,6 +282,11 @@ class ValidationConfig(_Strict):
         next to the candidate's (and which ``min_*_change`` rules compare with).
     :param on_fail: when the candidate does not pass: ``fail`` the task, ``skip`` it and what
         follows, or ``continue`` with the report (a gate after it then shows ``passed: false``).
+    :param decision_policy: a promotion decision policy (``name``, ``version``, ``metrics``:
+        metric -> ``threshold`` / ``min_improvement`` / ``max_regression``, ``resamples``,
+        ``confidence``, ``seed``, ``allow_auto_approve``, ``allow_auto_reject``,
+        ``override_window``): the report says ``auto_approve``, ``auto_reject`` or ``human`` by
+        evidence, which a later gate with ``approval_required: auto`` acts on.
     """
 
     dataset: str = Field(min_length=1)
@@ -290,6 +295,20 @@ class ValidationConfig(_Strict):
     model_type: Literal["classifier", "regressor"] = "classifier"
     baseline_alias: str = Field(default="champion", min_length=1)
     on_fail: Literal["fail", "skip", "continue"] = "fail"
+    decision_policy: dict[str, Any] | None = None
+
+    @field_validator("decision_policy")
+    @classmethod
+    def _valid_decision_policy(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        from airflow_provider_hlml.policy.decision import DecisionPolicy, PolicyError
+
+        try:
+            DecisionPolicy.from_mapping(value)
+        except (PolicyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a decision policy: {exc}") from None
+        return value
 
     @field_validator("dataset")
     @classmethod
@@ -401,7 +420,10 @@ class ReminderSpec(_Strict):
 class _StageBase(_Strict):
     name: str = Field(min_length=1)
     task_id: str | None = None
-    approval_required: bool = False
+    #: ``true``: a person decides at a gate before the stage; ``auto``: the gate acts on the
+    #: decision policy of the validation stage before it (a clear win or regression is decided
+    #: by the policy, the rest by a person).
+    approval_required: Literal["auto"] | bool = False
     approvers: list[str] | None = None
     #: Rules that must all be met (see ``HumanApprovalSensor(approval_rules=...)``).
     approval_rules: list[dict[str, Any]] | None = None
@@ -595,7 +617,18 @@ class WorkflowSpec(_Strict):
         problems: list[tuple[tuple[str | int, ...], str]] = []
         seen_ids: dict[str, int] = {}
         trained = deployed = registers = False
+        decides: ValidationStage | None = None  # the validation stage with a decision policy, if any
         for index, stage in enumerate(self.stages):
+            if stage.approval_required == "auto" and (
+                decides is None or decides.config.decision_policy is None
+            ):
+                problems.append(
+                    (
+                        ("stages", index, "approval_required"),
+                        "'auto' needs a validation stage with a decision_policy before this stage "
+                        "(after its training stage): the gate acts on its decision",
+                    )
+                )
             for task_id in (stage.stage_task_id, *((stage.gate_task_id,) if stage.approval_required else ())):
                 if task_id in seen_ids:
                     problems.append(
@@ -621,6 +654,9 @@ class WorkflowSpec(_Strict):
                 trained = True
                 deployed = False
                 registers = stage.config.register_model
+                decides = None
+            elif isinstance(stage, ValidationStage):
+                decides = stage
             elif isinstance(stage, DeploymentStage):
                 if deployed:
                     problems.append((("stages", index, "type"), "the model of this run is already deployed"))

@@ -280,3 +280,62 @@ class TestImportErrors:
         bag = DagBag(dag_folder=str(dag_file))
         assert bag.import_errors == {}
         assert bag.dag_ids == [WorkflowSpec.from_mapping(good).resolved_dag_id]
+
+
+class TestApprovalRequiredAuto:
+    POLICY = {
+        "name": "churn-margin",
+        "version": 2,
+        "metrics": {"accuracy": {"threshold": 0.8, "min_improvement": 0.01, "max_regression": 0.01}},
+    }
+
+    def spec(self, approval_required: Any = "auto", policy: Any = POLICY) -> dict[str, Any]:
+        data = good_spec()
+        if policy is not None:
+            data["stages"][2]["config"]["decision_policy"] = policy
+        data["stages"][3]["approval_required"] = approval_required
+        return data
+
+    def test_auto_gate_acts_on_the_validations_decision_policy(self) -> None:
+        dag = build_ml_workflow_dag(self.spec())
+        validate = dag.get_task("model_validation")
+        gate = dag.get_task("approve_production_deployment")
+        assert isinstance(validate, MLflowValidateOperator)
+        assert validate.decision_policy is not None
+        assert validate.decision_policy.principal == "policy:churn-margin-v2"
+        assert isinstance(gate, HumanApprovalSensor)
+        assert gate.auto_decisions is True
+        assert isinstance(gate.context, PlainXComArg)
+        assert gate.context.operator.task_id == "model_validation"
+        assert "by evidence, else a person" in (dag.doc_md or "")
+
+    def test_a_plain_true_gate_always_asks_a_person(self) -> None:
+        gate = build_ml_workflow_dag(self.spec(True)).get_task("approve_production_deployment")
+        assert gate.auto_decisions is False
+
+    def test_auto_without_a_decision_policy_is_refused(self) -> None:
+        with pytest.raises(WorkflowSpecError) as raised:
+            WorkflowSpec.from_mapping(self.spec(policy=None), source="inline")
+        assert raised.value.problems == [
+            (
+                "stages[3].approval_required",
+                "'auto' needs a validation stage with a decision_policy before this stage (after its "
+                "training stage): the gate acts on its decision",
+            )
+        ]
+
+    @pytest.mark.parametrize(
+        ("policy", "needle"),
+        [
+            ({"metrics": {"log_loss": 0.1}}, "metric 'log_loss'"),
+            ({**POLICY, "name": "Bad Name!"}, "name:"),
+            ({**POLICY, "override_window": -5}, "override_window"),
+            ({**POLICY, "surprise": 1}, "unknown keys"),
+        ],
+    )
+    def test_a_broken_decision_policy_names_the_field(self, policy: Any, needle: str) -> None:
+        with pytest.raises(WorkflowSpecError) as raised:
+            WorkflowSpec.from_mapping(self.spec(policy=policy), source="inline")
+        ((where, problem),) = raised.value.problems
+        assert where == "stages[2].config.decision_policy"
+        assert needle in problem
