@@ -15,6 +15,7 @@ the request. Nothing here imports Airflow.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,9 @@ class Card:
     progress: str
     decision: Mapping[str, Any] | None = None
     location: GateLocation = field(default_factory=GateLocation)
+    #: What the request's decision policy does (it would decide, unless a person answers by a
+    #: time), or why a person decides although it decided; None when no policy is involved.
+    policy_note: str | None = None
 
     def link(self, kind: str) -> CardLink | None:
         """The first link of ``kind`` (``mlflow_run``, ``model_version``, ``champion_version``,
@@ -232,6 +236,30 @@ def _links(
     return tuple(links)
 
 
+def policy_note(gate: GateState, status: Mapping[str, Any], state: str) -> str | None:
+    """The card's line about the request's decision policy (see :attr:`Card.policy_note`)."""
+    auto = gate.auto
+    if auto is not None and state == "pending" and not status.get("answers"):
+        verb = "approve" if auto.approves else "reject"
+        when = ""
+        requested = _text(status.get("requested_at"))
+        if requested:
+            try:
+                start = dt.datetime.fromisoformat(requested)
+            except ValueError:
+                start = None
+            if start is not None:
+                end = start + dt.timedelta(seconds=auto.override_seconds)
+                when = f" at {end.isoformat(timespec='seconds')}"
+        return (
+            f"{auto.principal} would {verb} this request: {auto.reason}. It decides{when} "
+            "unless a person answers first."
+        )
+    if gate.auto_declined and state == "pending":
+        return gate.auto_declined
+    return None
+
+
 def build_card(
     call: Mapping[str, Any], links: LinkMaker | None = None, *, champion_run_id: str | None = None
 ) -> Card:
@@ -278,6 +306,7 @@ def build_card(
         }
     body = str(kwargs.get("body")) if isinstance(kwargs.get("body"), str) else ""
     return Card(
+        policy_note=policy_note(gate, status, state),
         call_id=str(call.get("call_id") or ""),
         subject=_text(kwargs.get("subject")) or _text(spec.get("fn")) or "",
         body_markdown=body,

@@ -913,3 +913,26 @@ def test_credentials() -> None:
     assert (
         SmtpTarget.from_url("smtp://127.0.0.1:25", username=USERNAME, password=PASSWORD).username == USERNAME
     )
+
+
+def test_the_decision_policys_proposal_is_on_the_card_and_escaped() -> None:
+    call = promotion_call(status={"requested_at": "2026-11-27T10:00:00+00:00"})
+    call["spec"]["state"] = {
+        "hlml": {
+            "approvers": [],
+            "auto": {
+                "outcome": "approve",
+                "principal": "policy:margin-v1",
+                "reason": f"accuracy +5 points {XSS}",
+                "override_seconds": 600,
+            },
+        }
+    }
+    text, html = parts(
+        render_email(request_notice(build_card(call, Links())), sender=SENDER, recipient=REVIEWER)
+    )
+    assert "Decision policy: policy:margin-v1 would approve this request" in text
+    assert "It decides at 2026-11-27T10:10:00+00:00 unless a person answers first." in text
+    assert "Decision policy</h2>" in html
+    assert "<script" not in html
+    assert_mail_safe(html)

@@ -324,6 +324,7 @@ def _card_view(card: Card) -> dict[str, Any]:
         "body_html": Markup(card.body_html),
         "body_text": _clean(card.body_markdown, MAX_BODY_CHARS, multiline=True).strip(),
         "progress": _clean(card.progress, MAX_VALUE_CHARS),
+        "policy_note": _clean(card.policy_note or "", MAX_VALUE_CHARS),
         "links": [{"label": _clean(lk.label, 200), "href": _href(lk.url)} for lk in card.links if lk.url],
     }
 

@@ -276,6 +276,8 @@ def _summary_blocks(card: Card, dashboard_url: str | None) -> list[dict[str, Any
         blocks.append(_section(_join_lines(lines, MAX_SECTION_TEXT)))
     elif card.no_champion:
         blocks.append(_section("*Metrics*: no champion yet"))
+    if card.policy_note:
+        blocks.append(_section(f"*Decision policy*: {_esc(card.policy_note, 2000)}"))
     if card.progress:
         blocks.append(_section(f"*Rules*: {_esc(card.progress, 2000)}"))
     links = _links_block(card, dashboard_url)

@@ -256,3 +256,42 @@ class TestCard:
         assert card.status == "pending"
         assert card.metrics == ()
         assert card.body_html == ""
+
+
+class TestPolicyNote:
+    def call(self, auto: Any = None, declined: str | None = None, **status: Any) -> dict[str, Any]:
+        hlml: dict[str, Any] = {"approvers": []}
+        if auto is not None:
+            hlml["auto"] = auto
+        if declined is not None:
+            hlml["auto_declined"] = declined
+        return {
+            "call_id": "c1",
+            "spec": {
+                "fn": "model_promotion",
+                "kwargs": {"subject": "s", "context": {}},
+                "state": {"hlml": hlml},
+            },
+            "status": {"requested_at": "2026-11-27T10:00:00+00:00", **status},
+        }
+
+    def test_a_pending_request_says_what_the_policy_would_do_and_when(self) -> None:
+        auto = {
+            "outcome": "approve",
+            "principal": "policy:margin-v1",
+            "reason": "clear win",
+            "override_seconds": 3600,
+        }
+        card = build_card(self.call(auto))
+        assert card.policy_note == (
+            "policy:margin-v1 would approve this request: clear win. It decides at "
+            "2026-11-27T11:00:00+00:00 unless a person answers first."
+        )
+        answered = self.call(auto, answers=[{"name": "alice", "approved": False, "at": "x"}])
+        assert build_card(answered).policy_note is None
+        assert build_card(self.call(auto, approved=True, responded_at="x")).policy_note is None
+
+    def test_a_declined_policy_says_why_a_person_decides(self) -> None:
+        card = build_card(self.call(declined="the approval policy file forbids it: a person decides"))
+        assert card.policy_note == "the approval policy file forbids it: a person decides"
+        assert build_card(self.call()).policy_note is None
