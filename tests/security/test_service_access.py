@@ -43,6 +43,8 @@ ROLE_MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/hlml/features"): ANY_ROLE,
     ("GET", "/hlml/deliveries"): ANY_ROLE,
     ("POST", "/hlml/function_calls/settled"): ANY_ROLE,
+    # Then only the request's creator or an admin (the decision itself is the request's own).
+    ("POST", "/hlml/function_calls/{call_id}/decide_by_policy"): CREATORS,
     ("POST", "/hlml/registry_events"): CREATORS,
     ("GET", "/hlml/registry_events"): ANY_ROLE,
 }
