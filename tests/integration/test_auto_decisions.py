@@ -23,12 +23,14 @@ from airflow_provider_hlml import audit
 from airflow_provider_hlml.hooks.mlflow import MLflowHook
 from airflow_provider_hlml.operators.promote import ModelPromoteOperator
 from airflow_provider_hlml.operators.validate import MLflowValidateOperator
+from tests.integration.test_governance_promotion import env
 from tests.unit.operators.dagrun_helpers import churn_frame, run_dag, task_states, xcom_value
 from tests.unit.operators.test_mlflow import registered
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["registered"]  # the fixture: a good (v1) and a poor (v2) version, trained for real
+# The fixtures: a good (v1) and a poor (v2) version, trained for real; the services.
+__all__ = ["env", "registered"]
 
 PRINCIPAL = "policy:champion-margin-v1"
 
@@ -92,19 +94,6 @@ def audit_of(service: Any, call_id: str) -> list[dict[str, Any]]:
     return list(resp.json())
 
 
-@pytest.fixture
-def env(
-    mlflow_conn: str,
-    approvals_service: Any,
-    humanlayer_conn: str,
-    airflow_db: Any,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Any:
-    monkeypatch.setenv("AIRFLOW__HLML__LONG_POLL_SECONDS", "2")
-    monkeypatch.delenv("AIRFLOW__HLML__APPROVAL_POLICY_FILE", raising=False)
-    return approvals_service
-
-
 def pending_request(service: Any, dag_id: str, timeout: float = 120) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {service.agent_key}"}
     deadline = time.monotonic() + timeout
@@ -140,13 +129,25 @@ def answer_when_pending(
     return thread
 
 
+class Models:
+    """The registered model's versions, and @champion set to one of them."""
+
+    def __init__(self, mlflow_conn: str, registered: dict[str, Any], champion: str) -> None:
+        self.hook = MLflowHook(mlflow_conn)
+        self.name = registered["name"]
+        self.good, self.poor = registered["good"]["version"], registered["poor"]["version"]
+        self.hook.client.set_registered_model_alias(self.name, "champion", getattr(self, champion))
+
+    def champion(self) -> Any:
+        return self.hook.client.get_model_version_by_alias(self.name, "champion")
+
+
 class TestAutoDecisions:
     def test_a_clear_win_is_promoted_by_the_policy_with_its_principal_in_tags_audit_and_attestation(
         self, env: Any, mlflow_conn: str, registered: dict[str, Any]
     ) -> None:
-        hook = MLflowHook(mlflow_conn)
-        name, good, poor = registered["name"], registered["good"]["version"], registered["poor"]["version"]
-        hook.client.set_registered_model_alias(name, "champion", poor)
+        m = Models(mlflow_conn, registered, champion="poor")
+        hook, name, good = m.hook, m.name, m.good
         dag_run = run_dag(pipeline(name, good, policy()))
         assert task_states(dag_run) == {"validate": "success", "approve": "success", "promote": "success"}
         report, decision = xcom_value(dag_run, "validate"), xcom_value(dag_run, "approve")
@@ -178,9 +179,8 @@ class TestAutoDecisions:
     def test_a_clear_regression_is_rejected_by_the_policy_and_nothing_moves(
         self, env: Any, mlflow_conn: str, registered: dict[str, Any]
     ) -> None:
-        hook = MLflowHook(mlflow_conn)
-        name, good, poor = registered["name"], registered["good"]["version"], registered["poor"]["version"]
-        hook.client.set_registered_model_alias(name, "champion", good)
+        m = Models(mlflow_conn, registered, champion="good")
+        hook, name, good, poor = m.hook, m.name, m.good, m.poor
         dag_run = run_dag(pipeline(name, poor, policy()))
         assert task_states(dag_run) == {"validate": "success", "approve": "success", "promote": "skipped"}
         decision = xcom_value(dag_run, "approve")
@@ -191,9 +191,8 @@ class TestAutoDecisions:
     def test_a_person_overrides_within_the_window(
         self, env: Any, mlflow_conn: str, registered: dict[str, Any]
     ) -> None:
-        hook = MLflowHook(mlflow_conn)
-        name, good, poor = registered["name"], registered["good"]["version"], registered["poor"]["version"]
-        hook.client.set_registered_model_alias(name, "champion", poor)
+        m = Models(mlflow_conn, registered, champion="poor")
+        hook, name, good, poor = m.hook, m.name, m.good, m.poor
         dag = pipeline(name, good, policy(override_window=120))
         seen: list[dict[str, Any]] = []
         thread = answer_when_pending(env, dag.dag_id, approved=False, seen=seen)
@@ -212,9 +211,8 @@ class TestAutoDecisions:
     def test_nobody_answering_in_the_window_leaves_the_decision_to_the_policy(
         self, env: Any, mlflow_conn: str, registered: dict[str, Any]
     ) -> None:
-        hook = MLflowHook(mlflow_conn)
-        name, good, poor = registered["name"], registered["good"]["version"], registered["poor"]["version"]
-        hook.client.set_registered_model_alias(name, "champion", poor)
+        m = Models(mlflow_conn, registered, champion="poor")
+        hook, name, good = m.hook, m.name, m.good
         started = time.monotonic()
         dag_run = run_dag(pipeline(name, good, policy(override_window=3)))
         assert task_states(dag_run)["promote"] == "success"
@@ -232,12 +230,11 @@ class TestAutoDecisions:
         tmp_path: Any,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        hook = MLflowHook(mlflow_conn)
-        name, good, poor = registered["name"], registered["good"]["version"], registered["poor"]["version"]
+        m = Models(mlflow_conn, registered, champion="poor")
+        hook, name, good = m.hook, m.name, m.good
         policy_file = tmp_path / "policy.yaml"
         policy_file.write_text(f"models:\n  {name}:\n    auto_approve: false\n")
         monkeypatch.setenv("AIRFLOW__HLML__APPROVAL_POLICY_FILE", str(policy_file))
-        hook.client.set_registered_model_alias(name, "champion", poor)
         dag = pipeline(name, good, policy(), allow_self_approval=True, forbid=[])
         seen: list[dict[str, Any]] = []
         thread = answer_when_pending(env, dag.dag_id, approved=True, seen=seen)
