@@ -5,7 +5,8 @@ Two parts:
 * **Season**: 52 weekly candidates, each scored against the champion of that week on 10,000 fresh
   validation rows. Each candidate's true accuracy is planted relative to the champion's: clear
   improvements (+2 to +6 points), clear regressions (-2 to -6) and ties (-0.5 to +0.5), in a fixed
-  shuffled order, against a champion whose accuracy on each week's data drifts with the season
+  shuffled order (the season's plan, ``airflow_provider_hlml.examples.season.season_plan``, which
+  the example DAG ``dags/hlml_season.py`` trains real candidates for), against a champion whose accuracy on each week's data drifts with the season
   (0.74-0.82). Rows have a shared difficulty, so the two models' errors are correlated as real
   models' are (which is what a paired test exploits). Printed: the human-intervention rate,
   auto-approvals and auto-rejections, and the wrong ones (an auto-approval of a candidate that is
@@ -35,40 +36,11 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
-from airflow_provider_hlml.policy.decision import (  # noqa: E402
-    AUTO_APPROVE,
-    AUTO_REJECT,
-    HUMAN,
-    DecisionPolicy,
-    MetricRule,
-    decide,
-)
+from airflow_provider_hlml.examples.season import SEASON_POLICY, season_plan  # noqa: E402
+from airflow_provider_hlml.policy.decision import AUTO_APPROVE, AUTO_REJECT, HUMAN, decide  # noqa: E402
 
-POLICY = DecisionPolicy(
-    rules=(MetricRule("accuracy", threshold=0.6, min_improvement=0.01, max_regression=0.01),),
-    name="champion-margin",
-    version=1,
-    resamples=1000,
-    seed=0,
-)
-
-
-def season_plan(weeks: int, seed: int) -> list[tuple[str, float]]:
-    """(kind, planted accuracy change) per week: a third each of wins, regressions and ties."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    kinds = ["win", "regression", "tie"] * (weeks // 3 + 1)
-    plan = []
-    for kind in kinds[:weeks]:
-        if kind == "win":
-            plan.append((kind, float(rng.uniform(0.02, 0.06))))
-        elif kind == "regression":
-            plan.append((kind, float(-rng.uniform(0.02, 0.06))))
-        else:
-            plan.append((kind, float(rng.uniform(-0.005, 0.005))))
-    order = rng.permutation(weeks)
-    return [plan[i] for i in order]
+#: The season's policy (the example DAG ``dags/hlml_season.py`` decides with the same one).
+POLICY = SEASON_POLICY
 
 
 def predictions(y: Any, difficulty: Any, accuracy: float, rng: Any) -> Any:

@@ -119,7 +119,9 @@ def pipeline_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "finished_runs": len(finished),
         "running_runs": sum(1 for r in runs if r["state"] in ("running", "queued")),
         "failed_runs": sum(1 for r in finished if r["state"] == "failed"),
-        "human_intervention_rate": len(reached_gate) / len(finished) if finished else None,
+        # Runs whose gate finished: a decision policy may have decided it, so this is not the
+        # human-intervention rate (``views.approval_figures`` counts who decided).
+        "gated_run_rate": len(reached_gate) / len(finished) if finished else None,
         "deployment_rate": len(deployed) / len(finished) if finished else None,
         "avg_completion_seconds": statistics.fmean(durations) if durations else None,
     }

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
 
 from markupsafe import Markup
 
 #: Colours of approval outcomes, the same as the status pills of the pages.
 OUTCOME_COLORS = {"approved": "#16a34a", "rejected": "#dc2626", "expired": "#d97706", "cancelled": "#9ca3af"}
+#: Colours of how model decisions were made (a decision policy, or a person), by their legend names.
+DECISION_COLORS = {"auto-approved": "#86efac", "auto-rejected": "#fca5a5", "by a person": "#2563eb"}
 PALETTE = ("#2563eb", "#16a34a", "#dc2626", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563")
 _W, _H = 640, 240
 _L, _R, _T, _B = 52, 12, 26, 48
@@ -22,7 +24,11 @@ def _fmt(value: float) -> str:
     return f"{value:.2f}"
 
 
-def _frame(y_max: float, y_min: float, y_label: str) -> list[str]:
+def _pct(value: float) -> str:
+    return f"{100 * value:.0f}%"
+
+
+def _frame(y_max: float, y_min: float, y_label: str, fmt: Callable[[float], str] = _fmt) -> list[str]:
     parts = [
         f'<svg viewBox="0 0 {_W} {_H}" class="chart" role="img" xmlns="http://www.w3.org/2000/svg">',
         f'<text x="{_L - 6}" y="11" text-anchor="end" class="axis-label">{escape(y_label)}</text>',
@@ -31,9 +37,7 @@ def _frame(y_max: float, y_min: float, y_label: str) -> list[str]:
         value = y_min + (y_max - y_min) * i / 4
         y = _H - _B - (_H - _T - _B) * i / 4
         parts.append(f'<line x1="{_L}" x2="{_W - _R}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
-        parts.append(
-            f'<text x="{_L - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{_fmt(value)}</text>'
-        )
+        parts.append(f'<text x="{_L - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">{fmt(value)}</text>')
     return parts
 
 
@@ -68,22 +72,33 @@ def empty_chart(message: str = "No data yet") -> Markup:
 
 
 def line_chart(
-    labels: Sequence[str], series: dict[str, Sequence[float | None]], *, y_label: str = ""
+    labels: Sequence[str],
+    series: dict[str, Sequence[float | None]],
+    *,
+    y_label: str = "",
+    percent: bool = False,
 ) -> Markup:
-    """One line per series over shared x labels; ``None`` values leave a gap."""
+    """One line per series over shared x labels; ``None`` values leave a gap.
+
+    :param percent: the values are shares (0 to 1): the axis runs from 0% to 100%.
+    """
     values = [v for points in series.values() for v in points if v is not None]
     if not labels or not values:
         return empty_chart()
-    y_min = min(0.0, min(values))
-    y_max = max(values) if max(values) > y_min else y_min + 1
-    y_max *= 1.05
+    fmt = _pct if percent else _fmt
+    if percent:
+        y_min, y_max = 0.0, 1.0
+    else:
+        y_min = min(0.0, min(values))
+        y_max = max(values) if max(values) > y_min else y_min + 1
+        y_max *= 1.05
     n = len(labels)
     xs = [_L + (_W - _L - _R) * (i + 0.5) / n for i in range(n)]
 
     def y_of(v: float) -> float:
         return _H - _B - (_H - _T - _B) * (v - y_min) / (y_max - y_min)
 
-    parts = _frame(y_max, y_min, y_label)
+    parts = _frame(y_max, y_min, y_label, fmt)
     for idx, (name, points) in enumerate(series.items()):
         color = PALETTE[idx % len(PALETTE)]
         coords = [(x, y_of(v)) for x, v in zip(xs, points, strict=True) if v is not None]
@@ -92,7 +107,7 @@ def line_chart(
             parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
         for (x, y), v in zip(coords, [v for v in points if v is not None], strict=True):
             parts.append(
-                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"><title>{escape(name)}: {_fmt(v)}</title></circle>'
+                f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"><title>{escape(name)}: {fmt(v)}</title></circle>'
             )
     parts += _x_labels(labels, xs)
     parts += _legend(list(series))

@@ -10,12 +10,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from airflow_provider_hlml.gate.policy import Answer, ApprovalPolicy, is_group
-from airflow_provider_hlml.gate.state import GateLocation, GateState
+from airflow_provider_hlml.gate.state import GateLocation, GateState, is_policy_principal
 from airflow_provider_hlml.plugins.auth import Identity
 from airflow_provider_hlml.review.card import Card, MetricRow, status_of
 
 DECIDED_STATUSES = ("approved", "rejected", "expired", "cancelled")
 ALL_STATUSES = ("pending", *DECIDED_STATUSES)
+#: How a model decision was made: by a decision policy (approved or rejected as its principal,
+#: ``policy:<name>-v<version>``) or by a person the gate asked (a human intervention).
+DECISION_SOURCES = ("auto_approved", "auto_rejected", "human")
+#: The approval type of a model decision (a gate may also be decided by a policy whatever its type).
+MODEL_PROMOTION = "model_promotion"
 
 
 def parse_time(value: Any) -> dt.datetime | None:
@@ -67,6 +72,26 @@ def call_answers(status: dict[str, Any], kind: str) -> list[dict[str, Any]]:
             }
         )
     return answers
+
+
+def decided_by_policy(user_info: Mapping[str, Any] | None) -> bool:
+    """Whether the decision ``status.user_info`` reports was made by a decision policy: its
+    principal (or name) is a policy principal, ``policy:<name>-v<version>``, not a person."""
+    if not isinstance(user_info, Mapping):
+        return False
+    return is_policy_principal(user_info.get("principal")) or is_policy_principal(user_info.get("name"))
+
+
+def decision_source(item: Mapping[str, Any]) -> str | None:
+    """How a normalized request was decided, as a model decision: ``auto_approved`` /
+    ``auto_rejected`` (by a decision policy), ``human`` (by a person the gate asked), or None when
+    it is no decided model decision (pending, expired, cancelled, or a gate of another type that
+    no policy decided)."""
+    if item.get("status") not in ("approved", "rejected"):
+        return None
+    if item.get("decided_by_policy"):
+        return "auto_approved" if item["status"] == "approved" else "auto_rejected"
+    return "human" if item.get("approval_type") == MODEL_PROMOTION else None
 
 
 def item_policy(item: dict[str, Any]) -> ApprovalPolicy:
@@ -173,6 +198,8 @@ def normalize_call(call: dict[str, Any], *, airflow_base_path: str) -> dict[str,
         "cancel_reason": status.get("cancel_reason"),
         "responded_by": user_info.get("name") or user_info.get("email") or user_info.get("principal"),
         "responded_by_email": user_info.get("email"),
+        # Whether a decision policy made the decision (its principal answered, not a person).
+        "decided_by_policy": kind in ("approved", "rejected") and decided_by_policy(user_info),
         "approvers": list(gate.approvers),
         # Approvers an escalation added (the service reports them; they extend the approvers).
         "extra_approvers": extra_approvers,
@@ -246,6 +273,7 @@ def attach_card(item: dict[str, Any], card: Card) -> dict[str, Any]:
     item["has_report"] = card.has_report
     item["no_champion"] = card.no_champion
     item["links"] = [{"label": lk.label, "url": lk.url, "kind": lk.kind} for lk in card.links]
+    item["policy_note"] = card.policy_note
     if card.decision and card.decision.get("reject_option_title"):
         item["reject_option_title"] = card.decision["reject_option_title"]
     return item
@@ -274,7 +302,12 @@ def decision_block_reason(item: dict[str, Any], identity: Identity, *, may_edit_
 
 
 def approval_figures(items: list[dict[str, Any]], metrics: dict[str, Any] | None) -> dict[str, Any]:
-    """Approval key figures: from the service's metrics when offered, else from the listed calls."""
+    """Approval key figures: from the service's metrics when offered, else from the listed calls.
+
+    Also the decided model decisions by how they were made (``auto_approved``, ``auto_rejected``,
+    ``human_decided``, ``model_decisions``) and the ``human_intervention_rate``: the share of them
+    a person decided after the gate asked (None when none was decided).
+    """
     decided = [i for i in items if i["status"] in DECIDED_STATUSES]
     counts = Counter(i["status"] for i in items)
     response = [i["response_seconds"] for i in decided if i["status"] in ("approved", "rejected")]
@@ -290,6 +323,17 @@ def approval_figures(items: list[dict[str, Any]], metrics: dict[str, Any] | None
         "median_response_seconds": statistics.median(response) if response else None,
         "timeout_rate": counts["expired"] / len(decided) if decided else None,
     }
+    # Model decisions by how they were made: a decision policy, or a person the gate asked.
+    sources = model_decision_counts(items)
+    computed.update(
+        {
+            "auto_approved": sources["auto_approved"],
+            "auto_rejected": sources["auto_rejected"],
+            "human_decided": sources["human"],
+            "model_decisions": sum(sources.values()),
+            "human_intervention_rate": _human_share(sources),
+        }
+    )
     if metrics:
         for key in ("approval_rate", "median_response_seconds", "timeout_rate", "p95_response_seconds"):
             if key in metrics:
@@ -363,19 +407,72 @@ def production_models(models: list[dict[str, Any]]) -> int:
     return sum(1 for m in models if {"champion", "production"} & set(m.get("aliases", {})))
 
 
+def _day_window(days: int, today: dt.date | None) -> tuple[list[str], dict[str, int]]:
+    """The ISO dates of the ``days`` UTC days ending ``today`` (default: now), oldest first, and
+    each date's position."""
+    today = today or dt.datetime.now(dt.timezone.utc).date()
+    labels = [(today - dt.timedelta(days=days - 1 - i)).isoformat() for i in range(days)]
+    return labels, {label: i for i, label in enumerate(labels)}
+
+
+def _response_day(item: Mapping[str, Any], index: Mapping[str, int]) -> int | None:
+    """The position of the UTC day ``item`` was decided on in a window, None outside it."""
+    when = parse_time(item.get("responded_at"))
+    return index.get(when.date().isoformat()) if when else None
+
+
 def daily_decision_counts(
     items: list[dict[str, Any]], *, days: int = 14, today: dt.date | None = None
 ) -> tuple[list[str], dict[str, list[float]]]:
     """Decisions per status and UTC day of response over the ``days`` days ending ``today``."""
-    today = today or dt.datetime.now(dt.timezone.utc).date()
-    labels = [(today - dt.timedelta(days=days - 1 - i)).isoformat() for i in range(days)]
-    index = {label: i for i, label in enumerate(labels)}
+    labels, index = _day_window(days, today)
     stacks: dict[str, list[float]] = {s: [0.0] * days for s in DECIDED_STATUSES}
     for item in items:
-        when = parse_time(item["responded_at"])
-        if item["status"] in stacks and when and when.date().isoformat() in index:
-            stacks[item["status"]][index[when.date().isoformat()]] += 1
+        day = _response_day(item, index)
+        if item["status"] in stacks and day is not None:
+            stacks[item["status"]][day] += 1
     return [label[5:] for label in labels], stacks
+
+
+def _human_share(counts: Mapping[str, float]) -> float | None:
+    """Human-decided / all decided model decisions; None when none was decided."""
+    decided = sum(counts.get(source, 0) for source in DECISION_SOURCES)
+    return counts.get("human", 0) / decided if decided else None
+
+
+def model_decision_counts(items: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Decided model decisions by how they were made (:func:`decision_source`)."""
+    counts = Counter(decision_source(item) for item in items)
+    return {source: counts[source] for source in DECISION_SOURCES}
+
+
+def daily_model_decisions(
+    items: list[dict[str, Any]], *, days: int = 14, today: dt.date | None = None
+) -> dict[str, Any]:
+    """Model decisions per UTC day of response over the ``days`` days ending ``today`` (the window
+    of :func:`daily_decision_counts`), by how they were made, and the human-intervention rate
+    (human-decided / all decided) per day and over the window.
+
+    :return: ``{"labels", "series": {"auto_approved", "auto_rejected", "human"} (counts per day),
+        "human_rate" (per day, None on a day without decisions), "totals" (over the window),
+        "human_intervention_rate" (over the window), "days"}``.
+    """
+    labels, index = _day_window(days, today)
+    series: dict[str, list[float]] = {source: [0.0] * days for source in DECISION_SOURCES}
+    for item in items:
+        source = decision_source(item)
+        day = _response_day(item, index) if source else None
+        if source and day is not None:
+            series[source][day] += 1
+    totals = {source: int(sum(counts)) for source, counts in series.items()}
+    return {
+        "labels": [label[5:] for label in labels],
+        "series": series,
+        "human_rate": [_human_share({s: series[s][i] for s in DECISION_SOURCES}) for i in range(days)],
+        "totals": totals,
+        "human_intervention_rate": _human_share(totals),
+        "days": days,
+    }
 
 
 def response_time_series(

@@ -113,17 +113,22 @@ class DashboardServer:
         map_index: int = -1,
         rules: list[dict[str, Any]] | None = None,
         forbidden: list[dict[str, Any]] | None = None,
+        auto: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """A pending request shaped like the HumanApprovalSensor's, created with the agent key.
 
         ``ti_url`` is whatever the agent writes there (the dashboard must not trust it).
-        ``rules`` and ``forbidden`` are the gate's approval rules and separation of duties.
+        ``rules`` and ``forbidden`` are the gate's approval rules and separation of duties;
+        ``auto`` the decision policy's decision the gate carries (``state.hlml.auto``: the service
+        records it as the policy's principal, at once without an override window).
         """
         policy: dict[str, Any] = {}
         if rules is not None:
             policy["rules"] = rules
         if forbidden is not None:
             policy["forbidden"] = forbidden
+        if auto is not None:
+            policy["auto"] = auto
         body = {
             "run_id": f"airflow-{dag_id}",
             "call_id": call_id,

@@ -349,6 +349,61 @@ class TestPages:
         assert after["figures"]["approval_rate"] is not None
         assert any(e["kind"] == "approval_approved" for e in after["recent_activity"])
 
+    def test_analytics_tell_the_policys_decisions_from_a_persons(self, server: DashboardServer) -> None:
+        principal = "policy:champion-margin-v1"
+        with server.client("admin") as client:
+            before = client.get("/hlml/api/analytics").json()["model_decisions"]["totals"]
+            figures_before = client.get("/hlml/api/overview").json()["figures"]
+            auto = [
+                _pending(
+                    server,
+                    approvers=[],
+                    context=VALIDATION_CONTEXT,
+                    auto={
+                        "outcome": outcome,
+                        "principal": principal,
+                        "reason": "clear",
+                        "override_seconds": 0,
+                    },
+                )
+                for outcome in ("approve", "approve", "reject")
+            ]
+            by_person = _pending(server, approvers=[])
+            client.post(
+                f"/hlml/api/approvals/{by_person}/decision", json={"approved": False, "comment": "no"}
+            )
+            analytics = client.get("/hlml/api/analytics").json()["model_decisions"]
+            figures = client.get("/hlml/api/overview").json()["figures"]
+            page = client.get("/hlml/analytics")
+            overview = client.get("/hlml/")
+            listed = client.get("/hlml/api/approvals", params={"status": "decided"}).json()["items"]
+        by_call = {i["call_id"]: (i["status"], i["responded_by"], i["decided_by_policy"]) for i in listed}
+        assert [by_call[c] for c in auto] == [
+            ("approved", principal, True),
+            ("approved", principal, True),
+            ("rejected", principal, True),
+        ]
+        assert by_call[by_person][2] is False
+        totals = analytics["totals"]
+        assert {k: totals[k] - before[k] for k in totals} == {
+            "auto_approved": 2,
+            "auto_rejected": 1,
+            "human": 1,
+        }
+        decided = sum(totals.values())
+        assert analytics["human_intervention_rate"] == pytest.approx(totals["human"] / decided)
+        assert analytics["series"]["auto_approved"][-1] >= 2  # today, the window's last day
+        assert analytics["human_rate"][-1] is not None
+        assert figures["auto_approved"] - figures_before["auto_approved"] == 2
+        assert figures["human_decided"] - figures_before["human_decided"] == 1
+        assert figures["human_intervention_rate"] == pytest.approx(
+            figures["human_decided"] / figures["model_decisions"]
+        )
+        assert page.status_code == 200
+        assert 'data-panel="model_decisions"' in page.text
+        assert f"{totals['auto_approved']} auto-approved" in page.text
+        assert 'data-figure="human_intervention_rate"' in overview.text
+
     def test_every_page_renders_with_mlflow_down_and_says_so(self, server: DashboardServer) -> None:
         with server.client("viewer") as client:
             for path in ("/hlml/", "/hlml/experiments", "/hlml/analytics"):

@@ -341,6 +341,7 @@ async def analytics(data: DashboardData, user: Any) -> dict[str, Any]:
     (items, _m, approvals_problem), runs, (ml, _t, mlflow_problem) = await data.everything(user)
     labels, minutes = views.response_time_series(items)
     day_labels, stacks = views.daily_decision_counts(items)
+    model_decisions = views.daily_model_decisions(items)
     run_labels, durations = views.pipeline_duration_series(runs)
     model_series = []
     for model in (ml["models"] if ml else [])[:6]:
@@ -349,6 +350,7 @@ async def analytics(data: DashboardData, user: Any) -> dict[str, Any]:
     return {
         "response_minutes": {"labels": labels, "series": {"response (min)": minutes}},
         "daily_decisions": {"labels": day_labels, "series": stacks},
+        "model_decisions": model_decisions,
         "pipeline_duration_minutes": {"labels": run_labels, "series": durations},
         "model_metrics": model_series,
         "backends": BackendStatus.of(approvals_problem, mlflow_problem),

@@ -164,6 +164,10 @@ class ApprovalItem(BaseModel):
     reject_option_name: str | None = None
     reject_option_title: str | None = Field(None, description="The chosen reject reason's title")
     responded_by: str | None = None
+    decided_by_policy: bool = Field(
+        False,
+        description="Decided by a decision policy (its policy:<name>-v<version> principal), not a person",
+    )
     approvers: list[str] = Field(default_factory=list)
     extra_approvers: list[str] = Field(default_factory=list, description="Approvers an escalation added")
     requester: str | None = None
@@ -190,6 +194,11 @@ class ApprovalItem(BaseModel):
     has_report: bool = Field(False, description="Whether the context is a validation report")
     no_champion: bool = Field(False, description="A validation report without a champion (a first version)")
     links: list[CardLinkItem] = Field(default_factory=list, description="Links into MLflow and Airflow")
+    policy_note: str | None = Field(
+        None,
+        description="What the request's decision policy would decide and when, unless a person answers "
+        "first; or why a person decides although the policy decided",
+    )
     deliveries: DeliverySummary | None = Field(
         None,
         description="Where the approvals service delivered the request (e-mail, Slack); null when it "
@@ -243,11 +252,43 @@ class Experiments(BaseModel):
     backends: BackendStatus
 
 
+class DecisionSourceCounts(BaseModel):
+    """Decided model decisions by how they were made."""
+
+    auto_approved: int = Field(0, description="Approved by a decision policy (its policy:... principal)")
+    auto_rejected: int = Field(0, description="Rejected by a decision policy")
+    human: int = Field(0, description="Decided by a person the gate asked (a human intervention)")
+
+
+class DecisionSourceSeries(BaseModel):
+    """Per UTC day, the same as ``labels``."""
+
+    auto_approved: list[float]
+    auto_rejected: list[float]
+    human: list[float]
+
+
+class ModelDecisions(BaseModel):
+    """Model decisions per UTC day of response, by decision policy or by a person."""
+
+    labels: list[str] = Field(description='The days, "MM-DD", oldest first')
+    series: DecisionSourceSeries
+    human_rate: list[float | None] = Field(
+        description="Per day: human-decided / all decided model decisions (null on a day without any)"
+    )
+    totals: DecisionSourceCounts = Field(description="Over the window")
+    human_intervention_rate: float | None = Field(
+        None, description="Over the window: human-decided / all decided model decisions"
+    )
+    days: int = Field(description="The window's length in days")
+
+
 class Analytics(BaseModel):
     """Series behind the Analytics charts."""
 
     response_minutes: dict[str, Any]
     daily_decisions: dict[str, Any]
+    model_decisions: ModelDecisions
     pipeline_duration_minutes: dict[str, Any]
     model_metrics: list[dict[str, Any]]
     backends: BackendStatus

@@ -22,6 +22,15 @@ class TestLineChart:
         ys = [float(y) for y in re.findall(r'<circle cx="[\d.]+" cy="([\d.]+)"', svg)]
         assert ys[1] < ys[0]
 
+    def test_shares_on_a_percent_axis(self) -> None:
+        svg = str(charts.line_chart(["d1", "d2", "d3"], {"human": [0.25, None, 1.0]}, percent=True))
+        ticks = re.findall(r'class="tick">(\d+%)</text>', svg)
+        assert ticks == ["0%", "25%", "50%", "75%", "100%"]
+        assert "<title>human: 25%</title>" in svg
+        ys = [float(y) for y in re.findall(r'<circle cx="[\d.]+" cy="([\d.]+)"', svg)]
+        grid = [float(y) for y in re.findall(r'<line x1="[\d.]+" x2="[\d.]+" y1="([\d.]+)"', svg)]
+        assert ys == [grid[1], grid[4]]  # 25% and 100% sit on their grid lines
+
     def test_no_data(self) -> None:
         assert "No data yet" in str(charts.line_chart([], {}))
         assert "No data yet" in str(charts.line_chart(["a"], {"m": [None]}))
@@ -43,6 +52,12 @@ class TestStackedBarChart:
         )
         assert svg.count('fill="#16a34a"') == 2  # bar and legend swatch
         assert svg.count('fill="#dc2626"') == 2
+
+    def test_decision_source_colours(self) -> None:
+        stacks = {"auto-approved": [1], "auto-rejected": [1], "by a person": [1]}
+        svg = str(charts.stacked_bar_chart(["d1"], stacks, colors=charts.DECISION_COLORS))
+        for color in charts.DECISION_COLORS.values():
+            assert svg.count(f'fill="{color}"') == 2
 
     def test_all_zero_is_empty(self) -> None:
         assert "No data yet" in str(charts.stacked_bar_chart(["d1"], {"approved": [0]}))

@@ -1108,3 +1108,234 @@ class TestGuardedAliases:
         assert "&lt;script&gt;" in html
         assert "javascript:" not in html
         assert "&lt;b&gt;bad" in html
+
+
+POLICY = "policy:champion-margin-v1"
+
+
+def _decided_call(
+    approved: bool | None,
+    user_info: dict[str, Any] | None,
+    *,
+    day: int = 0,
+    approval_type: str = "model_promotion",
+    call_id: str = "c",
+) -> dict[str, Any]:
+    """A decided function call as the approvals service returns it
+    (``approvals/api/serialize.py``: ``function_call_body``)."""
+    requested = NOW - dt.timedelta(days=day, minutes=10)
+    responded = NOW - dt.timedelta(days=day)
+    answers = (
+        [{**user_info, "approved": approved, "comment": "why", "at": responded.isoformat(), "rule": None}]
+        if user_info is not None and approved is not None
+        else []
+    )
+    return {
+        "run_id": "airflow-season",
+        "call_id": call_id,
+        "spec": {
+            "fn": approval_type,
+            "kwargs": {
+                "subject": "Promote season v4",
+                "body": "b",
+                "context": {"model_version": "4", "decision": {"outcome": "auto_approve"}},
+                "approval_type": approval_type,
+                "urgency": "high",
+            },
+            "state": {
+                "hlml": {"approvers": [], "airflow": {"dag_id": "season", "run_id": "r", "task_id": "g"}}
+            },
+        },
+        "status": {
+            "requested_at": requested.isoformat(),
+            "responded_at": responded.isoformat() if approved is not None else None,
+            "approved": approved,
+            "comment": "why" if approved is not None else None,
+            "reject_option_name": None,
+            "slack_message_ts": None,
+            "answers": answers,
+            "rules": [],
+            "members": {},
+            "user_info": user_info,
+            "extra_approvers": [],
+            "cancelled_at": None,
+            "cancel_reason": None,
+        },
+    }
+
+
+def _policy_user(principal: str = POLICY) -> dict[str, Any]:
+    """``user_info`` of a decision the service recorded for a decision policy."""
+    return {"name": principal, "email": None, "principal": principal, "via_delegate": False}
+
+
+#: A person deciding on the dashboard (through its delegate key) and with their own reviewer key.
+DASHBOARD_USER = {
+    "name": "alice",
+    "email": "alice@example.com",
+    "principal": "dashboard",
+    "via_delegate": True,
+}
+REVIEWER_KEY_USER = {"name": "bob", "email": "bob@example.com", "principal": "bob", "via_delegate": False}
+
+
+def _normalized(*calls: dict[str, Any]) -> list[dict[str, Any]]:
+    return [views.normalize_call(call, airflow_base_path="") for call in calls]
+
+
+class TestDecisionSource:
+    def test_a_policy_principal_decided_it(self) -> None:
+        approved, rejected = _normalized(
+            _decided_call(True, _policy_user()), _decided_call(False, _policy_user("policy:strict-v3"))
+        )
+        assert approved["decided_by_policy"] is True
+        assert approved["responded_by"] == POLICY
+        assert views.decision_source(approved) == "auto_approved"
+        assert rejected["decided_by_policy"] is True
+        assert views.decision_source(rejected) == "auto_rejected"
+
+    def test_a_person_decided_it(self) -> None:
+        for user in (DASHBOARD_USER, REVIEWER_KEY_USER, {"name": "Policy Team", "principal": "policy-bot"}):
+            (item,) = _normalized(_decided_call(False, user))
+            assert item["decided_by_policy"] is False, user
+            assert views.decision_source(item) == "human", user
+
+    def test_the_principal_or_the_name_names_the_policy(self) -> None:
+        # A backend that reports only the name (or only the principal) of who decided.
+        assert views.decided_by_policy({"name": POLICY})
+        assert views.decided_by_policy({"principal": " Policy:Champion-Margin-v1"})
+        assert not views.decided_by_policy({"name": "alice", "principal": "dashboard"})
+        assert not views.decided_by_policy(None)
+
+    def test_only_decided_model_decisions_count(self) -> None:
+        pending, code, expired = _normalized(
+            _decided_call(None, None),
+            _decided_call(True, REVIEWER_KEY_USER, approval_type="code_execution"),
+            {
+                **_decided_call(None, None),
+                "status": {"approved": None, "cancelled_at": NOW.isoformat(), "cancel_reason": "timeout"},
+            },
+        )
+        assert [views.decision_source(i) for i in (pending, code, expired)] == [None, None, None]
+        # A policy's decision is a model decision whatever the gate's approval type.
+        (custom,) = _normalized(_decided_call(True, _policy_user(), approval_type="custom"))
+        assert views.decision_source(custom) == "auto_approved"
+
+    def test_a_pending_request_is_not_decided_by_policy(self) -> None:
+        # No decision yet, whatever user_info a backend reports.
+        (item,) = _normalized(_decided_call(None, _policy_user()))
+        assert item["status"] == "pending"
+        assert item["decided_by_policy"] is False
+
+
+class TestModelDecisionSeries:
+    def _items(self) -> list[dict[str, Any]]:
+        return _normalized(
+            _decided_call(True, _policy_user(), day=0, call_id="a"),
+            _decided_call(True, _policy_user(), day=0, call_id="b"),
+            _decided_call(False, _policy_user(), day=0, call_id="c"),
+            _decided_call(True, DASHBOARD_USER, day=0, call_id="d"),
+            _decided_call(False, REVIEWER_KEY_USER, day=2, call_id="e"),
+            _decided_call(True, REVIEWER_KEY_USER, day=30, call_id="old"),  # outside the window
+            _decided_call(True, REVIEWER_KEY_USER, day=0, approval_type="code_execution", call_id="x"),
+            _decided_call(None, None, call_id="pending"),
+        )
+
+    def test_counts_and_rates_per_day_and_over_the_window(self) -> None:
+        series = views.daily_model_decisions(self._items(), days=7, today=NOW.date())
+        assert series["days"] == 7
+        assert series["labels"] == views.daily_decision_counts([], days=7, today=NOW.date())[0]
+        assert series["series"]["auto_approved"] == [0, 0, 0, 0, 0, 0, 2]
+        assert series["series"]["auto_rejected"] == [0, 0, 0, 0, 0, 0, 1]
+        assert series["series"]["human"] == [0, 0, 0, 0, 1, 0, 1]
+        assert series["human_rate"] == [None, None, None, None, 1.0, None, pytest.approx(1 / 4)]
+        assert series["totals"] == {"auto_approved": 2, "auto_rejected": 1, "human": 2}
+        assert series["human_intervention_rate"] == pytest.approx(2 / 5)
+
+    def test_same_window_as_the_daily_decisions(self) -> None:
+        items = self._items()
+        _, stacks = views.daily_decision_counts(items, days=7, today=NOW.date())
+        series = views.daily_model_decisions(items, days=7, today=NOW.date())
+        # Every model decision counted is in the window's approved / rejected stacks.
+        model = [sum(day) for day in zip(*series["series"].values(), strict=True)]
+        decided = [a + r for a, r in zip(stacks["approved"], stacks["rejected"], strict=True)]
+        assert all(m <= d for m, d in zip(model, decided, strict=True))
+        assert sum(decided) - sum(model) == 1  # the code-execution approval
+
+    def test_nothing_decided(self) -> None:
+        series = views.daily_model_decisions([], days=3, today=NOW.date())
+        assert series["human_rate"] == [None, None, None]
+        assert series["human_intervention_rate"] is None
+        assert series["totals"] == {"auto_approved": 0, "auto_rejected": 0, "human": 0}
+
+    def test_the_overview_figures(self) -> None:
+        figures = views.approval_figures(self._items(), None)
+        assert {k: figures[k] for k in ("auto_approved", "auto_rejected", "human_decided")} == {
+            "auto_approved": 2,
+            "auto_rejected": 1,
+            "human_decided": 3,  # the old decision counts: the figure is over every listed request
+        }
+        assert figures["model_decisions"] == 6
+        assert figures["human_intervention_rate"] == pytest.approx(3 / 6)
+        assert views.approval_figures([], None)["human_intervention_rate"] is None
+
+    def test_the_json_schema_takes_it(self) -> None:
+        from airflow_provider_hlml.plugins.routes.schemas import ModelDecisions
+
+        series = views.daily_model_decisions(self._items(), days=7, today=NOW.date())
+        parsed = ModelDecisions.model_validate(series)
+        assert parsed.totals.human == 2
+        assert parsed.human_rate[-1] == pytest.approx(0.25)
+
+
+class TestDecisionPages:
+    """The Analytics and Overview templates show the model decisions and the human-intervention rate."""
+
+    def _render(self, template: str, **context: Any) -> str:
+        from airflow_provider_hlml.plugins.routes.deps import templates
+
+        return templates().get_template(template).render(root="", tab="x", user=None, **context)
+
+    def test_analytics(self) -> None:
+        series = views.daily_model_decisions(TestModelDecisionSeries()._items(), days=7, today=NOW.date())
+        html = self._render(
+            "analytics.html",
+            response_minutes={"labels": [], "series": {}},
+            daily_decisions={"labels": [], "series": {}},
+            model_decisions=series,
+            pipeline_duration_minutes={"labels": [], "series": {}},
+            model_metrics=[],
+        )
+        panel = html.split('data-panel="model_decisions"')[1].split("</section>")[0]
+        assert "2 auto-approved · 1 auto-rejected by a decision policy · 2 decided by a person" in panel
+        assert "<title>auto-approved: 2</title>" in panel
+        assert "<title>by a person: 1</title>" in panel
+        rate = html.split('data-panel="human_intervention"')[1].split("</section>")[0]
+        assert '<strong data-figure="human_intervention_rate">40%</strong>' in rate
+        assert "<title>decided by a person: 25%</title>" in rate
+        assert ">100%</text>" in rate  # a share's axis
+
+    def test_overview(self) -> None:
+        from airflow_provider_hlml.plugins.airflow_data import pipeline_figures
+
+        def run(gate: str | None, promote: str | None) -> dict[str, Any]:
+            return {
+                "state": "success",
+                "duration_seconds": 60.0,
+                "gates": [{"state": gate}] if gate else [],
+                "promotions": [{"state": promote}] if promote else [],
+            }
+
+        runs = [run("success", "success"), run("success", "success"), run("failed", None), run(None, None)]
+        figures = {
+            **views.approval_figures(TestModelDecisionSeries()._items(), None),
+            **pipeline_figures(runs),
+            "production_models": 1,
+            "registered_models": 2,
+        }
+        assert "human_intervention_rate" not in pipeline_figures(runs)  # who decided is not in a run
+        html = self._render("overview.html", figures=figures, recent_activity=[])
+        card = html.split('data-figure="human_intervention_rate"')[1].split("</a>")[0]
+        assert '<div class="num">50%</div>' in card
+        assert "3 of 6 model decisions by a person · 2 auto-approved · 1 auto-rejected" in card
+        assert "of 4 finished pipeline runs · 75% reached a gate" in html  # the runs' figures
