@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
     "ConsecutiveFailuresAlert": "airflow_provider_hlml.notifications.alerts",
+    "DriftMonitorOperator": "airflow_provider_hlml.operators.drift",
+    "DriftPolicy": "airflow_provider_hlml.policy.drift",
+    "DriftResponseSensor": "airflow_provider_hlml.sensors.drift",
     "HumanLayerHook": "airflow_provider_hlml.hooks.humanlayer",
     "MLflowHook": "airflow_provider_hlml.hooks.mlflow",
     "MLflowTrainOperator": "airflow_provider_hlml.operators.train",
@@ -21,6 +24,7 @@ _LAZY: dict[str, str] = {
     "HumanApprovalSensor": "airflow_provider_hlml.sensors.approval",
     "HumanApprovalTrigger": "airflow_provider_hlml.triggers.approval",
     "code_execution_approval": "airflow_provider_hlml.sensors.factories",
+    "drift_response_tasks": "airflow_provider_hlml.workflows.drift",
     "content_approval": "airflow_provider_hlml.sensors.factories",
     "workflow_approval": "airflow_provider_hlml.sensors.factories",
     "WorkflowSpec": "airflow_provider_hlml.workflows.spec",
@@ -30,6 +34,9 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "ConsecutiveFailuresAlert",
+    "DriftMonitorOperator",
+    "DriftPolicy",
+    "DriftResponseSensor",
     "HumanApprovalSensor",
     "HumanApprovalTrigger",
     "HumanLayerHook",
@@ -42,6 +49,7 @@ __all__ = [
     "build_ml_workflow_dag",
     "code_execution_approval",
     "content_approval",
+    "drift_response_tasks",
     "load_workflows",
     "workflow_approval",
 ]
@@ -49,10 +57,13 @@ __all__ = [
 if TYPE_CHECKING:
     from airflow_provider_hlml.hooks.humanlayer import HumanLayerHook
     from airflow_provider_hlml.hooks.mlflow import MLflowHook
+    from airflow_provider_hlml.operators.drift import DriftMonitorOperator
     from airflow_provider_hlml.operators.promote import ModelPromoteOperator
     from airflow_provider_hlml.operators.train import MLflowTrainOperator
     from airflow_provider_hlml.operators.validate import MLflowValidateOperator
+    from airflow_provider_hlml.policy.drift import DriftPolicy
     from airflow_provider_hlml.sensors.approval import HumanApprovalSensor
+    from airflow_provider_hlml.sensors.drift import DriftResponseSensor
     from airflow_provider_hlml.sensors.factories import (
         code_execution_approval,
         content_approval,
@@ -60,6 +71,7 @@ if TYPE_CHECKING:
     )
     from airflow_provider_hlml.triggers.approval import HumanApprovalTrigger
     from airflow_provider_hlml.workflows.builder import build_ml_workflow_dag, load_workflows
+    from airflow_provider_hlml.workflows.drift import drift_response_tasks
     from airflow_provider_hlml.workflows.spec import WorkflowSpec
 
 

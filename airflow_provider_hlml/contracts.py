@@ -11,6 +11,7 @@ when the context names exactly the version it is about to promote (:data:`BINDIN
 ``MLflowValidateOperator``  :class:`ValidationReport`
 ``HumanApprovalSensor``     :class:`ApprovalResult` (from :mod:`..gate.events`)
 ``ModelPromoteOperator``    :class:`PromotionRecord`
+``DriftMonitorOperator``    :class:`DriftMonitorResult`
 ========================  =========================================================
 
 This module imports nothing from Airflow; the contracts are plain ``TypedDict`` s, so the values
@@ -29,6 +30,7 @@ __all__ = [
     "BINDING_KEYS",
     "ApprovalResult",
     "ApproverRecord",
+    "DriftMonitorResult",
     "MetricCheck",
     "ModelReference",
     "ModelReferenceKey",
@@ -152,3 +154,43 @@ class PromotionRecord(ModelReference, total=False):
     model_version_url: str | None
     rolled_back_version: str
     run_id: str | None
+
+
+class DriftMonitorResult(ModelReference):
+    """
+    The return value of :class:`~airflow_provider_hlml.operators.drift.DriftMonitorOperator`: the
+    drift report of the version holding ``alias``
+    (:meth:`~airflow_provider_hlml.policy.drift.DriftReport.to_json`) and where it was logged.
+
+    ``model_version`` is the version measured (the alias's holder when the task ran) and
+    ``mlflow_run_id`` the run that trained it.
+
+    :param alias: the alias whose holder was measured.
+    :param drifted: whether the drift policy found the model drifted.
+    :param reason: why, in words (the drifted features with PSI and p-values, the predictions,
+        the live metric).
+    :param drifted_features: the names of the drifted features.
+    :param features: feature name -> ``{"psi", "test", "statistic", "p_value", "drifted", ...}``.
+    :param predictions: the same for the model's predictions (``None`` without them).
+    :param live_metric: the live metric and its rule, where the current rows have labels.
+    :param policy: the drift policy applied.
+    :param monitoring_run_id: the MLflow run the report was logged to (``drift.json``).
+    :param monitoring_run_url: that run's page in the MLflow UI, when known.
+    :param rollback_version: the version a rollback of ``alias`` would restore (the previous
+        holder recorded on the measured version); ``None`` when none is recorded.
+    """
+
+    alias: str
+    drifted: bool
+    reason: str
+    drifted_features: list[str]
+    features: dict[str, dict[str, Any]]
+    predictions: dict[str, Any] | None
+    live_metric: dict[str, Any] | None
+    reference_rows: int
+    current_rows: int
+    policy: dict[str, Any]
+    experiment_id: str
+    monitoring_run_id: str
+    monitoring_run_url: str | None
+    rollback_version: str | None

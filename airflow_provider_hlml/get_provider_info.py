@@ -43,6 +43,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_hlml.operators.validate",
                     "airflow_provider_hlml.operators.promote",
                     "airflow_provider_hlml.operators.alias_guard",
+                    "airflow_provider_hlml.operators.drift",
                 ],
             }
         ],
@@ -52,6 +53,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_hlml.sensors.approval",
                     "airflow_provider_hlml.sensors.factories",
+                    "airflow_provider_hlml.sensors.drift",
                 ],
             }
         ],

@@ -237,3 +237,39 @@ def monitor_churn_model(
         "latency_ms": latency_ms,
         "predicted_churn_rate": sum(labels) / len(labels),
     }
+
+
+def churn_reference_data(
+    n_samples: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED, **_airflow: Any
+) -> pd.DataFrame:
+    """Drift reference: the training split the churn model learned from (features and label).
+
+    Extra keyword arguments (such as the task ``context``) are ignored.
+    """
+    train, _ = split_churn_data(generate_churn_data(n_samples, seed), seed)
+    features = train[list(FEATURES)].astype("float64")
+    features[TARGET] = train[TARGET]
+    return features
+
+
+def churn_recent_data(
+    context: Mapping[str, Any] | None = None, batch_size: int = 500, seed: int = DEFAULT_SEED + 2000
+) -> pd.DataFrame:
+    """Recent production rows: a fresh batch of customers, with their (late-arriving) labels.
+
+    The DAG run's ``charges_shift`` param (default 0) is added to the monthly charges: trigger
+    the drift DAG with ``{"charges_shift": 40}`` to see a drift request.
+
+    :param context: the Airflow task context (its ``params``).
+    :param batch_size: rows in the batch.
+    :param seed: seed of the batch (different from the training data's).
+    """
+    params = (context or {}).get("params") or {}
+    shift = params.get("charges_shift", 0.0)
+    if isinstance(shift, bool) or not isinstance(shift, int | float) or not -1000 <= shift <= 1000:
+        raise ValueError(f"charges_shift must be a number from -1000 to 1000, got {str(shift)[:40]!r}")
+    batch = generate_churn_data(batch_size, seed)
+    features = batch[list(FEATURES)].astype("float64")
+    features["monthly_charges"] += float(shift)
+    features[TARGET] = batch[TARGET]
+    return features

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
@@ -13,9 +12,9 @@ from airflow.sdk import BaseOperator
 from airflow_provider_hlml import audit
 from airflow_provider_hlml.hooks.mlflow import MLflowHook
 from airflow_provider_hlml.links.mlflow import MLflowRunLink
+from airflow_provider_hlml.operators.data import as_1d_array, load_frame
 from airflow_provider_hlml.operators.mlflow_runs import (
     airflow_identity_tags,
-    call_with_supported_kwargs,
     error_text,
     log_batch,
     push_run_link,
@@ -131,29 +130,7 @@ class MLflowValidateOperator(BaseOperator):
         )
 
     def _load_data(self, context: Context) -> pd.DataFrame:
-        import pandas as pd
-
-        if self.data_callable is not None:
-            frame = call_with_supported_kwargs(self.data_callable, {"context": context})
-        elif isinstance(self.data, pd.DataFrame):
-            frame = self.data
-        elif self.data is None:
-            raise ValueError(f"task {self.task_id!r}: data is required (a callable or a CSV/Parquet path)")
-        else:
-            path = Path(os.fspath(self.data))
-            if not path.is_file():
-                raise FileNotFoundError(f"data file {str(path)!r} of task {self.task_id!r} does not exist")
-            suffix = path.suffix.lower()
-            if suffix == ".csv":
-                frame = pd.read_csv(path)
-            elif suffix in (".parquet", ".pq"):
-                frame = pd.read_parquet(path)
-            else:
-                raise ValueError(f"data file {str(path)!r}: use a .csv or .parquet file")
-        if not isinstance(frame, pd.DataFrame):
-            raise TypeError(
-                f"data of task {self.task_id!r} must give a pandas DataFrame, got {type(frame).__name__}"
-            )
+        frame = load_frame(self.data_callable or self.data, context, what="data", task_id=self.task_id)
         if self.target not in frame.columns:
             raise ValueError(
                 f"target column {self.target!r} is not in the validation data (columns: {list(frame.columns)})"
@@ -264,7 +241,7 @@ class MLflowValidateOperator(BaseOperator):
         with quiet_skops_module_scan():
             candidate = mlflow.pyfunc.load_model(self.model_uri).predict(features)
             champion = mlflow.pyfunc.load_model(champion_uri).predict(features) if champion_uri else None
-        decision = decide(self.decision_policy, labels, _as_array(candidate), _as_array(champion))
+        decision = decide(self.decision_policy, labels, as_1d_array(candidate), as_1d_array(champion))
         self.log.info(
             "Decision policy %s: %s (%s)", self.decision_policy.principal, decision.outcome, decision.reason
         )
@@ -352,13 +329,3 @@ class MLflowValidateOperator(BaseOperator):
         if self.on_fail == "skip":
             raise AirflowSkipException(message)
         raise AirflowFailException(message)
-
-
-def _as_array(predictions: Any) -> Any:
-    """A pyfunc model's predictions as a 1-D array (a one-column frame or series included)."""
-    import numpy as np
-
-    if predictions is None:
-        return None
-    values = np.asarray(getattr(predictions, "values", predictions))
-    return values.reshape(-1) if values.ndim == 2 and values.shape[1] == 1 else values

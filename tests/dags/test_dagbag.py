@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-EXPECTED_DAG_IDS = {"churn_pipeline", "churn_pipeline_spec", "code_execution_approval", "hlml_alias_guard"}
+EXPECTED_DAG_IDS = {
+    "churn_pipeline",
+    "churn_pipeline_spec",
+    "code_execution_approval",
+    "hlml_alias_guard",
+    "hlml_drift_monitor",
+    "hlml_season",
+}
 # Modules the operators import only when a task runs (ruff TID253 bans them at module level).
 HEAVY = (
     "mlflow",
@@ -48,6 +57,7 @@ class TestExampleDagBag:
             assert not dag.catchup
         assert bag.dags["churn_pipeline"].schedule == "@weekly"
         assert bag.dags["churn_pipeline_spec"].schedule == "@weekly"
+        assert bag.dags["hlml_season"].schedule == "@weekly"
 
     def test_parsing_loads_no_heavy_module_beyond_airflow_itself(self, tmp_path: Path) -> None:
         """In a fresh interpreter: the modules loaded by parsing dags/ minus those an
@@ -83,3 +93,60 @@ class TestExampleDagBag:
         bag = DagBag(dag_folder=str(DAGS / dag_file))
         assert bag.import_errors == {}
         assert bag.dag_ids
+
+
+@pytest.fixture(scope="module")
+def season_dag() -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS / "hlml_season.py"))
+    assert bag.import_errors == {}
+    return bag.dags["hlml_season"]
+
+
+class TestSeasonDag:
+    """``dags/hlml_season.py``: a weekly retrain gated by the decision policy, then a person."""
+
+    @pytest.fixture
+    def dag(self, season_dag: Any) -> Any:
+        return season_dag
+
+    def test_task_graph(self, dag: Any) -> None:
+        order = [
+            "plan_week",
+            "train_candidate",
+            "validate_candidate",
+            "approve_promotion",
+            "promote_candidate",
+        ]
+        assert sorted(dag.task_ids) == sorted(order)
+        for upstream, downstream in itertools.pairwise(order):
+            assert dag.get_task(upstream).downstream_task_ids == {downstream}
+
+    def test_schedule_and_week_param(self, dag: Any) -> None:
+        import datetime as dt
+
+        assert dag.schedule == "@weekly"
+        assert not dag.catchup
+        assert dag.start_date == dt.datetime(2025, 1, 6, tzinfo=dt.timezone.utc)
+        assert {"hlml", "example"} <= set(dag.tags)
+        assert dag.params["week"] is None
+        assert dag.max_active_runs == 1
+
+    def test_stages_are_wired_to_the_policy_and_the_gate(self, dag: Any) -> None:
+        from airflow_provider_hlml.examples import season
+
+        train = dag.get_task("train_candidate")
+        assert train.python_callable is season.train_season_candidate
+        assert train.registered_model_name == train.op_kwargs["model_name"] == "season_classifier"
+        validate = dag.get_task("validate_candidate")
+        assert validate.decision_policy == season.SEASON_POLICY
+        assert validate.data_callable is season.season_validation_data
+        assert (validate.model_name, validate.baseline_alias) == ("season_classifier", "champion")
+        gate = dag.get_task("approve_promotion")
+        assert gate.approval_type == "model_promotion"
+        assert gate.on_reject == "skip"
+        assert gate.auto_decisions is True
+        assert "validate_candidate" in gate.upstream_task_ids
+        promote = dag.get_task("promote_candidate")
+        assert (promote.approval_task_id, promote.alias) == ("approve_promotion", "champion")
