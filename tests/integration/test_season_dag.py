@@ -19,9 +19,12 @@ import pytest
 from airflow_provider_hlml import audit
 from airflow_provider_hlml.examples import season
 from airflow_provider_hlml.hooks.mlflow import MLflowHook
+from tests.integration.test_governance_promotion import env
 from tests.unit.operators.dagrun_helpers import run_dag, task_states, xcom_value
 
 pytestmark = pytest.mark.integration
+
+__all__ = ["env"]  # the services' fixture, shared with the governance tests
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 PRINCIPAL = season.SEASON_POLICY.principal
@@ -66,19 +69,6 @@ def reviewer(service: Any, dag_id: str, answered: list[dict[str, Any]]) -> threa
     thread = threading.Thread(target=review, daemon=True)
     thread.start()
     return thread
-
-
-@pytest.fixture
-def env(
-    mlflow_conn: str,
-    approvals_service: Any,
-    humanlayer_conn: str,
-    airflow_db: Any,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Any:
-    monkeypatch.setenv("AIRFLOW__HLML__LONG_POLL_SECONDS", "2")
-    monkeypatch.delenv("AIRFLOW__HLML__APPROVAL_POLICY_FILE", raising=False)
-    return approvals_service
 
 
 class TestSeasonDag:
