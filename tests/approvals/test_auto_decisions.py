@@ -20,6 +20,7 @@ import pytest
 
 from airflow_provider_hlml.gate.wire import AUTO_DECISION_PATH, FEATURE_AUTO_DECISIONS, FEATURES_PATH
 from tests.approvals.conftest import Api, call_body, policy_state
+from tests.approvals.test_rules import World
 from tests.fixtures.approvals import ApprovalsService
 
 PRINCIPAL = "policy:champion-margin-v1"
@@ -32,12 +33,13 @@ EVIDENCE = {
 }
 
 
-class Client:
+class Client(World):
+    """The shared test world (its agent, reviewers, status and audit reads) plus the policy's part."""
+
     def __init__(self, service: ApprovalsService) -> None:
-        self.agent = Api(service, service.agent_key)
-        self.alice = Api(service, service.reviewer_key)
-        self.admin = Api(service, service.admin_key)
-        self.delegate = Api(service, service.delegate_key)
+        super().__init__(service)
+        self.alice = self.apis["alice"]
+        self.delegate = self.apis["delegate"]
 
     def create(self, outcome: str = "approve", window: float = 0, **auto: Any) -> httpx.Response:
         state = policy_state()
@@ -59,25 +61,11 @@ class Client:
     def decide(self, api: Api, call_id: str) -> httpx.Response:
         return api.post(AUTO_DECISION_PATH.format(call_id=call_id))
 
-    def status(self, call_id: str) -> dict[str, Any]:
-        resp = self.agent.get(f"/function_calls/{call_id}")
-        assert resp.status_code == 200, resp.text
-        return dict(resp.json()["status"])
-
-    def audit(self, call_id: str) -> list[dict[str, Any]]:
-        resp = self.agent.get(f"/function_calls/{call_id}/audit")
-        assert resp.status_code == 200, resp.text
-        return list(resp.json())
-
     def statement(self, call_id: str) -> dict[str, Any]:
         resp = self.agent.get(f"/function_calls/{call_id}/attestation")
         assert resp.status_code == 200, resp.text
         envelope = json.loads(resp.json()["attestation"])
         return dict(json.loads(base64.b64decode(envelope["payload"])))
-
-    def close(self) -> None:
-        for api in (self.agent, self.alice, self.admin, self.delegate):
-            api.client.close()
 
 
 @pytest.fixture
