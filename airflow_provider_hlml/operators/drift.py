@@ -25,6 +25,7 @@ from airflow_provider_hlml.operators.mlflow_runs import (
 )
 from airflow_provider_hlml.policy.drift import MAX_FEATURE_NAME, MAX_FEATURES, DriftPolicy
 from airflow_provider_hlml.settings import mlflow_conn_id as default_mlflow_conn_id
+from airflow_provider_hlml.utils.names import check_alias, check_model_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,33 +37,10 @@ if TYPE_CHECKING:
 __all__ = ["DriftMonitorOperator", "drift_metrics"]
 
 #: An MLflow alias (MLflow's own rule, without its reserved ``latest`` / ``v<n>`` forms).
-_ALIAS = re.compile(r"[A-Za-z0-9_-]{1,255}")
-_RESERVED_ALIAS = re.compile(r"(?i)latest|v\d+")
 #: Characters kept in a metric name made from a feature name (others become ``_``).
 _METRIC_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 #: MLflow's bound on a metric key is 250 characters.
 _MAX_METRIC_KEY = 250
-
-
-def check_model_name(name: Any) -> str:
-    """A registered model name as rendered: a non-empty single-line string of at most 256 characters."""
-    if (
-        not isinstance(name, str)
-        or not name.strip()
-        or len(name) > 256
-        or re.search(r"[\x00-\x1f\x7f]", name)
-    ):
-        raise ValueError(f"model_name must be a single-line name of 1-256 characters, got {str(name)[:80]!r}")
-    return name
-
-
-def check_alias(alias: Any) -> str:
-    """An alias as rendered: letters, digits, ``_`` and ``-`` (MLflow's rule), not ``latest`` / ``v<n>``."""
-    if not isinstance(alias, str) or not _ALIAS.fullmatch(alias) or _RESERVED_ALIAS.fullmatch(alias):
-        raise ValueError(
-            f"alias must be 1-255 letters, digits, '_' or '-' (not 'latest' or 'v<n>'), got {str(alias)[:80]!r}"
-        )
-    return alias
 
 
 def _metric_key(prefix: str, name: str, taken: set[str]) -> str:

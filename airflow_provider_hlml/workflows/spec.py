@@ -57,7 +57,6 @@ _IDENTIFIER = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*([:.][A-Za-z_][A-Za-z0-9_]*)$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$")
 _DURATION_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
-_ALIAS = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
 class WorkflowSpecError(ValueError):
@@ -355,10 +354,11 @@ class DeploymentConfig(_Strict):
     def _valid_alias(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if not _ALIAS.match(value):
-            raise ValueError("must contain only letters, digits, '_' and '-'")
-        if value.lower() == "latest" or re.fullmatch(r"[vV]\d+", value):
-            raise ValueError(f"{value!r} is reserved by MLflow")
+        from airflow_provider_hlml.utils.names import alias_problem
+
+        problem = alias_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

@@ -9,13 +9,9 @@ import pandas as pd
 import pytest
 
 from airflow_provider_hlml.operators.data import load_frame
-from airflow_provider_hlml.operators.drift import (
-    DriftMonitorOperator,
-    check_alias,
-    check_model_name,
-    drift_metrics,
-)
+from airflow_provider_hlml.operators.drift import DriftMonitorOperator, drift_metrics
 from airflow_provider_hlml.policy.drift import DriftError, DriftPolicy
+from airflow_provider_hlml.utils.names import check_alias, check_model_name
 
 
 class TestDriftMonitorOperator:
