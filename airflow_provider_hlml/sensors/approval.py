@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+    from airflow_provider_hlml.gate.routing import Requirement
     from airflow_provider_hlml.gate.wire import GateFunctionCall
     from airflow_provider_hlml.hooks.humanlayer import HumanLayerHook
 
@@ -427,20 +428,27 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             ) from None
         return tuple(Forbidden(who=who, duty="model_author", why=why) for who, why in authors)
 
-    def request_policy(self, context: Context, sent_context: Any, urgency: str) -> ApprovalPolicy:
-        """The policy this gate sends: the policy file's rules and duties, then the gate's own."""
+    def policy_requirement(self, sent_context: Any, urgency: str) -> Requirement:
+        """What ``[hlml] approval_policy_file`` requires of this gate (its type, urgency and the
+        model the context names); nothing when no file is configured."""
         from airflow_provider_hlml.gate.routing import Requirement, load_policy_file
 
         path = hlml_settings.approval_policy_file()
+        if not path:
+            return Requirement()
         model = sent_context.get("model_name") if isinstance(sent_context, Mapping) else None
-        required = (
-            load_policy_file(path).requirement(
-                self.approval_type, urgency, model if isinstance(model, str) else None
-            )
-            if path
-            else Requirement()
+        return load_policy_file(path).requirement(
+            self.approval_type, urgency, model if isinstance(model, str) else None
         )
-        self._requirement = required
+
+    def request_policy(
+        self, context: Context, sent_context: Any, urgency: str, required: Requirement | None = None
+    ) -> ApprovalPolicy:
+        """The policy this gate sends: the policy file's rules and duties (``required``, read
+        when not given), then the gate's own."""
+        if required is None:
+            required = self.policy_requirement(sent_context, urgency)
+        path = hlml_settings.approval_policy_file()
         if "requester" in required.forbid and self.allow_self_approval:
             raise AirflowFailException(
                 f"allow_self_approval=True is refused: the approval policy file ({path}) forbids "
@@ -457,10 +465,12 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
             forbidden=forbidden,
         )
 
-    def auto_decision(self, sent_context: Any) -> tuple[AutoDecision | None, str | None]:
+    def auto_decision(
+        self, sent_context: Any, required: Requirement
+    ) -> tuple[AutoDecision | None, str | None]:
         """The decision policy's decision this gate's request carries, if any, and otherwise why a
         person decides although the policy decided (``None`` when it did not: ``human``, or no
-        policy). Call after :meth:`request_policy` (it reads the policy file's requirement)."""
+        policy). ``required``: what the approval policy file requires of this gate."""
         decision = sent_context.get("decision") if isinstance(sent_context, Mapping) else None
         if not self.auto_decisions or not isinstance(decision, Mapping):
             return None, None
@@ -480,8 +490,7 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         except (TypeError, ValueError) as exc:
             self.log.warning("The context's decision cannot be used (%s): a person decides.", exc)
             return None, f"the decision policy's decision is unreadable ({exc}): a person decides"
-        required = getattr(self, "_requirement", None)
-        if required is not None and not required.allows(outcome):
+        if not required.allows(outcome):
             model = sent_context.get("model_name") if isinstance(sent_context, Mapping) else None
             about = f"model {model!r}, " if isinstance(model, str) else ""
             return None, (
@@ -534,9 +543,10 @@ class HumanApprovalSensor(BaseSensorOperator, SkipMixin):
         map_index = getattr(ti, "map_index", -1)
         sent_context = self.sent_context(context)
         urgency = self.request_urgency(sent_context)
-        policy = self.request_policy(context, sent_context, urgency)
+        required = self.policy_requirement(sent_context, urgency)
+        policy = self.request_policy(context, sent_context, urgency, required)
         self._policy = policy
-        auto, auto_declined = self.auto_decision(sent_context)
+        auto, auto_declined = self.auto_decision(sent_context, required)
         facts = review_facts(sent_context)
         options = [ResponseOption.model_validate(o) for o in self.options]
         reject_options = [ResponseOption.model_validate(o) for o in self.reject_options]
